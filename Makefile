@@ -1,0 +1,35 @@
+# tritonstack — the two commands a newcomer runs are `make up` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install up test bench lint clean-models
+
+# Idempotent: system packages once, the venv once, pip again only when pyproject.toml changes.
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v redis-server >/dev/null || { echo "installing redis-server (apt)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+# Exports the demo models when the repository has none, then runs the whole stack; Ctrl-C stops all.
+up: install
+	$(BIN)/tritonstack export minilm --if-missing
+	$(BIN)/tritonstack up
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/tritonstack bench triton
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,0 +1,1 @@
+"""Run the stack's processes on one machine, without Docker: Triton, Redis, worker, gateway."""
