@@ -1,0 +1,5 @@
+"""Fixture modules: real servers on free loopback ports, exported repositories, the gateway."""
+
+pytest_plugins = [
+    "tests.fixtures.servers",
+]
