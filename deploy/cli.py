@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(
@@ -10,3 +12,49 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def main() -> None:
+    """tritonstack: export, serve, load-test."""
+
+
+@app.command("triton")
+def triton(
+    repository: Path = typer.Option(Path("model_repository"), help="Triton model repository."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind HTTP, gRPC and metrics to."),
+    http_port: int = typer.Option(8000),
+    grpc_port: int = typer.Option(8001),
+    metrics_port: int = typer.Option(8002),
+    model: list[str] = typer.Option(["*"], help="Models to load (repeatable); '*' loads all."),
+    response_cache_mb: int = typer.Option(0, help="Size of Triton's local response cache; 0 disables it."),
+    state_dir: Path = typer.Option(Path(".tritonstack"), help="Backend directory and logs live here."),
+) -> None:
+    """Run the Triton server bundled in the nvidia-pytriton wheel (CPU, python backend) until Ctrl-C."""
+    from deploy.local.process import ProcessError
+    from deploy.local.run import console, supervise
+    from deploy.local.triton import TritonOptions, TritonServer
+
+    opts = TritonOptions(
+        repository=repository,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        models=model,
+        response_cache_bytes=response_cache_mb << 20,
+    )
+    try:
+        server = TritonServer(
+            opts, state_dir=state_dir.resolve(), log_path=state_dir.resolve() / "triton.log"
+        )
+        with console.status(f"starting Triton on {repository} …"):
+            server.start_and_wait()
+    except ProcessError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"[green]Triton ready[/green] http://{server.http_url} grpc://{server.grpc_url} "
+        f"metrics http://{host}:{metrics_port}/metrics (log: {state_dir / 'triton.log'}); Ctrl-C stops it"
+    )
+    raise typer.Exit(supervise([server]))

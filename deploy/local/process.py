@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -89,7 +90,9 @@ class ManagedProcess:
         while time.monotonic() < deadline:
             if not self.alive():
                 code = self.proc.returncode if self.proc else None
-                raise ProcessError(f"{self.name} exited with code {code} before it was ready\n{self.log_tail()}")
+                raise ProcessError(
+                    f"{self.name} exited with code {code} before it was ready\n{self.log_tail()}"
+                )
             if check():
                 return
             time.sleep(interval)
@@ -101,22 +104,24 @@ class ManagedProcess:
             os.killpg(self.pid, sig)
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM the process group, then SIGKILL what is left after `timeout` seconds."""
+        """SIGTERM the leader, then SIGKILL the group (leftover children) after it exits or `timeout` passes.
+
+        Only the leader gets SIGTERM: a server shuts its own children down in order (Triton unloads
+        models, which stops their stub processes); signalling them at the same time races that.
+        """
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             try:
-                os.killpg(self.pid, signal.SIGTERM)
+                self.proc.send_signal(signal.SIGTERM)
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 pass
             except ProcessLookupError:
                 pass
         # the group may still hold children (e.g. python-backend stubs) after the leader exited
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         if self.proc.poll() is None:
             self.proc.wait(timeout=5)
         if self._log is not None:

@@ -17,8 +17,19 @@ class RedisServer(ManagedProcess):
             raise ProcessError(
                 "redis-server is not installed: `sudo apt-get install redis-server` (make install does this)"
             )
-        argv = [binary, "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no",
-                "--protected-mode", "yes"]
+        argv = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
         super().__init__("redis-server", argv, log_path=log_path)
         self.host = host
         self.port = port

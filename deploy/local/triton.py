@@ -67,7 +67,11 @@ class TritonDistribution:
 
     @property
     def stub(self) -> Path:
-        return self.stubs_dir / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+        return (
+            self.stubs_dir
+            / f"{sys.version_info.major}.{sys.version_info.minor}"
+            / "triton_python_backend_stub"
+        )
 
     @property
     def libs(self) -> Path:
@@ -114,7 +118,7 @@ class TritonOptions:
     models: list[str] = field(default_factory=lambda: ["*"])
     response_cache_bytes: int = 0
     log_verbose: int = 0
-    exit_timeout_s: int = 10
+    exit_timeout_s: int = 5
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -156,7 +160,10 @@ class TritonServer(ManagedProcess):
         dist = TritonDistribution.locate()
         backend_dir = prepare_backend_dir(dist, state_dir)
         super().__init__(
-            "tritonserver", server_argv(dist, backend_dir, opts), env=server_environment(dist), log_path=log_path
+            "tritonserver",
+            server_argv(dist, backend_dir, opts),
+            env=server_environment(dist),
+            log_path=log_path,
         )
         self.opts = opts
 
