@@ -159,7 +159,9 @@ def build(spec: ModelSpec) -> mc.ModelConfig:
     if spec.batching and spec.batching.enabled:
         _batching(cfg, spec.batching)
     if spec.platform != "ensemble":
-        group = cfg.instance_group.add(count=spec.instance_count, kind=mc.ModelInstanceGroup.Kind.Value(spec.instance_kind))
+        group = cfg.instance_group.add(
+            count=spec.instance_count, kind=mc.ModelInstanceGroup.Kind.Value(spec.instance_kind)
+        )
         group.gpus.extend(spec.gpus)
     for key, value in sorted(spec.parameters.items()):
         cfg.parameters[key].string_value = str(value)
@@ -199,7 +201,9 @@ def render_spec(spec: ModelSpec) -> str:
     return text
 
 
-def add_ensemble_steps(cfg: mc.ModelConfig, steps: Sequence[tuple[str, dict[str, str], dict[str, str]]]) -> None:
+def add_ensemble_steps(
+    cfg: mc.ModelConfig, steps: Sequence[tuple[str, dict[str, str], dict[str, str]]]
+) -> None:
     """Append `ensemble_scheduling` steps: (model, {step input: ensemble tensor}, {step output: ensemble tensor})."""
     for model, input_map, output_map in steps:
         step = cfg.ensemble_scheduling.step.add(model_name=model, model_version=-1)

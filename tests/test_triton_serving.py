@@ -1,0 +1,114 @@
+"""The exported MiniLM served by a real tritonserver: parity, token counts, batching, per-request errors."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from deploy.local.triton import TritonServer
+
+MODEL = "minilm"
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Triton batches requests of any length together.",
+    "Ceci est une phrase en français, avec des accents : é è à ç.",
+    "これは日本語の文です。",
+    "هذه جملة باللغة العربية",
+    "Emoji 🚀🔥 are tokenised too 🤖",
+    "?!...;;;---",
+    "",
+    " ".join(["a very long document that goes on and on"] * 60),  # far beyond 256 tokens
+]
+
+
+def _text_input(texts: list[bytes], module=httpclient):  # noqa: ANN001 - tritonclient modules are untyped
+    tensor = module.InferInput("text", [len(texts), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array(texts, dtype=object).reshape(-1, 1))
+    return tensor
+
+
+@pytest.fixture(scope="module")
+def http(triton_server: TritonServer) -> httpclient.InferenceServerClient:
+    client = httpclient.InferenceServerClient(triton_server.http_url, concurrency=32)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def reference(minilm_source: Path):
+    """sentence-transformers on the packaged model: the ground truth the export must match."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_source), device="cpu")
+
+
+def _counts(http: httpclient.InferenceServerClient) -> tuple[int, int]:
+    stats = http.get_inference_statistics(MODEL)["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def test_embeddings_match_sentence_transformers_over_grpc(triton_server: TritonServer, reference) -> None:
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    result = client.infer(MODEL, [_text_input([s.encode() for s in SENTENCES], grpcclient)])
+    got = result.as_numpy("embedding")
+    want = reference.encode(SENTENCES, normalize_embeddings=True, convert_to_numpy=True)
+    cosines = np.sum(got * want, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert got.shape == (len(SENTENCES), 384)
+    assert cosines.min() >= 0.9999, cosines
+    client.close()
+
+
+def test_token_counts_are_the_tokens_actually_embedded(http, reference) -> None:
+    result = http.infer(MODEL, [_text_input([s.encode() for s in SENTENCES])])
+    counts = result.as_numpy("token_count").reshape(-1).tolist()
+    tokenizer = reference.tokenizer
+    want = [len(tokenizer(s, truncation=True, max_length=reference.max_seq_length)["input_ids"]) for s in SENTENCES]
+    assert counts == want
+    assert counts[SENTENCES.index("")] == 2  # [CLS] [SEP]: an empty string embeds like sentence-transformers does
+    assert max(counts) == 256  # the long document was truncated to the model's window
+
+
+def test_concurrent_requests_are_batched(http) -> None:
+    before_inf, before_exec = _counts(http)
+    texts = [f"sentence number {i} about serving models" for i in range(96)]
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(lambda t: http.infer(MODEL, [_text_input([t.encode()])]), texts))
+    after_inf, after_exec = _counts(http)
+    assert all(r.as_numpy("embedding").shape == (1, 384) for r in results)
+    assert after_inf - before_inf == len(texts)
+    # dynamic batching: fewer model executions than inferences
+    assert after_exec - before_exec < after_inf - before_inf
+
+
+def test_malformed_request_fails_alone_inside_a_batch(http) -> None:
+    before_inf, before_exec = _counts(http)
+    busy = [" ".join(["keep the model busy"] * 40).encode()] * 64
+    good = [f"good request {i}".encode() for i in range(8)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        first = pool.submit(http.infer, MODEL, [_text_input(busy)])
+        futures = [pool.submit(http.infer, MODEL, [_text_input([g])]) for g in good]
+        bad = pool.submit(http.infer, MODEL, [_text_input([b"\xff\xfe not utf-8"])])
+        first.result()
+        goods = [f.result() for f in futures]
+        with pytest.raises(InferenceServerException, match="UTF-8"):
+            bad.result()
+    after_inf, after_exec = _counts(http)
+    solo = http.infer(MODEL, [_text_input([good[0]])]).as_numpy("embedding")
+    assert np.allclose(goods[0].as_numpy("embedding"), solo, atol=1e-5)
+    # the good requests queued behind the busy one and ran in shared executions with the bad one
+    assert after_exec - before_exec < 1 + len(good) + 1
+
+
+def test_model_reports_its_version_and_config(http) -> None:
+    config = http.get_model_config(MODEL)
+    assert config["backend"] == "python"
+    assert config["max_batch_size"] >= 32
+    assert "dynamic_batching" in config
+    result = http.infer(MODEL, [_text_input([b"which version?"])])
+    assert result.get_response()["model_version"] == "1"
