@@ -41,7 +41,7 @@ class RedisGuard:
             raise ValueError("timeout_ms must be positive")
         self.timeout_s = timeout_ms / 1000.0
         self.cooldown_s = cooldown_s
-        self.on_error: ErrorHook = on_error or _ignore
+        self.on_error: ErrorHook = on_error if on_error is not None else _ignore
         self._clock = clock
         self._open_until = 0.0
 

@@ -80,7 +80,7 @@ class SingleFlight(Generic[T]):
     ) -> None:
         self.store = store
         self.redis = redis if store is not None else None
-        self.hooks = metrics or CacheHooks()
+        self.hooks = metrics if metrics is not None else CacheHooks()
         self.guard = guard or RedisGuard(timeout_ms=timeout_ms, on_error=self.hooks.redis_error)
         self.lock_ms = int(lock_ms)
         self.poll_s = poll_ms / 1000.0

@@ -45,7 +45,7 @@ class EmbeddingCache:
             raise ValueError("EmbeddingCache needs a Redis client with decode_responses=False")
         self.redis = redis
         self.ttl_s = int(ttl_s)
-        self.hooks = metrics or CacheHooks()
+        self.hooks = metrics if metrics is not None else CacheHooks()
         self.guard = RedisGuard(timeout_ms=timeout_ms, cooldown_s=breaker_cooldown_s,
                                 on_error=self.hooks.redis_error)
         self.l1: LRUCache[CachedItem] = LRUCache(l1_max_items, ttl_s if l1_ttl_s is None else l1_ttl_s)

@@ -1,0 +1,179 @@
+"""`RateLimiter`: per-identity requests/min and tokens/min shared through Redis (sliding window counter).
+
+Built on the `limits` library's async Redis storage (redis-py implementation) and its
+`SlidingWindowCounterRateLimiter`. A check costs two Redis round trips when allowed (window stats
+of both limits, concurrently; then the atomic request hit) and one when refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
+from limits.util import WindowStats
+
+from gateway.cache.guard import RedisGuard
+from gateway.ratelimit.decision import Limits, RateLimitDecision, retry_after
+
+KEY_PREFIX = "tritonstack:rl"
+
+
+def _noop(_op: str) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitHooks:
+    """`redis_error(op)`: a Redis call of the limiter failed or timed out (op "check" or "debit")."""
+
+    redis_error: Callable[[str], None] = _noop
+
+
+def async_storage_uri(uri: str) -> str:
+    """Accept a plain ``redis://``/``rediss://``/``redis+unix://`` URL as well as ``async+redis://``."""
+    return uri if uri.startswith("async+") else f"async+{uri}"
+
+
+class RateLimiter:
+    """Per-identity limits (API key, or client IP when anonymous), shared by every gateway process.
+
+    `check` counts the request and refuses it when either budget is spent; `debit_tokens` records
+    real token usage after the response. Redis failures never raise: with `fail_open` (default)
+    requests are allowed without headers, otherwise refused with reason "unavailable". Every
+    Redis interaction is bounded by `timeout_ms`; after a failure Redis is skipped for
+    `breaker_cooldown_s`. Extra keyword arguments go to the redis-py client (e.g.
+    ``connection_pool=`` to share the gateway's pool).
+    """
+
+    def __init__(
+        self,
+        storage_uri: str,
+        *,
+        default: Limits,
+        overrides: Mapping[str, Limits] | None = None,
+        fail_open: bool = True,
+        timeout_ms: float = 50.0,
+        metrics: RateLimitHooks | None = None,
+        key_prefix: str = KEY_PREFIX,
+        breaker_cooldown_s: float = 1.0,
+        **storage_options: float | str | bool | object,
+    ) -> None:
+        self.default = default
+        self._overrides: dict[str, Limits] = dict(overrides or {})
+        self.fail_open = fail_open
+        self.hooks = metrics if metrics is not None else RateLimitHooks()
+        self.guard = RedisGuard(timeout_ms=timeout_ms, cooldown_s=breaker_cooldown_s,
+                                on_error=self.hooks.redis_error)
+        self.storage = storage_from_string(
+            async_storage_uri(storage_uri), implementation="redispy", key_prefix=key_prefix,
+            **storage_options,  # type: ignore[arg-type]
+        )
+        if not isinstance(self.storage, RedisStorage):
+            raise ValueError(f"not a Redis storage URI: {storage_uri!r}")
+        self.strategy = SlidingWindowCounterRateLimiter(self.storage)
+
+    # --- configuration -----------------------------------------------------------------
+
+    def limits_for(self, identity: str) -> Limits:
+        """The identity's configured limits, else the default."""
+        return self._overrides.get(identity, self.default)
+
+    def set_limits(self, identity: str, limits: Limits | None) -> None:
+        """Override (or with None, reset to default) one identity's limits at runtime."""
+        if limits is None:
+            self._overrides.pop(identity, None)
+        else:
+            self._overrides[identity] = limits
+
+    # --- checks --------------------------------------------------------------------------
+
+    async def check(self, identity: str, cost_tokens_estimate: int = 0) -> RateLimitDecision:
+        """Count one request for `identity` and decide whether it may proceed.
+
+        Refused when the request budget is spent, or when fewer than
+        ``min(max(1, cost_tokens_estimate), tokens_per_min)`` tokens remain (so a request larger than
+        the whole budget still passes on an idle window). A refused request consumes nothing.
+        """
+        limits = self.limits_for(identity)
+        if limits.unlimited:
+            return RateLimitDecision(allowed=True)
+        decision = await self.guard.call(
+            "check", lambda: self._check(identity, limits, cost_tokens_estimate), None
+        )
+        return decision if decision is not None else self._unavailable()
+
+    async def debit_tokens(self, identity: str, n: int) -> None:
+        """Record `n` tokens actually used by `identity`. Usage beyond the remaining budget is capped
+        at the budget (the window is then exhausted). Never raises."""
+        limit = self.limits_for(identity).tokens_per_min
+        if limit is None or n <= 0:
+            return
+        item = RateLimitItemPerMinute(limit, namespace="tokens")
+        await self.guard.call("debit", lambda: self._debit(item, identity, n), None)
+
+    async def healthy(self) -> bool:
+        """True when the limiter's Redis answers within the timeout."""
+        return bool(await self.guard.call("ping", self.storage.check, False))
+
+    async def aclose(self) -> None:
+        """Close the limiter's Redis client (a shared `connection_pool` is left open)."""
+        client = getattr(getattr(self.storage, "bridge", None), "storage", None)
+        if client is not None:
+            await client.aclose()
+
+    # --- internals -------------------------------------------------------------------------
+
+    async def _check(self, identity: str, limits: Limits, cost: int) -> RateLimitDecision:
+        req = RateLimitItemPerMinute(limits.requests_per_min, namespace="requests") \
+            if limits.requests_per_min else None
+        tok = RateLimitItemPerMinute(limits.tokens_per_min, namespace="tokens") \
+            if limits.tokens_per_min else None
+        req_stats, tok_stats = await asyncio.gather(self._stats(req, identity), self._stats(tok, identity))
+        now = time.time()
+        if tok is not None and tok_stats is not None and tok_stats.remaining < min(max(1, cost), tok.amount):
+            return _decision(False, "tokens", limits, req_stats, tok_stats, now)
+        if req is not None and req_stats is not None:
+            if req_stats.remaining < 1 or not await self.strategy.hit(req, identity):
+                return _decision(False, "requests", limits, WindowStats(req_stats.reset_time, 0), tok_stats, now)
+            req_stats = WindowStats(req_stats.reset_time, req_stats.remaining - 1)
+        return _decision(True, None, limits, req_stats, tok_stats, now)
+
+    async def _stats(self, item: RateLimitItem | None, identity: str) -> WindowStats | None:
+        return None if item is None else await self.strategy.get_window_stats(item, identity)
+
+    async def _debit(self, item: RateLimitItem, identity: str, n: int) -> None:
+        if await self.strategy.hit(item, identity, cost=min(n, item.amount)):
+            return
+        stats = await self.strategy.get_window_stats(item, identity)
+        if stats.remaining > 0:
+            await self.strategy.hit(item, identity, cost=stats.remaining)
+
+    def _unavailable(self) -> RateLimitDecision:
+        if self.fail_open:
+            return RateLimitDecision(allowed=True, degraded=True)
+        return RateLimitDecision(allowed=False, reason="unavailable", degraded=True,
+                                 retry_after_s=retry_after(self.guard.cooldown_s))
+
+
+def _decision(allowed: bool, reason: str | None, limits: Limits, req: WindowStats | None,
+              tok: WindowStats | None, now: float) -> RateLimitDecision:
+    reset_req = max(0.0, req.reset_time - now) if req is not None else None
+    reset_tok = max(0.0, tok.reset_time - now) if tok is not None else None
+    refused_reset = reset_req if reason == "requests" else reset_tok
+    return RateLimitDecision(
+        allowed=allowed,
+        limit_requests=limits.requests_per_min,
+        remaining_requests=req.remaining if req is not None else None,
+        reset_requests_s=reset_req,
+        limit_tokens=limits.tokens_per_min,
+        remaining_tokens=tok.remaining if tok is not None else None,
+        reset_tokens_s=reset_tok,
+        retry_after_s=None if allowed else retry_after(refused_reset or 0.0),
+        reason=reason,
+    )

@@ -1,0 +1,176 @@
+"""RateLimiter against a real redis-server: budgets, headers, token debits, overrides, Redis down."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from deploy.local.process import free_port
+from gateway.ratelimit import (
+    Limits,
+    RateLimitDecision,
+    RateLimiter,
+    RateLimitHooks,
+    async_storage_uri,
+    format_seconds,
+    retry_after,
+)
+from tests.redis_helpers import Counter, own_redis, unique
+
+
+@pytest.fixture
+async def limiter_factory(redis_server) -> AsyncIterator:
+    made: list[RateLimiter] = []
+
+    def make(default: Limits, **kw: object) -> RateLimiter:
+        kw.setdefault("timeout_ms", 500)
+        limiter = RateLimiter(str(kw.pop("uri", redis_server.url)), default=default, **kw)
+        made.append(limiter)
+        return limiter
+
+    yield make
+    for limiter in made:
+        await limiter.aclose()
+
+
+def assert_refused(decision: RateLimitDecision, reason: str) -> None:
+    assert not decision.allowed
+    assert decision.reason == reason
+    assert decision.retry_after_s is not None and 1 <= decision.retry_after_s <= 60
+    assert decision.headers()["retry-after"] == str(decision.retry_after_s)
+    assert reason in decision.message
+
+
+async def test_requests_allowed_up_to_the_limit_then_refused(limiter_factory) -> None:
+    limiter, who = limiter_factory(Limits(requests_per_min=3, tokens_per_min=1000)), unique("id")
+    decisions = [await limiter.check(who) for _ in range(3)]
+    assert all(d.allowed and not d.degraded for d in decisions)
+    assert [d.remaining_requests for d in decisions] == [2, 1, 0]
+
+    headers = decisions[-1].headers()
+    assert headers["x-ratelimit-limit-requests"] == "3"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-limit-tokens"] == "1000"
+    assert headers["x-ratelimit-remaining-tokens"] == "1000"
+    assert headers["x-ratelimit-reset-requests"].endswith("s")
+    assert "retry-after" not in headers
+
+    refused = await limiter.check(who)
+    assert_refused(refused, "requests")
+    assert refused.headers()["x-ratelimit-remaining-requests"] == "0"
+    assert (await limiter.check(unique("id"))).allowed  # other identities are unaffected
+
+
+async def test_processes_share_the_budget_through_redis(limiter_factory) -> None:
+    limits, who = Limits(requests_per_min=2), unique("id")
+    first, second = limiter_factory(limits), limiter_factory(limits)
+    assert (await first.check(who)).allowed
+    assert (await second.check(who)).remaining_requests == 0
+    assert_refused(await first.check(who), "requests")
+
+
+async def test_token_debit_exhausts_the_token_budget(limiter_factory) -> None:
+    limiter, who = limiter_factory(Limits(requests_per_min=100, tokens_per_min=50)), unique("id")
+    assert (await limiter.check(who)).allowed
+    await limiter.debit_tokens(who, 30)
+    decision = await limiter.check(who)
+    assert decision.allowed and decision.remaining_tokens == 20
+    await limiter.debit_tokens(who, 500)  # more than remains: the window is simply exhausted
+    refused = await limiter.check(who)
+    assert_refused(refused, "tokens")
+    assert refused.headers()["x-ratelimit-remaining-tokens"] == "0"
+    assert refused.remaining_requests == 98  # a refused request consumes nothing
+
+
+async def test_token_estimate_must_fit_the_remaining_budget(limiter_factory) -> None:
+    limiter, who = limiter_factory(Limits(tokens_per_min=10)), unique("id")
+    assert (await limiter.check(who, cost_tokens_estimate=25)).allowed  # bigger than the budget: idle window ok
+    await limiter.debit_tokens(who, 8)
+    assert_refused(await limiter.check(who, cost_tokens_estimate=5), "tokens")
+    decision = await limiter.check(who, cost_tokens_estimate=2)
+    assert decision.allowed
+    assert set(decision.headers()) == {f"x-ratelimit-{k}-tokens" for k in ("limit", "remaining", "reset")}
+
+
+async def test_per_identity_overrides(limiter_factory) -> None:
+    vip, plain = unique("vip"), unique("plain")
+    limiter = limiter_factory(Limits(requests_per_min=1), overrides={vip: Limits(requests_per_min=3)})
+    assert limiter.limits_for(vip) == Limits(requests_per_min=3)
+    assert limiter.limits_for(plain) == Limits(requests_per_min=1)
+    assert [(await limiter.check(vip)).allowed for _ in range(4)] == [True, True, True, False]
+    assert [(await limiter.check(plain)).allowed for _ in range(2)] == [True, False]
+
+    unlimited = unique("free")
+    limiter.set_limits(unlimited, Limits())
+    decision = await limiter.check(unlimited)
+    assert decision.allowed and decision.headers() == {}
+    limiter.set_limits(unlimited, None)
+    assert limiter.limits_for(unlimited) == Limits(requests_per_min=1)
+
+
+async def test_shares_the_gateway_connection_pool(limiter_factory, redis_server) -> None:
+    client = aioredis.from_url(redis_server.url)
+    limiter = limiter_factory(Limits(requests_per_min=5), connection_pool=client.connection_pool)
+    assert (await limiter.check(unique("id"))).remaining_requests == 4
+    await limiter.aclose()
+    assert await client.ping()  # closing the limiter left the shared pool usable
+    await client.aclose()
+
+
+async def test_unreachable_redis_fails_open_without_headers(limiter_factory) -> None:
+    errors = Counter()
+    limiter = limiter_factory(Limits(requests_per_min=1), uri=f"redis://127.0.0.1:{free_port()}/0",
+                              metrics=RateLimitHooks(redis_error=errors))
+    decision = await limiter.check("anyone")
+    assert decision.allowed and decision.degraded
+    assert decision.headers() == {}
+    await limiter.debit_tokens("anyone", 10)  # skipped silently while the breaker is open
+    assert errors.calls == ["check"]
+    assert not await limiter.healthy()
+
+
+async def test_stopped_redis_fails_closed_when_configured(tmp_path: Path, limiter_factory) -> None:
+    errors = Counter()
+    with own_redis(tmp_path) as server:
+        limiter = limiter_factory(Limits(requests_per_min=10), uri=server.url, fail_open=False,
+                                  timeout_ms=300, metrics=RateLimitHooks(redis_error=errors))
+        assert (await limiter.check("anyone")).allowed
+        assert await limiter.healthy()
+        server.stop()
+        started = time.monotonic()
+        decision = await limiter.check("anyone")
+        assert time.monotonic() - started < 0.3
+    assert_refused(decision, "unavailable")
+    assert decision.degraded and errors.calls == ["check"]
+    assert "fail closed" in decision.message
+
+
+async def test_frozen_redis_is_bounded_by_the_timeout(tmp_path: Path, limiter_factory) -> None:
+    with own_redis(tmp_path) as server:
+        limiter = limiter_factory(Limits(requests_per_min=10), uri=server.url, timeout_ms=100)
+        assert (await limiter.check("anyone")).allowed
+        server.signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            decision = await limiter.check("anyone")
+            assert time.monotonic() - started < 0.5
+        finally:
+            server.signal(signal.SIGCONT)
+        assert decision.allowed and decision.degraded
+
+
+def test_formats_and_validation() -> None:
+    formatted = [format_seconds(x) for x in (0, 1, 0.25, 0.0001, 59.9999, -3)]
+    assert formatted == ["0s", "1s", "0.25s", "0.001s", "60s", "0s"]
+    assert [retry_after(x) for x in (0, 0.2, 1.5, 600)] == [1, 1, 2, 60]
+    assert async_storage_uri("redis://h:1/0") == "async+redis://h:1/0"
+    assert async_storage_uri("async+redis://h:1/0") == "async+redis://h:1/0"
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError):
+            Limits(requests_per_min=bad)  # type: ignore[arg-type]
+    assert RateLimitDecision(allowed=True).message == ""
