@@ -45,9 +45,7 @@ def triton(
         response_cache_bytes=response_cache_mb << 20,
     )
     try:
-        server = TritonServer(
-            opts, state_dir=state_dir.resolve(), log_path=state_dir.resolve() / "triton.log"
-        )
+        server = TritonServer(opts, state_dir=state_dir.resolve(), log_path=state_dir.resolve() / "triton.log")
         with console.status(f"starting Triton on {repository} …"):
             server.start_and_wait()
     except ProcessError as exc:
@@ -58,3 +56,33 @@ def triton(
         f"metrics http://{host}:{metrics_port}/metrics (log: {state_dir / 'triton.log'}); Ctrl-C stops it"
     )
     raise typer.Exit(supervise([server]))
+
+
+@app.command("up")
+def up(
+    repository: Path = typer.Option(Path("model_repository"), help="Triton model repository."),
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0", help="Used if reachable; else a local one starts."),
+    gateway_port: int = typer.Option(8080),
+    state_dir: Path = typer.Option(Path(".tritonstack"), help="Logs, backend directory and the dev API key."),
+) -> None:
+    """Redis (if none is reachable) + Triton + gateway, in the foreground; Ctrl-C stops all."""
+    from deploy.local.process import ProcessError
+    from deploy.local.run import console, supervise
+    from deploy.local.stack import StackOptions, dev_api_key, start_stack
+
+    opts = StackOptions(
+        repository=repository, state_dir=state_dir.resolve(), redis_url=redis_url, gateway_port=gateway_port
+    )
+    try:
+        with console.status("starting Redis, Triton and the gateway …"):
+            processes = start_stack(opts)
+    except ProcessError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    base = f"http://127.0.0.1:{gateway_port}"
+    console.print(
+        f"[green]tritonstack is up[/green]: gateway {base} (OpenAI: {base}/v1, KServe v2: {base}/v2, "
+        f"metrics: {base}/metrics)\n"
+        f"development API key: [bold]{dev_api_key(opts.state_dir)}[/bold]  (logs in {state_dir}/); Ctrl-C stops all"
+    )
+    raise typer.Exit(supervise(processes))

@@ -90,9 +90,7 @@ class ManagedProcess:
         while time.monotonic() < deadline:
             if not self.alive():
                 code = self.proc.returncode if self.proc else None
-                raise ProcessError(
-                    f"{self.name} exited with code {code} before it was ready\n{self.log_tail()}"
-                )
+                raise ProcessError(f"{self.name} exited with code {code} before it was ready\n{self.log_tail()}")
             if check():
                 return
             time.sleep(interval)

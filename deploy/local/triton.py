@@ -67,11 +67,7 @@ class TritonDistribution:
 
     @property
     def stub(self) -> Path:
-        return (
-            self.stubs_dir
-            / f"{sys.version_info.major}.{sys.version_info.minor}"
-            / "triton_python_backend_stub"
-        )
+        return self.stubs_dir / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
 
     @property
     def libs(self) -> Path:

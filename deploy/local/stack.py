@@ -1,0 +1,103 @@
+"""`tritonstack up`: Redis (when none is reachable) + Triton + gateway as one process group; Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from deploy.local.process import ManagedProcess, ProcessError, port_open
+from deploy.local.redis import RedisServer
+from deploy.local.triton import TritonOptions, TritonServer
+
+
+@dataclass
+class StackOptions:
+    """Where each part listens; defaults are the documented ports."""
+
+    repository: Path
+    state_dir: Path
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+
+
+def dev_api_key(state_dir: Path) -> str:
+    """A development API key, created once and kept in the state directory (mode 600)."""
+    path = state_dir / "dev-api-key"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"ts-dev-{secrets.token_urlsafe(24)}\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def redis_for(opts: StackOptions) -> RedisServer | None:
+    """None when a Redis already answers at the URL; otherwise a local redis-server to start on its port."""
+    url = urlparse(opts.redis_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 6379
+    if port_open(host, port):
+        return None
+    if host not in {"127.0.0.1", "localhost"}:
+        raise ProcessError(f"no Redis reachable at {opts.redis_url}, and it is not local, so none can be started")
+    return RedisServer(port, host="127.0.0.1", log_path=opts.state_dir / "redis.log")
+
+
+def gateway_process(opts: StackOptions, api_key: str) -> ManagedProcess:
+    keys = [{"name": "dev", "sha256": hashlib.sha256(api_key.encode()).hexdigest(), "scopes": ["admin"]}]
+    env = {
+        "TRITONSTACK_GATEWAY_TRITON_GRPC_URL": f"127.0.0.1:{opts.triton_grpc_port}",
+        "TRITONSTACK_GATEWAY_TRITON_HTTP_URL": f"127.0.0.1:{opts.triton_http_port}",
+        "TRITONSTACK_GATEWAY_REDIS_URL": opts.redis_url,
+        "TRITONSTACK_GATEWAY_API_KEYS": json.dumps(keys),
+    }
+    cli = Path(sys.executable).parent / "tritonstack"
+    argv = [str(cli), "gateway", "--host", opts.gateway_host, "--port", str(opts.gateway_port)]
+    return ManagedProcess("gateway", argv, env={**os.environ, **env}, log_path=opts.state_dir / "gateway.log")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_stack(opts: StackOptions) -> list[ManagedProcess]:
+    """Start every part in dependency order and wait for each to be ready; stop what started on failure."""
+    started: list[ManagedProcess] = []
+    try:
+        redis = redis_for(opts)
+        if redis is not None:
+            started.append(redis.start_and_wait())
+        triton = TritonServer(
+            TritonOptions(
+                opts.repository,
+                http_port=opts.triton_http_port,
+                grpc_port=opts.triton_grpc_port,
+                metrics_port=opts.triton_metrics_port,
+            ),
+            state_dir=opts.state_dir,
+            log_path=opts.state_dir / "triton.log",
+        )
+        started.append(triton.start_and_wait())
+        gateway = gateway_process(opts, dev_api_key(opts.state_dir)).start()
+        started.append(gateway)
+        health = f"http://{opts.gateway_host}:{opts.gateway_port}/healthz"
+        gateway.wait_ready(lambda: http_ok(health), timeout=60)
+    except BaseException:
+        for process in reversed(started):
+            process.stop()
+        raise
+    return started
