@@ -29,7 +29,8 @@ test: install
 	$(BIN)/pytest
 
 bench: install
-	$(BIN)/tritonstack bench triton
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/tritonstack bench triton --tuning
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

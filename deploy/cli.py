@@ -86,3 +86,30 @@ def up(
         f"development API key: [bold]{dev_api_key(opts.state_dir)}[/bold]  (logs in {state_dir}/); Ctrl-C stops all"
     )
     raise typer.Exit(supervise(processes))
+
+
+bench_app = typer.Typer(help="Benchmarks (not tests): ratios measured in one run, written to docs/BENCHMARKS.md.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("triton")
+def bench_triton(
+    duration: int = typer.Option(15, help="Seconds per measurement."),
+    concurrency: list[int] = typer.Option([1, 8, 32], help="Closed-loop connections (repeatable)."),
+    tuning: bool = typer.Option(False, help="Also measure tuning variants (instances, queue delay, queue size)."),
+    output: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update."),
+) -> None:
+    """Triton batched vs unbatched vs int8 vs raw in-process ONNX Runtime (MiniLM on CPU)."""
+    import shlex
+
+    from loadtest.bench import triton as bench
+    from loadtest.wrk import WrkMissingError
+
+    command = "tritonstack bench triton " + shlex.join(
+        [f"--duration={duration}", *[f"--concurrency={c}" for c in concurrency], *(["--tuning"] if tuning else [])]
+    )
+    try:
+        typer.echo(bench.run(duration, concurrency, tuning, output, command))
+    except WrkMissingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc

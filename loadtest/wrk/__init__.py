@@ -49,8 +49,17 @@ def run_wrk(
     if binary is None:
         raise WrkMissingError("wrk is not installed: `sudo apt-get install wrk` (make bench does this)")
     env = {**os.environ, "WRK_BODY": body, "WRK_AUTH": auth or ""}
-    argv = [binary, f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration_s}s", "--timeout", "10s",
-            "-s", str(SCRIPTS / script), url]
+    argv = [
+        binary,
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(SCRIPTS / script),
+        url,
+    ]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
     line = next((ln for ln in out.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:

@@ -1,0 +1,44 @@
+"""Write benchmark sections into docs/BENCHMARKS.md, each between its own markers, leaving others intact."""
+
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+
+import psutil
+
+
+def machine_description() -> str:
+    """One line about the machine the numbers came from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{cpu}, {psutil.cpu_count(logical=True)} logical CPUs, {mem:.0f} GiB RAM, {platform.platform()}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, key: str, body: str) -> None:
+    """Replace (or append) the section marked `<!-- bench:KEY -->` … `<!-- /bench:KEY -->` in `path`."""
+    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmarks\n\nEvery number here was produced by the command above its table.\n"
+    )
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

@@ -1,0 +1,145 @@
+"""`tritonstack bench triton`: Triton batched vs unbatched vs int8 vs raw in-process ONNX Runtime, one run.
+
+Each variant is exported into a fresh repository with `tritonstack export minilm`, one Triton serves them all,
+and `wrk` drives a closed loop of unique one-sentence requests at each concurrency. Ratios are computed
+from numbers measured in this one run: the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deploy.local.process import free_port
+from deploy.local.triton import TritonOptions, TritonServer
+from loadtest.bench.report import machine_description, markdown_table, write_section
+from loadtest.wrk import WrkResult, run_wrk
+
+INFER_BODY = '{"inputs":[{"name":"text","shape":[1,1],"datatype":"BYTES","data":["{TEXT}"]}]}'
+WORDS = ["model", "serving", "batch", "latency", "vector", "token", "gateway", "queue", "cache", "triton"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model exported under its own name with its own flags."""
+
+    name: str
+    label: str
+    flags: tuple[str, ...]
+
+
+VARIANTS = (
+    Variant("minilm_unbatched", "fp32, no dynamic batching", ("--no-dynamic-batching",)),
+    Variant("minilm", "fp32, dynamic batching (default config)", ()),
+    Variant("minilm_int8", "int8, dynamic batching", ("--precision", "int8")),
+)
+TUNING = (
+    Variant(
+        "minilm_2x1", "fp32, batching, 2 instances × 1 ORT thread", ("--instances", "2", "--intra-op-threads", "1")
+    ),
+    Variant("minilm_delay1ms", "fp32, batching, max_queue_delay 1 ms", ("--max-queue-delay-us", "1000")),
+    Variant("minilm_queue256", "fp32, batching, max_queue_size 256", ("--max-queue-size", "256")),
+)
+
+
+def sentence(i: int) -> str:
+    """The same kind of unique sentence the wrk script sends."""
+    return f"request {i} from thread 0 asks about {WORDS[i % 10]} and {WORDS[(i * 7) % 10]} in a short sentence"
+
+
+def export_variants(repository: Path, variants: tuple[Variant, ...]) -> None:
+    cli = Path(sys.executable).parent / "tritonstack"
+    for v in variants:
+        argv = [str(cli), "export", "minilm", "--repository", str(repository), "--name", v.name, *v.flags]
+        subprocess.run(argv, check=True)
+
+
+def ort_in_process(version_dir: Path, batch: int, duration_s: float) -> float:
+    """Items/s of ONNX Runtime in this process on batches of unique sentences, tokenisation included."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(version_dir / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=256)
+    tokenizer.enable_padding()
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    done, i = 0, 0
+    deadline = time.perf_counter() + duration_s
+    start = time.perf_counter()
+    while time.perf_counter() < deadline:
+        encodings = tokenizer.encode_batch([sentence(i + k) for k in range(batch)])
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        session.run(None, {"input_ids": ids, "attention_mask": mask})
+        done += batch
+        i += batch
+    return done / (time.perf_counter() - start)
+
+
+def measure(server: TritonServer, model: str, concurrencies: list[int], duration_s: int) -> list[WrkResult]:
+    url = f"http://{server.http_url}/v2/models/{model}/infer"
+    run_wrk(url, INFER_BODY, connections=8, duration_s=2)  # warm-up, discarded
+    return [run_wrk(url, INFER_BODY, connections=c, duration_s=duration_s) for c in concurrencies]
+
+
+def render(results: dict[str, list[WrkResult]], labels: dict[str, str], ort_rps: float, command: str) -> str:
+    rows = [
+        [
+            labels[name],
+            str(r.connections),
+            f"{r.rps:.0f}",
+            f"{r.p50_ms:.1f}",
+            f"{r.p95_ms:.1f}",
+            f"{r.p99_ms:.1f}",
+            str(r.errors + r.non2xx),
+        ]
+        for name, runs in results.items()
+        for r in runs
+    ]
+    top = {name: runs[-1].rps for name, runs in results.items()}
+    c = results["minilm"][-1].connections
+    ratios = [
+        ["batched / unbatched", f"{top['minilm'] / top['minilm_unbatched']:.2f}×", "≥ 1.6×"],
+        ["batched / raw ORT in-process batch 32", f"{top['minilm'] / ort_rps:.2f}×", "≥ 0.95×"],
+        ["int8 / fp32 (both batched)", f"{top['minilm_int8'] / top['minilm']:.2f}×", "≥ 2×"],
+    ]
+    return "\n\n".join(
+        [
+            "## Triton: dynamic batching, int8, and raw ONNX Runtime (MiniLM, CPU)",
+            f"Command: `{command}`  \nMachine: {machine_description()}  \n"
+            "Load: `wrk` (1 thread, closed loop), one unique ~20-token sentence per request, KServe v2 JSON over HTTP "
+            "straight to Triton. Raw ORT: the same ONNX file in-process, batches of 32 unique sentences, "
+            "tokenisation included, ORT's default threads.",
+            markdown_table(["variant", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"], rows),
+            f"Raw ONNX Runtime in-process, batch 32: **{ort_rps:.0f} items/s**.",
+            f"Ratios at concurrency {c}, same run:",
+            markdown_table(["ratio", "measured", "target"], ratios),
+        ]
+    )
+
+
+def run(duration_s: int, concurrencies: list[int], tuning: bool, output: Path, command: str) -> str:
+    """Export, serve, measure and write the section; returns the markdown."""
+    variants = VARIANTS + (TUNING if tuning else ())
+    with tempfile.TemporaryDirectory(prefix="tritonstack-bench-") as tmp:
+        repository = Path(tmp) / "repository"
+        export_variants(repository, variants)
+        server = TritonServer(
+            TritonOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()),
+            state_dir=Path(tmp) / "state",
+            log_path=Path(tmp) / "state" / "triton.log",
+        ).start_and_wait()
+        try:
+            results = {v.name: measure(server, v.name, concurrencies, duration_s) for v in variants}
+        finally:
+            server.stop()
+        ort_rps = ort_in_process(repository / "minilm" / "1", batch=32, duration_s=duration_s)
+    markdown = render(results, {v.name: v.label for v in variants}, ort_rps, command)
+    write_section(output, "triton", markdown)
+    return markdown
