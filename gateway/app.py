@@ -1,0 +1,137 @@
+"""The gateway application: `create_app(settings)`; clients are created in the lifespan, never at import.
+
+`app_from_env()` is the uvicorn factory (`uvicorn --factory gateway.app:app_from_env`), reading
+`TRITONSTACK_GATEWAY_*` from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from gateway.admission import AdmissionMiddleware
+from gateway.auth import Authenticator
+from gateway.backends.triton import TritonBackend
+from gateway.cache import CachedItem, CacheHooks, EmbeddingCache, SingleFlight
+from gateway.config import GatewaySettings
+from gateway.deps import GatewayState
+from gateway.embeddings.router import router as embeddings_router
+from gateway.embeddings.service import EmbeddingPolicy, EmbeddingService
+from gateway.errors import install_error_handlers
+from gateway.kserve.router import router as kserve_router
+from gateway.kserve.service import KServeProxy
+from gateway.limiting import build_limiter
+from gateway.metrics import GatewayMetrics
+from gateway.middleware import RequestContextMiddleware
+from gateway.models.router import router as models_router
+from gateway.models.service import ModelService
+from gateway.ops.router import PROBE_PATHS, admin
+from gateway.ops.router import router as ops_router
+from gateway.responses import OrjsonResponse
+
+log = logging.getLogger("gateway")
+
+
+def _redis(settings: GatewaySettings) -> aioredis.Redis:
+    timeout = settings.redis_timeout_ms / 1000.0
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        max_connections=settings.redis_max_connections,
+        decode_responses=False,
+    )
+
+
+def _http(settings: GatewaySettings) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=settings.passthrough_max_connections,
+                          max_keepalive_connections=settings.passthrough_max_connections)
+    return httpx.AsyncClient(base_url=f"http://{settings.triton_http_url}", limits=limits,
+                             timeout=httpx.Timeout(settings.backend_timeout_s, connect=2.0))
+
+
+def _cache(settings: GatewaySettings, redis: aioredis.Redis, metrics: GatewayMetrics
+           ) -> tuple[EmbeddingCache | None, SingleFlight[CachedItem]]:
+    hooks = CacheHooks(
+        redis_error=lambda op: metrics.redis_errors.labels(f"cache_{op}").inc(),
+        coalesced=metrics.coalesced.inc,
+        remote_wait=metrics.coalesced.inc,
+    )
+    if not settings.cache_enabled:
+        return None, SingleFlight(metrics=hooks)
+    cache = EmbeddingCache(redis, l1_max_items=settings.cache_l1_size, ttl_s=settings.cache_ttl_s,
+                           timeout_ms=settings.redis_timeout_ms, metrics=hooks)
+    return cache, SingleFlight(cache, redis=redis, guard=cache.guard, metrics=hooks)
+
+
+def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewayState:
+    """Create every client and service (must run inside the event loop: gRPC and Redis bind to it)."""
+    backend = TritonBackend(settings.triton_grpc_url, timeout_s=settings.backend_timeout_s,
+                            model_info_ttl_s=settings.model_info_ttl_s, metrics=metrics)
+    redis = _redis(settings)
+    cache, flights = _cache(settings, redis, metrics)
+    limiter = build_limiter(settings, redis, metrics)
+    policy = EmbeddingPolicy(max_items=settings.max_input_items, max_chars=settings.max_input_chars)
+    return GatewayState(
+        settings=settings,
+        metrics=metrics,
+        authenticator=Authenticator(settings),
+        backend=backend,
+        redis=redis,
+        embeddings=EmbeddingService(backend, metrics=metrics, policy=policy, cache=cache, flights=flights,
+                                    limiter=limiter),
+        models=ModelService(backend, started_at=int(time.time())),
+        kserve=KServeProxy(_http(settings)),
+        cache=cache,
+        limiter=limiter,
+    )
+
+
+async def close_state(state: GatewayState) -> None:
+    """Finish background work, then close every client."""
+    await state.embeddings.drain()
+    await state.kserve.client.aclose()
+    await state.backend.close()
+    if state.limiter is not None:
+        await state.limiter.aclose()
+    await state.redis.aclose()
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """The gateway ASGI app for `settings` (its own metrics registry; no I/O until startup)."""
+    metrics = GatewayMetrics()
+    if settings.auth_disabled:
+        log.warning("API key authentication is DISABLED (auth_disabled=true): every caller is admin")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = build_state(settings, metrics)
+        app.state.gateway = state
+        try:
+            yield
+        finally:
+            await close_state(state)
+
+    app = FastAPI(title="tritonstack gateway", version="0.1.0", lifespan=lifespan,
+                  default_response_class=OrjsonResponse)
+    install_error_handlers(app)
+    for router in (embeddings_router, models_router, kserve_router, ops_router, admin):
+        app.include_router(router)
+    app.add_middleware(AdmissionMiddleware, max_in_flight=settings.max_in_flight,
+                       max_body_bytes=settings.max_body_bytes, retry_after_s=settings.overload_retry_after_s,
+                       metrics=metrics, exempt_paths=PROBE_PATHS)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # added last = outermost
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: settings from `TRITONSTACK_GATEWAY_*`."""
+    settings = GatewaySettings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return create_app(settings)

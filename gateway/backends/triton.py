@@ -1,0 +1,206 @@
+"""Triton over gRPC (tritonclient.grpc.aio), behind the `Backend` interface.
+
+Model metadata (versions, max_batch_size, tensor shapes) is cached per model for `model_info_ttl_s`; unknown
+models are cached as such for the same time so a stream of bad names does not reach Triton. Embedding batches
+larger than the model's `max_batch_size` are split and sent concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from tritonclient.grpc import InferInput, InferResult
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from gateway.backends.base import EmbedResult, ModelEntry, ModelInfo, TensorInfo
+from gateway.errors import (
+    BackendTimeoutError,
+    BackendUnavailableError,
+    GatewayError,
+    InternalError,
+    InvalidRequestError,
+    NotFoundError,
+)
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger("gateway.backends.triton")
+
+TEXT_INPUT = "text"
+EMBEDDING_OUTPUT = "embedding"
+TOKEN_COUNT_OUTPUT = "token_count"
+_MAX_CACHED_MODELS = 1024
+
+
+def model_not_found(model: str) -> NotFoundError:
+    """The error for a model that is unknown to Triton or not ready."""
+    return NotFoundError(f"The model '{model}' does not exist or is not ready", param="model",
+                         code="model_not_found")
+
+
+def map_triton_error(exc: InferenceServerException, model: str) -> tuple[GatewayError, str]:
+    """A tritonclient error → (typed gateway error, metrics reason)."""
+    status = (exc.status() or "").removeprefix("StatusCode.")
+    message = exc.message() or str(exc)
+    lowered = message.lower()
+    if "unknown model" in lowered or "is not found" in lowered or status == "NOT_FOUND":
+        return model_not_found(model), "model_not_found"
+    if "exceeds maximum queue size" in lowered or ("queue" in lowered and status == "UNAVAILABLE"):
+        return BackendUnavailableError("The inference server is overloaded (queue full); retry shortly",
+                                       code="backend_overloaded"), "queue_full"
+    if status == "DEADLINE_EXCEEDED":
+        return BackendTimeoutError("The inference server did not answer in time"), "timeout"
+    if status == "UNAVAILABLE":
+        return BackendUnavailableError("The inference server is unavailable"), "unavailable"
+    if status == "INVALID_ARGUMENT":
+        return InvalidRequestError(f"The model rejected the input: {message}", code="invalid_input"), "invalid"
+    log.warning("triton error on model %s: %s %s", model, status, message)
+    return InternalError("The inference server failed to process the request", code="backend_error"), "internal"
+
+
+def _tensors(items: Sequence[object], batched: bool) -> tuple[TensorInfo, ...]:
+    out = []
+    for t in items:
+        shape = tuple(int(d) for d in t.shape)  # type: ignore[attr-defined]
+        out.append(TensorInfo(t.name, t.datatype, shape[1:] if batched else shape))  # type: ignore[attr-defined]
+    return tuple(out)
+
+
+def _newest(versions: Sequence[str]) -> str:
+    return max(versions, key=lambda v: (len(v), v)) if versions else ""
+
+
+class TritonBackend:
+    """A `Backend` on one Triton server's gRPC endpoint."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float,
+        model_info_ttl_s: float,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self._client = InferenceServerClient(url)
+        self._timeout_s = timeout_s
+        self._ttl_s = model_info_ttl_s
+        self._metrics = metrics
+        self._info: dict[str, tuple[float, ModelInfo | NotFoundError]] = {}
+        self._info_locks: dict[str, asyncio.Lock] = {}
+
+    async def close(self) -> None:
+        """Close the gRPC channel."""
+        await self._client.close()
+
+    def _fail(self, exc: InferenceServerException, model: str) -> GatewayError:
+        error, reason = map_triton_error(exc, model)
+        if self._metrics is not None:
+            self._metrics.backend_errors.labels(reason).inc()
+        return error
+
+    async def ready(self) -> bool:
+        """True when Triton answers `ServerReady` with true within a second."""
+        try:
+            return bool(await self._client.is_server_ready(client_timeout=1.0))
+        except (InferenceServerException, OSError):
+            return False
+
+    async def list_ready_models(self) -> list[ModelEntry]:
+        """Models in the repository index whose state is READY (newest ready version of each)."""
+        try:
+            index = await self._client.get_model_repository_index(client_timeout=self._timeout_s)
+        except InferenceServerException as exc:
+            raise self._fail(exc, "") from None
+        versions: dict[str, list[str]] = {}
+        for m in index.models:
+            if m.state == "READY":
+                versions.setdefault(m.name, []).append(m.version)
+        return [ModelEntry(name, _newest(v)) for name, v in sorted(versions.items())]
+
+    def invalidate(self, model: str) -> None:
+        """Forget cached metadata of `model` (e.g. after a version change was observed)."""
+        self._info.pop(model, None)
+
+    async def model_info(self, model: str) -> ModelInfo:
+        """Cached metadata of a ready model; NotFoundError when it is unknown or not ready."""
+        cached = self._info.get(model)
+        if cached is None or cached[0] < time.monotonic():
+            lock = self._info_locks.setdefault(model, asyncio.Lock())
+            async with lock:
+                cached = self._info.get(model)
+                if cached is None or cached[0] < time.monotonic():
+                    cached = (time.monotonic() + self._ttl_s, await self._fetch_info(model))
+                    if len(self._info) >= _MAX_CACHED_MODELS:
+                        self._info.clear()
+                        self._info_locks = {model: lock}
+                    self._info[model] = cached
+        value = cached[1]
+        if isinstance(value, NotFoundError):
+            raise value
+        return value
+
+    async def _fetch_info(self, model: str) -> ModelInfo | NotFoundError:
+        try:
+            meta = await self._client.get_model_metadata(model, client_timeout=self._timeout_s)
+            config = (await self._client.get_model_config(model, client_timeout=self._timeout_s)).config
+        except InferenceServerException as exc:
+            error = self._fail(exc, model)
+            if isinstance(error, NotFoundError):
+                return error
+            raise error from None
+        if not meta.versions:
+            return model_not_found(model)
+        batched = config.max_batch_size > 0
+        return ModelInfo(
+            name=model,
+            version=_newest(list(meta.versions)),
+            versions=tuple(meta.versions),
+            max_batch_size=int(config.max_batch_size),
+            inputs=_tensors(meta.inputs, batched),
+            outputs=_tensors(meta.outputs, batched),
+            platform=meta.platform or config.backend,
+        )
+
+    async def embed(self, model: str, texts: Sequence[str]) -> EmbedResult:
+        """Embed texts with a text-in model (`text` → `embedding`, `token_count`), split by max_batch_size."""
+        info = await self.model_info(model)
+        if info.output(EMBEDDING_OUTPUT) is None:
+            raise InvalidRequestError(f"The model '{model}' is not an embedding model", param="model",
+                                      code="not_an_embedding_model")
+        step = info.max_batch_size if info.max_batch_size > 0 else len(texts)
+        chunks = [texts[i : i + step] for i in range(0, len(texts), step)]
+        if len(chunks) == 1:
+            return await self._embed_chunk(model, chunks[0])
+        results = await asyncio.gather(*(self._embed_chunk(model, c) for c in chunks), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        parts: list[EmbedResult] = results  # type: ignore[assignment]
+        versions = {p.model_version for p in parts}
+        return EmbedResult(
+            vectors=np.concatenate([p.vectors for p in parts]),
+            token_counts=np.concatenate([p.token_counts for p in parts]),
+            model_version=versions.pop() if len(versions) == 1 else "",
+        )
+
+    async def _embed_chunk(self, model: str, texts: Sequence[str]) -> EmbedResult:
+        data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
+        tensor = InferInput(TEXT_INPUT, list(data.shape), "BYTES")
+        tensor.set_data_from_numpy(data)
+        try:
+            result: InferResult = await self._client.infer(model, [tensor], client_timeout=self._timeout_s)
+        except InferenceServerException as exc:
+            raise self._fail(exc, model) from None
+        vectors = result.as_numpy(EMBEDDING_OUTPUT)
+        counts = result.as_numpy(TOKEN_COUNT_OUTPUT)
+        if vectors is None or counts is None or len(vectors) != len(texts):
+            raise InternalError("The model returned an unexpected response", code="backend_error")
+        return EmbedResult(
+            vectors=np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1),
+            token_counts=np.asarray(counts, dtype=np.int32).reshape(-1),
+            model_version=result.get_response().model_version,
+        )

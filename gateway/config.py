@@ -1,0 +1,100 @@
+"""Gateway settings: one pydantic-settings class, environment prefix `TRITONSTACK_GATEWAY_`.
+
+Nested values (API keys) are given as JSON, e.g.
+`TRITONSTACK_GATEWAY_API_KEYS='[{"name": "dev", "sha256": "<hex>", "scopes": ["admin"]}]'`.
+Only sha256 hex digests of keys are ever configured; `hash_api_key` computes one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def hash_api_key(key: str) -> str:
+    """The sha256 hex digest under which an API key is configured."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class ApiKeyConfig(BaseModel):
+    """One API key: a name (used for logs, metrics and rate-limit identity), its sha256, scopes and limits."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    sha256: str
+    scopes: frozenset[str] = frozenset()
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _HEX64.match(value):
+            raise ValueError("sha256 must be a 64-character hex digest of the key, never the key itself")
+        return value
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway reads from its environment; constructed once and passed to `create_app`."""
+
+    model_config = SettingsConfigDict(env_prefix="TRITONSTACK_GATEWAY_", extra="ignore", frozen=True)
+
+    # backends
+    triton_grpc_url: str = "127.0.0.1:8001"
+    triton_http_url: str = "127.0.0.1:8000"
+    backend_timeout_s: float = Field(default=30.0, gt=0)
+    model_info_ttl_s: float = Field(default=2.0, ge=0)
+    passthrough_max_connections: int = Field(default=256, ge=1)
+
+    # redis (shared state: cache, rate limits)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_ms: int = Field(default=50, ge=1)
+    redis_max_connections: int = Field(default=64, ge=1)
+
+    # cache
+    cache_enabled: bool = True
+    cache_ttl_s: int = Field(default=86_400, ge=1)
+    cache_l1_size: int = Field(default=10_000, ge=0)
+
+    # rate limits (per key; keys may override; anonymous callers are limited per client IP)
+    rate_limit_enabled: bool = True
+    requests_per_minute: int = Field(default=600, ge=1)
+    tokens_per_minute: int = Field(default=1_000_000, ge=1)
+    rate_limit_fail_open: bool = True
+
+    # auth
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    auth_disabled: bool = False
+
+    # admission and request policy
+    max_in_flight: int = Field(default=512, ge=1)
+    overload_retry_after_s: int = Field(default=1, ge=1, le=60)
+    max_body_bytes: int = Field(default=8 << 20, ge=1024)
+    max_input_items: int = Field(default=2048, ge=1)
+    max_input_chars: int = Field(default=32_768, ge=1)
+
+    # operations
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    expose_metrics: bool = True
+
+    @model_validator(mode="after")
+    def _auth_is_explicit(self) -> GatewaySettings:
+        if not self.api_keys and not self.auth_disabled:
+            raise ValueError(
+                "no API keys configured: set TRITONSTACK_GATEWAY_API_KEYS (sha256 hashes) "
+                "or TRITONSTACK_GATEWAY_AUTH_DISABLED=true for local use"
+            )
+        names = [k.name for k in self.api_keys]
+        if len(names) != len(set(names)):
+            raise ValueError("API key names must be unique")
+        return self
+
+    def api_key(self, name: str) -> ApiKeyConfig | None:
+        """The configured key called `name`, if any."""
+        return next((k for k in self.api_keys if k.name == name), None)

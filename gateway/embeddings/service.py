@@ -1,0 +1,191 @@
+"""Embeddings: validation, per-item cache, single-flight, backend call, token accounting, encoding.
+
+Per request: the texts are checked against the length policy; the model's metadata (cached) gives its
+dimension and newest version; each item is looked up in the cache under (model, version, params, text); the
+misses go through single-flight (identical in-flight items are shared, in this process and across replicas)
+to the backend in one batch; hits and fresh results are stitched back in input order. `usage` counts the
+tokens the model really embedded (stored alongside cached vectors). No FastAPI here: errors are typed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gateway.auth import Principal
+from gateway.backends.base import Backend, ModelInfo, valid_model_name
+from gateway.backends.triton import model_not_found
+from gateway.cache.control import CacheMode, cache_status
+from gateway.cache.keys import CachedItem
+from gateway.cache.singleflight import SingleFlight
+from gateway.cache.store import EmbeddingCache
+from gateway.embeddings.encoding import embedding_payload
+from gateway.embeddings.protocol import EmbeddingRequest
+from gateway.errors import InvalidRequestError
+from gateway.metrics import GatewayMetrics
+from gateway.ratelimit import RateLimiter
+
+# the cached vector depends on nothing but model, version and text (dimensions must equal the model's)
+CACHE_PARAMS = "embed:v1"
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingPolicy:
+    """Request limits that come from settings."""
+
+    max_items: int = 2048
+    max_chars: int = 32_768
+
+
+@dataclass(slots=True)
+class EmbeddingOutcome:
+    """What the router needs: the response object, `x-cache`, backend time and total tokens."""
+
+    payload: dict[str, Any]
+    cache: str
+    backend_s: float | None
+    prompt_tokens: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Vectors:
+    matrix: np.ndarray
+    tokens: int
+    hits: int
+    backend_s: float | None
+
+
+def request_texts(request: EmbeddingRequest, policy: EmbeddingPolicy) -> list[str]:
+    """The request's texts; InvalidRequestError (param "input") beyond the item or length limits."""
+    texts = [request.input] if isinstance(request.input, str) else request.input
+    if len(texts) > policy.max_items:
+        raise InvalidRequestError(
+            f"'input' holds {len(texts)} items; at most {policy.max_items} are allowed per request",
+            param="input", code="too_many_inputs")
+    for i, text in enumerate(texts):
+        if len(text) > policy.max_chars:
+            raise InvalidRequestError(
+                f"'input[{i}]' has {len(text)} characters; at most {policy.max_chars} are allowed per item "
+                "(text beyond the model's window is truncated by the model)",
+                param="input", code="input_too_long")
+    return texts
+
+
+def check_dimensions(request: EmbeddingRequest, info: ModelInfo) -> None:
+    """`dimensions` is accepted only when it equals the model's embedding size."""
+    if request.dimensions is None:
+        return
+    if info.embedding_dim is None or request.dimensions != info.embedding_dim:
+        raise InvalidRequestError(
+            f"The model '{info.name}' produces {info.embedding_dim} dimensions; 'dimensions' must be omitted "
+            f"or equal to {info.embedding_dim} (got {request.dimensions})",
+            param="dimensions", code="unsupported_dimensions")
+
+
+class EmbeddingService:
+    """Creates embeddings through the backend, the cache and single-flight."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        metrics: GatewayMetrics,
+        policy: EmbeddingPolicy,
+        cache: EmbeddingCache | None = None,
+        flights: SingleFlight[CachedItem] | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.backend = backend
+        self.metrics = metrics
+        self.policy = policy
+        self.cache = cache
+        self.flights = flights if flights is not None else SingleFlight(cache)
+        self.limiter = limiter
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def drain(self) -> None:
+        """Wait for background work (token debits, cache publishing) to finish; call at shutdown."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self.flights.wait_idle()
+
+    def _debit(self, principal: Principal | None, tokens: int) -> None:
+        """Debit real token usage off the request path (the limiter never raises)."""
+        if self.limiter is None or principal is None or tokens <= 0:
+            return
+        task = asyncio.create_task(self.limiter.debit_tokens(principal.identity, tokens))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def model(self, name: str) -> ModelInfo:
+        """Metadata of a servable model; NotFoundError (code model_not_found) otherwise."""
+        if not valid_model_name(name):
+            raise model_not_found(name)
+        return await self.backend.model_info(name)
+
+    async def create(
+        self, request: EmbeddingRequest, mode: CacheMode = CacheMode.DEFAULT, principal: Principal | None = None
+    ) -> EmbeddingOutcome:
+        """Embed the request's texts; the returned payload is the OpenAI response object."""
+        texts = request_texts(request, self.policy)
+        info = await self.model(request.model)
+        check_dimensions(request, info)
+        if self.cache is None:
+            mode = CacheMode.BYPASS
+        result = await self._vectors(info, texts, mode)
+        status = "bypass" if mode is CacheMode.BYPASS else cache_status(result.hits, len(texts))
+        self._count(info.name, status, result, len(texts))
+        self._debit(principal, result.tokens)
+        payload = embedding_payload(request.model, result.matrix, request.encoding_format, result.tokens)
+        return EmbeddingOutcome(payload, status, result.backend_s, result.tokens)
+
+    def _count(self, model: str, status: str, result: _Vectors, n: int) -> None:
+        m = self.metrics
+        m.cache.labels(status).inc()
+        if status != "bypass":
+            m.cache_items.labels("hit").inc(result.hits)
+            m.cache_items.labels("miss").inc(n - result.hits)
+        m.tokens.labels(model).inc(result.tokens)
+        if result.backend_s is not None:
+            m.backend_latency.labels(model).observe(result.backend_s)
+
+    async def _vectors(self, info: ModelInfo, texts: Sequence[str], mode: CacheMode) -> _Vectors:
+        keys = EmbeddingCache.keys(info.name, info.version, CACHE_PARAMS, texts)
+        found: list[CachedItem | None] = (
+            await self.cache.get_keys(keys) if self.cache is not None and mode.lookup else [None] * len(texts)
+        )
+        missing = [i for i, item in enumerate(found) if item is None]
+        backend_s: float | None = None
+        if missing:
+            started = time.perf_counter()
+            computed = await self.flights.run(
+                [keys[i] for i in missing], self._computer(info, [texts[i] for i in missing]), mode=mode
+            )
+            backend_s = time.perf_counter() - started
+            for i, item in zip(missing, computed, strict=True):
+                found[i] = item
+        items: list[CachedItem] = found  # type: ignore[assignment]
+        matrix = np.frombuffer(b"".join(item.vector for item in items), dtype="<f4").reshape(len(items), -1)
+        tokens = sum(item.tokens for item in items)
+        return _Vectors(matrix, tokens, len(texts) - len(missing), backend_s)
+
+    def _computer(
+        self, info: ModelInfo, texts: Sequence[str]
+    ) -> Callable[[list[int]], Awaitable[list[CachedItem]]]:
+        async def compute(indices: list[int]) -> list[CachedItem]:
+            result = await self.backend.embed(info.name, [texts[i] for i in indices])
+            if result.model_version != info.version:
+                self.backend.invalidate(info.name)  # a new version is being served: refresh metadata
+            self.metrics.embedded_items.labels(info.name).inc(len(indices))
+            return [
+                CachedItem.from_array(vector, tokens)
+                for vector, tokens in zip(result.vectors, result.token_counts.tolist(), strict=True)
+            ]
+
+        return compute

@@ -1,0 +1,85 @@
+"""KServe v2 routes (`tritonclient.http` pointed at the gateway works): thin wrappers over `KServeProxy`.
+
+`/v2/health/{live,ready}` need no key (probes); everything else does, and inference counts against the
+caller's request limit.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+
+from gateway.auth import Principal
+from gateway.deps import get_kserve_proxy, get_principal, rate_limited_principal
+from gateway.errors import NotFoundError
+from gateway.kserve.service import KServeProxy, model_path
+
+router = APIRouter(tags=["kserve"])  # full paths: the route template is the metrics label
+
+MODEL_GET_ACTIONS = frozenset({"ready", "config", "stats"})
+
+
+async def _relay(
+    request: Request, proxy: KServeProxy, method: str, path: str, model: str | None = None,
+    body: bytes | None = None,
+) -> Response:
+    upstream = await proxy.forward(method, path, request.headers, body)
+    request.state.backend_s = upstream.elapsed_s
+    if model is not None and upstream.status < 400:
+        request.state.model = model
+    return StreamingResponse(upstream.body, status_code=upstream.status, headers=upstream.headers,
+                             background=BackgroundTask(upstream.aclose))
+
+
+@router.get("/v2/health/live")
+async def health_live(request: Request, proxy: KServeProxy = Depends(get_kserve_proxy)) -> Response:
+    """Triton liveness."""
+    return await _relay(request, proxy, "GET", "/v2/health/live")
+
+
+@router.get("/v2/health/ready")
+async def health_ready(request: Request, proxy: KServeProxy = Depends(get_kserve_proxy)) -> Response:
+    """Triton readiness."""
+    return await _relay(request, proxy, "GET", "/v2/health/ready")
+
+
+@router.get("/v2")
+async def server_metadata(
+    request: Request, _: Principal = Depends(get_principal), proxy: KServeProxy = Depends(get_kserve_proxy)
+) -> Response:
+    """Triton's server metadata (name, version, extensions)."""
+    return await _relay(request, proxy, "GET", "/v2")
+
+
+@router.get("/v2/models/{model}")
+@router.get("/v2/models/{model}/versions/{version}")
+async def model_metadata(
+    request: Request, model: str, version: str | None = None,
+    _: Principal = Depends(get_principal), proxy: KServeProxy = Depends(get_kserve_proxy),
+) -> Response:
+    """Model metadata (versions, inputs, outputs)."""
+    return await _relay(request, proxy, "GET", model_path(model, version), model)
+
+
+@router.get("/v2/models/{model}/{action}")
+@router.get("/v2/models/{model}/versions/{version}/{action}")
+async def model_get(
+    request: Request, model: str, action: str, version: str | None = None,
+    _: Principal = Depends(get_principal), proxy: KServeProxy = Depends(get_kserve_proxy),
+) -> Response:
+    """Model readiness, configuration or statistics."""
+    if action not in MODEL_GET_ACTIONS:
+        raise NotFoundError("no such route")
+    return await _relay(request, proxy, "GET", model_path(model, version, f"/{action}"), model)
+
+
+@router.post("/v2/models/{model}/infer")
+@router.post("/v2/models/{model}/versions/{version}/infer")
+async def model_infer(
+    request: Request, model: str, version: str | None = None,
+    _: Principal = Depends(rate_limited_principal), proxy: KServeProxy = Depends(get_kserve_proxy),
+) -> Response:
+    """Inference, JSON or binary tensor extension; body and framing headers forwarded unchanged."""
+    path = model_path(model, version, "/infer")
+    return await _relay(request, proxy, "POST", path, model, await request.body())

@@ -1,0 +1,77 @@
+"""KServe v2 passthrough to Triton's HTTP endpoint, body and binary-tensor framing untouched.
+
+The request body and the headers that define it (`Content-Type`, `Inference-Header-Content-Length`,
+`Content-Encoding`, `Accept-Encoding`) are forwarded as they are, so JSON and the binary tensor extension both
+work; Triton's response (status, the same headers, raw possibly-compressed bytes) is streamed back. Caller
+credentials are not forwarded. No FastAPI here.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import httpx
+
+from gateway.backends.base import valid_model_name
+from gateway.errors import BackendTimeoutError, BackendUnavailableError, NotFoundError
+
+FORWARD_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "content-encoding",
+                           "accept-encoding")
+FORWARD_RESPONSE_HEADERS = ("content-type", "inference-header-content-length", "content-encoding",
+                            "content-length")
+_VERSION = re.compile(r"^[0-9]{1,19}$")
+
+
+def model_path(model: str, version: str | None, suffix: str = "") -> str:
+    """`/v2/models/{model}[/versions/{version}]{suffix}`, after validating both names (404 otherwise)."""
+    if not valid_model_name(model):
+        raise NotFoundError(f"Unknown model '{model}'", param="model", code="model_not_found")
+    path = f"/v2/models/{model}"
+    if version is not None:
+        if not _VERSION.match(version):
+            raise NotFoundError(f"Unknown version '{version}' of model '{model}'", param="version",
+                                code="model_not_found")
+        path += f"/versions/{version}"
+    return path + suffix
+
+
+@dataclass
+class ProxiedResponse:
+    """Triton's answer: status, the headers we pass on, and the raw body stream (close when done)."""
+
+    status: int
+    headers: dict[str, str]
+    body: AsyncIterator[bytes]
+    upstream: httpx.Response
+    elapsed_s: float
+
+    async def aclose(self) -> None:
+        """Release the upstream connection."""
+        await self.upstream.aclose()
+
+
+class KServeProxy:
+    """Forwards KServe v2 requests to one Triton HTTP endpoint."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def forward(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> ProxiedResponse:
+        """Send one request upstream; BackendUnavailable/BackendTimeout when Triton does not answer."""
+        sent = {k: v for k in FORWARD_REQUEST_HEADERS if (v := headers.get(k)) is not None}
+        request = self.client.build_request(method, path, headers=sent, content=body)
+        started = time.perf_counter()
+        try:
+            upstream = await self.client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise BackendTimeoutError("The inference server did not answer in time") from None
+        except httpx.HTTPError:
+            raise BackendUnavailableError("The inference server is unavailable") from None
+        kept = {k: v for k in FORWARD_RESPONSE_HEADERS if (v := upstream.headers.get(k)) is not None}
+        elapsed = time.perf_counter() - started  # until Triton's headers: the backend's share
+        return ProxiedResponse(upstream.status_code, kept, upstream.aiter_raw(), upstream, elapsed)

@@ -1,0 +1,103 @@
+"""Request context as pure ASGI middleware: request ids, per-request metrics, and the last-resort 500.
+
+Handlers share per-request facts through `scope["state"]` (what `request.state` reads):
+`request_id` (set here), `model` (the model label, set once a model is known to exist), `backend_s`
+(seconds spent waiting on the backend, for the overhead histogram) and `response_headers` (added to whatever
+response leaves, errors included: the rate-limit headers).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import InternalError, error_response
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger("gateway.requests")
+
+REQUEST_ID_HEADER = b"x-request-id"
+_SAFE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header `name` (lower-case bytes) in an ASGI scope."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def request_id_from(value: bytes | None) -> str:
+    """Keep a caller's id when it is short and made of safe characters; otherwise make a new one."""
+    if value is not None and _SAFE_ID.match(value):
+        return value.decode("ascii")
+    return uuid.uuid4().hex
+
+
+def _encoded(headers: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
+    if not headers:
+        return []
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+def route_label(scope: Scope) -> str:
+    """The matched route template (bounded cardinality), or 'unmatched'."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+class RequestContextMiddleware:
+    """Outermost gateway middleware: request id in and out, metrics, and a 500 envelope for escapes."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(header(scope, REQUEST_ID_HEADER))
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        rid = request_id.encode("ascii")
+        status = 500
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, rid),
+                                      *_encoded(state.get("response_headers"))]
+            await send(message)
+
+        start = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error, request id %s", request_id)
+            status = 500
+            if not started:
+                response = error_response(InternalError("The server had an error processing the request"))
+                await response(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            self._observe(scope, state, status, time.perf_counter() - start)
+
+    def _observe(self, scope: Scope, state: dict, status: int, elapsed: float) -> None:
+        route = route_label(scope)
+        model = str(state.get("model", ""))
+        m = self.metrics
+        m.requests.labels(route, scope["method"], model, str(status)).inc()
+        m.latency.labels(route, model).observe(elapsed)
+        backend_s = state.get("backend_s")
+        if backend_s is not None and status < 400:
+            m.overhead.labels(route).observe(max(elapsed - backend_s, 0.0))
