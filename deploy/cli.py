@@ -113,3 +113,9 @@ def bench_triton(
     except WrkMissingError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+
+# the gateway contributes its own command (gateway/cli.py imports nothing heavy at module level)
+from gateway.cli import gateway as _gateway_command  # noqa: E402
+
+app.command("gateway")(_gateway_command)
