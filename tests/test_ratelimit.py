@@ -51,6 +51,7 @@ async def test_requests_allowed_up_to_the_limit_then_refused(limiter_factory) ->
     decisions = [await limiter.check(who) for _ in range(3)]
     assert all(d.allowed and not d.degraded for d in decisions)
     assert [d.remaining_requests for d in decisions] == [2, 1, 0]
+    assert all(0 < (d.reset_requests_s or 0) <= 60 for d in decisions)
 
     headers = decisions[-1].headers()
     assert headers["x-ratelimit-limit-requests"] == "3"

@@ -63,8 +63,10 @@ class SingleFlight(Generic[T]):
     """Coalesce concurrent computations of the same keys (in-process, and across replicas via Redis).
 
     `store` publishes results (L1 synchronously before waiters wake, then Redis) when the request's
-    cache mode allows storing; `redis` enables the cross-replica lock (DEFAULT mode only, since
-    REFRESH and BYPASS requests must not be answered from the cache). Both are optional.
+    cache mode allows storing; `redis` (only together with `store`, where lock losers look for the
+    winner's result) enables the cross-replica lock, in DEFAULT mode only since REFRESH and BYPASS
+    requests must not be answered from the cache. Both are optional. The lock costs one Redis round
+    trip per batch of misses: leave `redis` out when only one gateway process runs.
     """
 
     def __init__(

@@ -141,7 +141,9 @@ class RateLimiter:
         if req is not None and req_stats is not None:
             if req_stats.remaining < 1 or not await self.strategy.hit(req, identity):
                 return _decision(False, "requests", limits, WindowStats(req_stats.reset_time, 0), tok_stats, now)
-            req_stats = WindowStats(req_stats.reset_time, req_stats.remaining - 1)
+            # an idle window reports "reset now"; after our hit, the window runs for its full expiry
+            reset = req_stats.reset_time if req_stats.reset_time > now else now + req.get_expiry()
+            req_stats = WindowStats(reset, req_stats.remaining - 1)
         return _decision(True, None, limits, req_stats, tok_stats, now)
 
     async def _stats(self, item: RateLimitItem | None, identity: str) -> WindowStats | None:
