@@ -6,12 +6,17 @@ from pathlib import Path
 
 import typer
 
+from export import cli as export_cli
+
 app = typer.Typer(
     name="tritonstack",
     help="Export PyTorch models to a Triton repository and serve them behind an OpenAI-compatible gateway.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+app.add_typer(export_cli.app, name="export")
 
 
 @app.callback()

@@ -57,12 +57,16 @@ class Batching:
 
 @dataclass(frozen=True)
 class WarmupSample:
-    """A warmup request: for each input, a file under `<model>/warmup/` (raw, row-major bytes)."""
+    """A warmup request: for each input, a file under `<model>/warmup/` (raw, row-major bytes).
+
+    `dims` overrides an input's config dims for this sample; warmup needs concrete (non -1) dims.
+    """
 
     name: str
     batch_size: int
     input_files: dict[str, str]
     count: int = 1
+    dims: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,8 +135,11 @@ def _warmup(cfg: mc.ModelConfig, spec: ModelSpec) -> None:
             if input_name not in by_name:
                 raise ConfigError(f"warmup {sample.name!r} names unknown input {input_name!r}")
             tensor = by_name[input_name]
+            dims = sample.dims.get(input_name, tensor.dims)
+            if any(d < 0 for d in dims):
+                raise ConfigError(f"warmup {sample.name!r}: input {input_name!r} needs concrete dims, got {dims}")
             w.inputs[input_name].data_type = mc.DataType.Value(tensor.data_type)
-            w.inputs[input_name].dims.extend(tensor.dims)
+            w.inputs[input_name].dims.extend(dims)
             w.inputs[input_name].input_data_file = filename
 
 
