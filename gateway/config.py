@@ -8,7 +8,9 @@ Only sha256 hex digests of keys are ever configured; `hash_api_key` computes one
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -22,6 +24,26 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def read_secret(env_var: str) -> str | None:
+    """The value of environment variable `env_var` (the one place secrets named in config files are read)."""
+    value = os.environ.get(env_var)
+    return value if value else None
+
+
+class KeyBudget(BaseModel):
+    """A spending cap per key and period (UTC day or month): USD and/or tokens; None = no cap there."""
+
+    usd: float | None = Field(default=None, gt=0)
+    tokens: int | None = Field(default=None, ge=1)
+    period: Literal["day", "month"] = "day"
+
+    @model_validator(mode="after")
+    def _some_cap(self) -> KeyBudget:
+        if self.usd is None and self.tokens is None:
+            raise ValueError("a budget needs 'usd' and/or 'tokens'")
+        return self
+
+
 class ApiKeyConfig(BaseModel):
     """One API key: a name (used for logs, metrics and rate-limit identity), its sha256, scopes and limits."""
 
@@ -30,6 +52,7 @@ class ApiKeyConfig(BaseModel):
     scopes: frozenset[str] = frozenset()
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
+    budget: KeyBudget | None = None
 
     @field_validator("sha256")
     @classmethod
@@ -78,6 +101,9 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(default=8 << 20, ge=1024)
     max_input_items: int = Field(default=2048, ge=1)
     max_input_chars: int = Field(default=32_768, ge=1)
+
+    # chat completions: routes YAML (public model -> deployments); None = no chat routes
+    routes_file: Path | None = None
 
     # operations
     log_level: Literal["debug", "info", "warning", "error"] = "info"
