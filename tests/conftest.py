@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.gateway",
+    "tests.fixtures.exported",
 ]

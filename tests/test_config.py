@@ -1,0 +1,222 @@
+"""Every config variant an export can generate parses with Triton's own ModelConfig schema and says what it should."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export import specs
+from export.config import ConfigError, Tensor, parse_version_policy
+from export.errors import OptionError, VersionExistsError
+from export.pipeline import validate_serving
+from export.repository import CONFIG_HEADER, ModelFiles, check_compatible, write_version
+
+MODEL = specs.EmbeddingModel(Path("model.onnx"), Path("tokenizer.json"), 256, 384, "fp32")
+ENCODER_IN = [Tensor("input_ids", "TYPE_INT64", (-1,)), Tensor("attention_mask", "TYPE_INT64", (-1,))]
+ENCODER_OUT = [Tensor("sentence_embedding", "TYPE_FP32", (384,))]
+OPTS = specs.ServingOptions(
+    max_batch_size=32, max_queue_delay_us=500, preferred_batch_sizes=(8, 16), max_queue_size=100
+)
+
+
+def parse(text: str) -> mc.ModelConfig:
+    """Parse exactly as the acceptance criteria say (and with the header comment export writes)."""
+    cfg = mc.ModelConfig()
+    text_format.Parse(CONFIG_HEADER + text, cfg)
+    return cfg
+
+
+def tensors(fields) -> dict[str, tuple[str, list[int]]]:
+    return {t.name: (mc.DataType.Name(t.data_type), list(t.dims)) for t in fields}
+
+
+def params(cfg: mc.ModelConfig) -> dict[str, str]:
+    return {k: v.string_value for k, v in cfg.parameters.items()}
+
+
+def assert_batching(cfg: mc.ModelConfig) -> None:
+    db = cfg.dynamic_batching
+    assert cfg.max_batch_size == 32
+    assert db.max_queue_delay_microseconds == 500
+    assert list(db.preferred_batch_size) == [8, 16]
+    assert db.default_queue_policy.max_queue_size == 100
+    assert db.default_queue_policy.timeout_action == mc.ModelQueuePolicy.REJECT
+
+
+def test_cpu_text_embedding_is_a_python_model_with_text_in() -> None:
+    files = specs.text_embedding_cpu("minilm", MODEL, OPTS)
+    cfg = parse(files.config_text)
+    assert cfg.name == "minilm" and cfg.backend == "python" and not cfg.platform
+    assert tensors(cfg.input) == {"text": ("TYPE_STRING", [1])}
+    assert tensors(cfg.output) == {"embedding": ("TYPE_FP32", [384]), "token_count": ("TYPE_INT32", [1])}
+    assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
+    assert_batching(cfg)
+    assert params(cfg) == {
+        "max_seq_length": "256",
+        "ort_batch_size": "32",
+        "intra_op_num_threads": "0",
+        "inter_op_num_threads": "1",
+        "onnx_file": "model.onnx",
+        "tokenizer_file": "tokenizer.json",
+        "precision": "fp32",
+    }
+    assert set(files.files) == {"model.py", "model.onnx", "tokenizer.json"}
+    assert files.files["model.py"].name == "text_embedding.py" and files.files["model.py"].exists()
+
+
+def test_cpu_warmup_requests_and_string_file_format() -> None:
+    files = specs.text_embedding_cpu("minilm", MODEL, OPTS)
+    cfg = parse(files.config_text)
+    assert [(w.name, w.batch_size) for w in cfg.model_warmup] == [("single_text", 1), ("full_batch", 32)]
+    for warmup in cfg.model_warmup:
+        text_input = warmup.inputs["text"]
+        assert text_input.data_type == mc.TYPE_STRING and list(text_input.dims) == [1]
+        assert text_input.input_data_file == "text"
+    data = files.warmup["text"]
+    (length,) = struct.unpack("<I", data[:4])
+    assert length == len(data) - 4 and data[4:].decode("utf-8") == specs.WARMUP_TEXT
+    assert specs.string_warmup(["é", ""]) == b"\x02\x00\x00\x00\xc3\xa9\x00\x00\x00\x00"
+
+
+def test_no_warmup_and_no_dynamic_batching() -> None:
+    opts = specs.ServingOptions(warmup=False, dynamic_batching=False, instances=3)
+    files = specs.text_embedding_cpu("minilm", MODEL, opts)
+    cfg = parse(files.config_text)
+    assert not cfg.model_warmup and not files.warmup
+    assert not cfg.HasField("dynamic_batching")
+    assert cfg.instance_group[0].count == 3
+
+
+def test_gpu_onnxruntime_encoder_with_tensorrt_fp16_accelerator() -> None:
+    model = specs.EmbeddingModel(Path("model.onnx"), Path("tokenizer.json"), 256, 384, "fp16")
+    encoder = specs.text_embedding_gpu("minilm", model, OPTS, ENCODER_IN, ENCODER_OUT)[0]
+    cfg = parse(encoder.config_text)
+    assert cfg.name == "minilm_encoder" and cfg.platform == "onnxruntime_onnx" and not cfg.backend
+    assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    (accelerator,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    assert tensors(cfg.input) == {"input_ids": ("TYPE_INT64", [-1]), "attention_mask": ("TYPE_INT64", [-1])}
+    assert tensors(cfg.output) == {"sentence_embedding": ("TYPE_FP32", [384])}
+    assert_batching(cfg)
+    assert set(encoder.files) == {"model.onnx"}
+    warm = cfg.model_warmup[0].inputs["input_ids"]
+    assert list(warm.dims) == [16] and len(encoder.warmup["input_ids"]) == 16 * 8
+
+
+def test_gpu_fp32_and_int8_accelerator_choice() -> None:
+    fp32 = specs.text_embedding_gpu("m", MODEL, OPTS, ENCODER_IN, ENCODER_OUT)[0]
+    (acc,) = parse(fp32.config_text).optimization.execution_accelerators.gpu_execution_accelerator
+    assert acc.parameters["precision_mode"] == "FP32"
+    int8_model = specs.EmbeddingModel(Path("model.onnx"), Path("tokenizer.json"), 256, 384, "int8")
+    int8 = specs.text_embedding_gpu("m", int8_model, OPTS, ENCODER_IN, ENCODER_OUT)[0]
+    assert not parse(int8.config_text).HasField("optimization")  # TensorRT cannot run ORT's dynamic int8 ops
+
+
+def test_gpu_tokenizer_and_ensemble_keep_the_cpu_contract() -> None:
+    _, tokenizer, ensemble = specs.text_embedding_gpu(
+        "minilm", MODEL, OPTS, ENCODER_IN, ENCODER_OUT, pad_to_multiple_of=32
+    )
+    tok = parse(tokenizer.config_text)
+    assert tok.name == "minilm_tokenizer" and tok.backend == "python"
+    assert [g.kind for g in tok.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    assert tensors(tok.input) == {"text": ("TYPE_STRING", [1])}
+    assert tensors(tok.output) == {
+        "input_ids": ("TYPE_INT64", [-1]),
+        "attention_mask": ("TYPE_INT64", [-1]),
+        "token_count": ("TYPE_INT32", [1]),
+    }
+    assert params(tok)["pad_to_multiple_of"] == "32" and params(tok)["max_seq_length"] == "256"
+    assert tokenizer.files["model.py"].name == "tokenizer.py" and tokenizer.files["model.py"].exists()
+
+    ens = parse(ensemble.config_text)
+    cpu = parse(specs.text_embedding_cpu("minilm", MODEL, OPTS).config_text)
+    assert ens.platform == "ensemble" and ens.max_batch_size == 32
+    assert tensors(ens.input) == tensors(cpu.input) and tensors(ens.output) == tensors(cpu.output)
+    assert not ens.instance_group and not ens.HasField("dynamic_batching") and not ensemble.files
+    steps = ens.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["minilm_tokenizer", "minilm_encoder"]
+    assert dict(steps[0].input_map) == {"text": "text"}
+    assert dict(steps[0].output_map)["token_count"] == "token_count"
+    assert dict(steps[1].input_map) == {"input_ids": "input_ids", "attention_mask": "attention_mask"}
+    assert dict(steps[1].output_map) == {"sentence_embedding": "embedding"}
+
+
+def test_tensorrt_plan_encoder_follows_the_engine_io_types() -> None:
+    engine_in = [Tensor("input_ids", "TYPE_INT32", (-1,)), Tensor("attention_mask", "TYPE_INT32", (-1,))]
+    model = specs.EmbeddingModel(Path("model.onnx"), Path("tokenizer.json"), 256, 384, "fp16")
+    encoder, tokenizer, _ = specs.text_embedding_gpu(
+        "minilm", model, OPTS, engine_in, ENCODER_OUT, plan_file=Path("model.plan")
+    )
+    cfg = parse(encoder.config_text)
+    assert cfg.platform == "tensorrt_plan" and cfg.max_batch_size == 32
+    assert not cfg.HasField("optimization")  # precision is baked into the plan
+    assert set(encoder.files) == {"model.plan"}
+    assert tensors(cfg.input)["input_ids"] == ("TYPE_INT32", [-1])
+    assert tensors(parse(tokenizer.config_text).output)["input_ids"] == ("TYPE_INT32", [-1])
+    assert len(encoder.warmup["input_ids"]) == 16 * 4
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_generic_onnx_model(target: str) -> None:
+    inputs = [Tensor("ids", "TYPE_INT64", (-1,)), Tensor("feats", "TYPE_FP32", (8,))]
+    outputs = [Tensor("pooled", "TYPE_FP32", (8,)), Tensor("score", "TYPE_FP32", (1,))]
+    files = specs.generic_onnx("toy", Path("model.onnx"), inputs, outputs, OPTS, target=target, precision="fp32")
+    cfg = parse(files.config_text)
+    assert tensors(cfg.input) == {"ids": ("TYPE_INT64", [-1]), "feats": ("TYPE_FP32", [8])}
+    assert tensors(cfg.output) == {"pooled": ("TYPE_FP32", [8]), "score": ("TYPE_FP32", [1])}
+    assert_batching(cfg)
+    warm = cfg.model_warmup[0].inputs
+    assert list(warm["ids"].dims) == [1] and list(warm["feats"].dims) == [8]
+    assert files.warmup["feats"] == np.zeros(8, dtype=np.float32).tobytes()
+    if target == "cpu":
+        assert cfg.backend == "python" and cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+        assert files.files["model.py"].name == "onnx_runtime.py" and params(cfg)["onnx_file"] == "model.onnx"
+    else:
+        assert cfg.platform == "onnxruntime_onnx" and cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+        assert set(files.files) == {"model.onnx"}
+        (acc,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+        assert acc.name == "tensorrt"
+
+
+@pytest.mark.parametrize(
+    ("policy", "check"),
+    [
+        ("latest:2", lambda p: p.latest.num_versions == 2),
+        ("all", lambda p: p.HasField("all")),
+        ("specific:1,3", lambda p: list(p.specific.versions) == [1, 3]),
+    ],
+)
+def test_version_policies(policy: str, check) -> None:
+    opts = specs.ServingOptions(version_policy=policy)
+    cfg = parse(specs.text_embedding_cpu("minilm", MODEL, opts).config_text)
+    assert check(cfg.version_policy)
+
+
+@pytest.mark.parametrize("policy", ["latest", "latest:0", "newest:1", "specific:", "specific:a", "all:2"])
+def test_bad_version_policy_is_an_error(policy: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_version_policy(policy)
+    with pytest.raises(OptionError, match="--version-policy"):
+        validate_serving(specs.ServingOptions(version_policy=policy))
+
+
+def test_preferred_batch_size_above_max_is_an_error() -> None:
+    with pytest.raises(OptionError, match="preferred"):
+        validate_serving(specs.ServingOptions(max_batch_size=8, preferred_batch_sizes=(16,)))
+
+
+def test_writer_refuses_a_model_of_another_kind_under_an_existing_name(tmp_path: Path) -> None:
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"x")
+    cpu = specs.text_embedding_cpu("minilm", MODEL, OPTS)
+    cpu.files = {"model.onnx": source}
+    write_version(tmp_path / "repo", [cpu], 1, force=False)
+    ensemble = specs.text_embedding_gpu("minilm", MODEL, OPTS, ENCODER_IN, ENCODER_OUT)[2]
+    with pytest.raises(VersionExistsError, match="ensemble"):
+        check_compatible(tmp_path / "repo", ensemble, force=False)
+    check_compatible(tmp_path / "repo", ModelFiles("other", ensemble.config_text), force=False)
