@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -39,14 +40,17 @@ log = logging.getLogger("gateway")
 
 
 def _redis(settings: GatewaySettings) -> aioredis.Redis:
+    """One pool for cache, locks and limits; callers wait for a free connection instead of failing."""
     timeout = settings.redis_timeout_ms / 1000.0
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        max_connections=settings.redis_max_connections,
         decode_responses=False,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def _http(settings: GatewaySettings) -> httpx.AsyncClient:
@@ -113,6 +117,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = build_state(settings, metrics)
         app.state.gateway = state
+        gc.collect()
+        gc.freeze()  # startup objects (routes, models, clients) never need scanning again
         try:
             yield
         finally:

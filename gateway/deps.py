@@ -35,44 +35,52 @@ class GatewayState:
     limiter: RateLimiter | None = None
 
 
-def get_state(request: Request) -> GatewayState:
-    """The app's lifespan state."""
+def state_of(request: Request) -> GatewayState:
+    """The app's lifespan state (plain function, for use inside other providers)."""
     return request.app.state.gateway
 
 
-def get_settings(request: Request) -> GatewaySettings:
+# Providers are `async def` on purpose: FastAPI runs plain `def` dependencies in a thread pool.
+
+
+async def get_state(request: Request) -> GatewayState:
+    """The app's lifespan state."""
+    return state_of(request)
+
+
+async def get_settings(request: Request) -> GatewaySettings:
     """Settings of this app."""
-    return get_state(request).settings
+    return state_of(request).settings
 
 
-def get_metrics(request: Request) -> GatewayMetrics:
+async def get_metrics(request: Request) -> GatewayMetrics:
     """This app's metrics registry."""
-    return get_state(request).metrics
+    return state_of(request).metrics
 
 
-def get_backend(request: Request) -> Backend:
+async def get_backend(request: Request) -> Backend:
     """The inference backend (Triton over gRPC)."""
-    return get_state(request).backend
+    return state_of(request).backend
 
 
-def get_redis(request: Request) -> aioredis.Redis:
+async def get_redis(request: Request) -> aioredis.Redis:
     """The shared Redis pool."""
-    return get_state(request).redis
+    return state_of(request).redis
 
 
-def get_embedding_service(request: Request) -> EmbeddingService:
+async def get_embedding_service(request: Request) -> EmbeddingService:
     """The embeddings service."""
-    return get_state(request).embeddings
+    return state_of(request).embeddings
 
 
-def get_model_service(request: Request) -> ModelService:
+async def get_model_service(request: Request) -> ModelService:
     """The models service."""
-    return get_state(request).models
+    return state_of(request).models
 
 
-def get_kserve_proxy(request: Request) -> KServeProxy:
+async def get_kserve_proxy(request: Request) -> KServeProxy:
     """The KServe v2 passthrough to Triton's HTTP endpoint."""
-    return get_state(request).kserve
+    return state_of(request).kserve
 
 
 def client_ip(request: Request) -> str:
@@ -80,16 +88,16 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
     """The authenticated caller (401 envelope otherwise)."""
-    principal = get_state(request).authenticator.authenticate(
+    principal = state_of(request).authenticator.authenticate(
         request.headers.get("authorization"), client_ip(request)
     )
     request.state.principal = principal
     return principal
 
 
-def require_admin(principal: Principal = Depends(get_principal)) -> Principal:
+async def require_admin(principal: Principal = Depends(get_principal)) -> Principal:
     """A caller holding the admin scope (403 otherwise)."""
     principal.require(ADMIN_SCOPE)
     return principal
@@ -101,7 +109,7 @@ async def rate_limited_principal(request: Request, principal: Principal = Depend
     The `x-ratelimit-*` headers go into `request.state.response_headers`, which the request-context
     middleware adds to whatever response follows.
     """
-    state = get_state(request)
+    state = state_of(request)
     if state.limiter is not None:
         request.state.response_headers = await admit(state.limiter, principal, state.metrics)
     return principal

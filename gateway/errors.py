@@ -11,15 +11,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 log = logging.getLogger("gateway.errors")
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class GatewayError(Exception):
@@ -179,6 +182,14 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> InvalidRequestError
     elif param:
         message = f"{message} (param: {param})"
     return InvalidRequestError(message, param=param, code=str(first.get("type", "invalid_value")))
+
+
+def parse_body(model: type[M], raw: bytes) -> M:
+    """Validate a JSON body straight from bytes (pydantic-core's parser); InvalidRequestError on failure."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise validation_error(exc.errors(include_url=False)) from None
 
 
 def from_http_exception(exc: StarletteHTTPException) -> GatewayError:

@@ -36,13 +36,18 @@ def _fresh(texts: list[str]) -> list[str]:
 
 
 def direct(triton: TritonServer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings and token counts straight from Triton over gRPC."""
+    """Embeddings and token counts straight from Triton over gRPC (batches of at most 64)."""
     client = grpcclient.InferenceServerClient(triton.grpc_url)
-    tensor = grpcclient.InferInput("text", [len(texts), 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object).reshape(-1, 1))
-    result = client.infer(MODEL, [tensor])
+    vectors, counts = [], []
+    for start in range(0, len(texts), 64):
+        chunk = texts[start : start + 64]
+        tensor = grpcclient.InferInput("text", [len(chunk), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in chunk], dtype=object).reshape(-1, 1))
+        result = client.infer(MODEL, [tensor])
+        vectors.append(result.as_numpy("embedding"))
+        counts.append(result.as_numpy("token_count").reshape(-1))
     client.close()
-    return result.as_numpy("embedding"), result.as_numpy("token_count").reshape(-1)
+    return np.concatenate(vectors), np.concatenate(counts)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,8 @@
-"""`POST /v1/embeddings` — thin: parse, call the service, serialize."""
+"""`POST /v1/embeddings` — thin: parse, call the service, serialize.
+
+The body is validated straight from bytes by pydantic-core (`parse_body`), skipping FastAPI's generic body
+machinery on the hot path; the OpenAPI schema still documents `EmbeddingRequest`.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,29 @@ from gateway.cache.control import parse_cache_control
 from gateway.deps import get_embedding_service, rate_limited_principal
 from gateway.embeddings.protocol import EmbeddingRequest, EmbeddingResponse
 from gateway.embeddings.service import EmbeddingService
+from gateway.errors import parse_body
 from gateway.limiting import spend_tokens
 from gateway.responses import dumps
 
 router = APIRouter(tags=["embeddings"])
 
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
+    }
+}
 
-@router.post("/v1/embeddings", response_model=EmbeddingResponse, response_class=Response)
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse, response_class=Response,
+             openapi_extra=_REQUEST_BODY)
 async def create_embeddings(
-    body: EmbeddingRequest,
     request: Request,
     principal: Principal = Depends(rate_limited_principal),
     service: EmbeddingService = Depends(get_embedding_service),
 ) -> Response:
     """Create embeddings (OpenAI contract); honours `Cache-Control: no-cache | no-store`."""
+    body = parse_body(EmbeddingRequest, await request.body())
     mode = parse_cache_control(request.headers.get("cache-control"))
     outcome = await service.create(body, mode, principal)
     request.state.model = body.model
