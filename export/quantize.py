@@ -8,19 +8,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def _quiet_root_warnings() -> Iterator[None]:
+    """ONNX Runtime's quantizer warns on the root logger to run its pre-processing; ours is the plain recipe."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def quantize_int8(source: Path, destination: Path) -> Path:
     """Dynamic int8 quantisation (per-channel, QInt8 weights) of `source` into `destination`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        model_input=str(source),
-        model_output=str(destination),
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-    )
+    with _quiet_root_warnings():
+        quantize_dynamic(
+            model_input=str(source),
+            model_output=str(destination),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+        )
     return destination
 
 

@@ -25,11 +25,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from export.config import Tensor
 from export.errors import TensorRTBuildError, TensorRTUnavailableError
+
+if TYPE_CHECKING:
+    from export.config import Tensor
 
 TRT_TO_TRITON = {
     "FLOAT": "TYPE_FP32",
@@ -235,6 +238,8 @@ def _engine(trt, plan_path: Path):
 
 def plan_io(plan_path: Path) -> tuple[list[Tensor], list[Tensor]]:
     """(inputs, outputs) of a plan as Triton tensors, batch axis left out, dtypes as the engine has them."""
+    from export.config import Tensor
+
     trt = require_tensorrt()
     _, engine = _engine(trt, plan_path)
     inputs, outputs = [], []
