@@ -247,9 +247,6 @@ def torch(
         force=force,
         if_missing=if_missing,
     )
-    if precision is Precision.int8:
-        console.print("[bold red]error:[/] `export torch` supports --precision fp32 or fp16 (int8 only for minilm)")
-        raise typer.Exit(code=1)
     _run(export_torch, request)
 
 
