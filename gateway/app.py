@@ -20,6 +20,9 @@ from gateway.admission import AdmissionMiddleware
 from gateway.auth import Authenticator
 from gateway.backends.triton import TritonBackend
 from gateway.cache import CachedItem, CacheHooks, EmbeddingCache, SingleFlight
+from gateway.chat.factory import build_chat
+from gateway.chat.router import admin as chat_admin
+from gateway.chat.router import router as chat_router
 from gateway.config import GatewaySettings
 from gateway.deps import GatewayState
 from gateway.embeddings.router import router as embeddings_router
@@ -82,6 +85,7 @@ def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewaySt
     cache, flights = _cache(settings, redis, metrics)
     limiter = build_limiter(settings, redis, metrics)
     policy = EmbeddingPolicy(max_items=settings.max_input_items, max_chars=settings.max_input_chars)
+    chat = build_chat(settings, metrics, redis, backend, limiter)
     return GatewayState(
         settings=settings,
         metrics=metrics,
@@ -94,12 +98,15 @@ def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewaySt
         kserve=KServeProxy(_http(settings)),
         cache=cache,
         limiter=limiter,
+        chat=chat,
     )
 
 
 async def close_state(state: GatewayState) -> None:
     """Finish background work, then close every client."""
     await state.embeddings.drain()
+    if state.chat is not None:
+        await state.chat.aclose()
     await state.kserve.client.aclose()
     await state.backend.close()
     if state.limiter is not None:
@@ -127,7 +134,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(title="tritonstack gateway", version="0.1.0", lifespan=lifespan,
                   default_response_class=OrjsonResponse)
     install_error_handlers(app)
-    for router in (embeddings_router, models_router, kserve_router, ops_router, admin):
+    for router in (embeddings_router, chat_router, models_router, kserve_router, ops_router, admin, chat_admin):
         app.include_router(router)
     app.add_middleware(AdmissionMiddleware, max_in_flight=settings.max_in_flight,
                        max_body_bytes=settings.max_body_bytes, retry_after_s=settings.overload_retry_after_s,

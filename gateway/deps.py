@@ -10,8 +10,10 @@ from fastapi import Depends, Request
 from gateway.auth import ADMIN_SCOPE, Authenticator, Principal
 from gateway.backends.base import Backend
 from gateway.cache import EmbeddingCache
+from gateway.chat.service import ChatService
 from gateway.config import GatewaySettings
 from gateway.embeddings.service import EmbeddingService
+from gateway.errors import NotFoundError
 from gateway.kserve.service import KServeProxy
 from gateway.limiting import admit
 from gateway.metrics import GatewayMetrics
@@ -33,6 +35,7 @@ class GatewayState:
     kserve: KServeProxy
     cache: EmbeddingCache | None = None
     limiter: RateLimiter | None = None
+    chat: ChatService | None = None
 
 
 def state_of(request: Request) -> GatewayState:
@@ -81,6 +84,14 @@ async def get_model_service(request: Request) -> ModelService:
 async def get_kserve_proxy(request: Request) -> KServeProxy:
     """The KServe v2 passthrough to Triton's HTTP endpoint."""
     return state_of(request).kserve
+
+
+async def get_chat_service(request: Request) -> ChatService:
+    """The chat-completions service (404 envelope when this app has none)."""
+    service = state_of(request).chat
+    if service is None:
+        raise NotFoundError("chat completions are not configured on this gateway", code="chat_not_configured")
+    return service
 
 
 def client_ip(request: Request) -> str:

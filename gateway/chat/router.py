@@ -1,0 +1,80 @@
+"""`POST /v1/chat/completions`, and `GET /admin/deployments` + `GET /admin/usage` (admin scope) — thin.
+
+The body is validated straight from bytes by pydantic-core (`parse_body`), as for embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from gateway.auth import Principal
+from gateway.cache.control import parse_cache_control
+from gateway.chat.protocol import ChatCompletion, ChatCompletionRequest
+from gateway.chat.service import ChatService, ChatStream
+from gateway.deps import get_chat_service, rate_limited_principal, require_admin
+from gateway.errors import parse_body
+from gateway.responses import dumps
+
+router = APIRouter(tags=["chat"])
+admin = APIRouter(tags=["admin"])
+
+
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}},
+    }
+}
+
+
+class SSEResponse(StreamingResponse):
+    """`text/event-stream` that always tells the stream it ended (even when it never started)."""
+
+    def __init__(self, stream: ChatStream) -> None:
+        super().__init__(stream.body, media_type="text/event-stream",
+                         headers={"cache-control": "no-cache", **stream.headers})
+        self._close = stream.close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._close()
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion, response_class=Response,
+             openapi_extra=_REQUEST_BODY)
+async def create_chat_completion(
+    request: Request,
+    principal: Principal = Depends(rate_limited_principal),
+    service: ChatService = Depends(get_chat_service),
+) -> Response:
+    """Chat completion (OpenAI contract), non-stream or SSE; `x-served-by` names the deployment."""
+    body = parse_body(ChatCompletionRequest, await request.body())
+    mode = parse_cache_control(request.headers.get("cache-control"))
+    outcome = await service.create(body, principal, request.state.request_id, mode)
+    request.state.model = body.model  # a configured route: bounded label
+    if isinstance(outcome, ChatStream):
+        return SSEResponse(outcome)
+    request.state.backend_s = outcome.backend_s
+    return Response(dumps(outcome.payload), media_type="application/json", headers=outcome.headers)
+
+
+@admin.get("/admin/deployments")
+async def list_deployments(
+    _: Principal = Depends(require_admin), service: ChatService = Depends(get_chat_service)
+) -> dict[str, Any]:
+    """Every deployment with its breaker state, load and price; every route with its deployments."""
+    return await service.deployments()
+
+
+@admin.get("/admin/usage")
+async def usage(
+    _: Principal = Depends(require_admin), service: ChatService = Depends(get_chat_service)
+) -> dict[str, Any]:
+    """Token and cost totals by API key and by model (Redis), and each key's budget for this period."""
+    return await service.usage_report()

@@ -1,0 +1,1 @@
+"""Chat routing: the routes file, deployments, circuit breakers and the fallback dispatcher."""
