@@ -173,7 +173,7 @@ def _completion(body: dict[str, Any], text: str, finish: str, usage: dict[str, i
                                                     "finish_reason": finish}], "usage": usage}
 
 
-class StreamCut(Exception):
+class StreamCutError(Exception):
     """Raised inside the streaming body: uvicorn drops the connection without ending the chunked body."""
 
 
@@ -190,7 +190,7 @@ async def _stream(body: dict[str, Any], words: list[str], finish: str, usage: di
         chunks.append({**base, "choices": [], "usage": usage})
     for i, chunk in enumerate(chunks):
         if cut_after is not None and i >= cut_after:
-            raise StreamCut("injected stream cut")
+            raise StreamCutError("injected stream cut")
         yield b"data: " + orjson.dumps(chunk) + b"\n\n"
         await asyncio.sleep(0)
     yield b"data: [DONE]\n\n"

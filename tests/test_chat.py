@@ -141,7 +141,8 @@ def test_pii_is_redacted_before_leaving(chat_gateway: Callable[..., RunningGatew
     secret = ("Contact jane.doe@example.com or +44 20 7946 0958, card 4111 1111 1111 1111, "
               "IBAN GB82 WEST 1234 5698 7654 32, from 192.168.10.20 / 2001:db8::7")
     client_for(gw, gateway_keys.user).chat.completions.create(
-        model="chat", messages=[{"role": "user", "content": secret}, {"role": "user", "content": "jane.doe@example.com"}])
+        model="chat",
+        messages=[{"role": "user", "content": secret}, {"role": "user", "content": "jane.doe@example.com"}])
     (call,) = fake_llm.state.calls("up-primary")
     sent = call.text
     for original in ("jane.doe@example.com", "7946 0958", "4111 1111 1111 1111", "GB82", "192.168.10.20",

@@ -103,6 +103,14 @@ class OpenAIDeployment(_Strict):
     price: Price = Price()
     weight: float = Field(default=1.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError("api_key must not be written in the routes file: name the environment variable "
+                             "that holds it in api_key_env")
+        return data
+
     @field_validator("base_url")
     @classmethod
     def _strip(cls, value: str) -> str:
@@ -124,6 +132,12 @@ class Route(_Strict):
     deployments: list[str | Tier] = Field(min_length=1)
     redact_pii: Literal["auto", "on", "off"] = "auto"
     policy: Policy = Policy()
+
+    @field_validator("redact_pii", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        """YAML reads a bare `on`/`off` as a boolean."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @property
     def tiers(self) -> list[list[str]]:

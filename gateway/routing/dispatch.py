@@ -41,6 +41,7 @@ T = TypeVar("T")
 Call = Callable[[Deployment, float], Awaitable[T]]
 
 _NEVER_AGAIN = frozenset({"not_found", "client_error"})
+_TIMER_SLACK_S = 0.005  # the event loop may wake a sleeper up to its clock resolution early
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +108,7 @@ class Dispatcher:
         permit = Permit.ALLOW
         if dep.saturated:
             reason = "overflow"
-        elif not_before.get(dep.name, 0.0) > self._clock():
+        elif not_before.get(dep.name, 0.0) > self._clock() + _TIMER_SLACK_S:
             reason = "retry_after"
         elif not route.single:
             permit = await dep.breaker.allow()
