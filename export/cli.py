@@ -61,7 +61,10 @@ PreferredOpt = Annotated[
 QueueSizeOpt = Annotated[
     int,
     typer.Option(
-        "--max-queue-size", min=0, help="Queue limit: beyond it requests are rejected at once (503). 0 = unbounded."
+        "--max-queue-size",
+        min=0,
+        help="Queue limit: beyond it requests are rejected at once (503). 0 = no queue policy (default: on the "
+        "bundled Triton 2.51 a queue policy stalls the batcher ~500 ms between batches; see docs/BENCHMARKS.md).",
     ),
 ]
 InstancesOpt = Annotated[int, typer.Option("--instances", min=1, help="instance_group count.")]
@@ -138,7 +141,7 @@ def minilm(
     dynamic_batching: BatchingOpt = True,
     max_queue_delay_us: QueueDelayOpt = 0,
     preferred_batch_size: PreferredOpt = None,
-    max_queue_size: QueueSizeOpt = 256,
+    max_queue_size: QueueSizeOpt = 0,
     instances: InstancesOpt = 1,
     version_policy: PolicyOpt = "latest:1",
     warmup: WarmupOpt = True,
@@ -208,7 +211,7 @@ def torch(
     dynamic_batching: BatchingOpt = True,
     max_queue_delay_us: QueueDelayOpt = 0,
     preferred_batch_size: PreferredOpt = None,
-    max_queue_size: QueueSizeOpt = 256,
+    max_queue_size: QueueSizeOpt = 0,
     instances: InstancesOpt = 1,
     version_policy: PolicyOpt = "latest:1",
     warmup: WarmupOpt = True,

@@ -208,9 +208,7 @@ def render_spec(spec: ModelSpec) -> str:
     return text
 
 
-def add_ensemble_steps(
-    cfg: mc.ModelConfig, steps: Sequence[tuple[str, dict[str, str], dict[str, str]]]
-) -> None:
+def add_ensemble_steps(cfg: mc.ModelConfig, steps: Sequence[tuple[str, dict[str, str], dict[str, str]]]) -> None:
     """Append `ensemble_scheduling` steps: (model, {step input: ensemble tensor}, {step output: ensemble tensor})."""
     for model, input_map, output_map in steps:
         step = cfg.ensemble_scheduling.step.add(model_name=model, model_version=-1)

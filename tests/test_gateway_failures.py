@@ -14,6 +14,7 @@ import pytest
 
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonServer
+from export.config import render, validate
 from gateway.errors import error_kind
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import RequestContextMiddleware
@@ -29,9 +30,10 @@ def _tiny_queue_repository(source: Path, target: Path) -> Path:
     config = target / MODEL / "config.pbtxt"
     text = config.read_text()
     config.unlink()  # never write through a hard link into the session's repository
-    assert "max_queue_size: 256" in text
-    text = text.replace("max_queue_size: 256", "max_queue_size: 1")
-    text = text.replace("dynamic_batching {", "dynamic_batching {\n  max_queue_delay_microseconds: 200000", 1)
+    cfg = validate(text)
+    cfg.dynamic_batching.max_queue_delay_microseconds = 200_000
+    cfg.dynamic_batching.default_queue_policy.max_queue_size = 1
+    text = render(cfg)
     config.write_text(text)
     return target
 

@@ -35,7 +35,15 @@ def _text_input(texts: list[bytes], module=httpclient):  # noqa: ANN001 - triton
 
 @pytest.fixture(scope="module")
 def http(triton_server: TritonServer) -> httpclient.InferenceServerClient:
-    client = httpclient.InferenceServerClient(triton_server.http_url, concurrency=32)
+    client = httpclient.InferenceServerClient(triton_server.http_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def grpc(triton_server: TritonServer) -> grpcclient.InferenceServerClient:
+    """The gRPC client is thread-safe (the HTTP one is gevent-based): used for concurrent load."""
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
     yield client
     client.close()
 
@@ -74,11 +82,11 @@ def test_token_counts_are_the_tokens_actually_embedded(http, reference) -> None:
     assert max(counts) == 256  # the long document was truncated to the model's window
 
 
-def test_concurrent_requests_are_batched(http) -> None:
+def test_concurrent_requests_are_batched(http, grpc) -> None:
     before_inf, before_exec = _counts(http)
     texts = [f"sentence number {i} about serving models" for i in range(96)]
     with ThreadPoolExecutor(max_workers=32) as pool:
-        results = list(pool.map(lambda t: http.infer(MODEL, [_text_input([t.encode()])]), texts))
+        results = list(pool.map(lambda t: grpc.infer(MODEL, [_text_input([t.encode()], grpcclient)]), texts))
     after_inf, after_exec = _counts(http)
     assert all(r.as_numpy("embedding").shape == (1, 384) for r in results)
     assert after_inf - before_inf == len(texts)
@@ -86,14 +94,14 @@ def test_concurrent_requests_are_batched(http) -> None:
     assert after_exec - before_exec < after_inf - before_inf
 
 
-def test_malformed_request_fails_alone_inside_a_batch(http) -> None:
+def test_malformed_request_fails_alone_inside_a_batch(http, grpc) -> None:
     before_inf, before_exec = _counts(http)
     busy = [" ".join(["keep the model busy"] * 40).encode()] * 64
     good = [f"good request {i}".encode() for i in range(8)]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        first = pool.submit(http.infer, MODEL, [_text_input(busy)])
-        futures = [pool.submit(http.infer, MODEL, [_text_input([g])]) for g in good]
-        bad = pool.submit(http.infer, MODEL, [_text_input([b"\xff\xfe not utf-8"])])
+        first = pool.submit(grpc.infer, MODEL, [_text_input(busy, grpcclient)])
+        futures = [pool.submit(grpc.infer, MODEL, [_text_input([g], grpcclient)]) for g in good]
+        bad = pool.submit(grpc.infer, MODEL, [_text_input([b"\xff\xfe not utf-8"], grpcclient)])
         first.result()
         goods = [f.result() for f in futures]
         with pytest.raises(InferenceServerException, match="UTF-8"):

@@ -39,9 +39,7 @@ class TritonPythonModel:
         self.max_seq_length = int(_param(config, "max_seq_length", "256"))
         self.ort_batch_size = int(_param(config, "ort_batch_size", "64"))
 
-        self.tokenizer = Tokenizer.from_file(
-            str(version_dir / _param(config, "tokenizer_file", "tokenizer.json"))
-        )
+        self.tokenizer = Tokenizer.from_file(str(version_dir / _param(config, "tokenizer_file", "tokenizer.json")))
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
         self.tokenizer.no_padding()  # we pad per ORT batch, to the longest item in it
 
