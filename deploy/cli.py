@@ -51,11 +51,18 @@ def triton(
     )
     try:
         server = TritonServer(opts, state_dir=state_dir.resolve(), log_path=state_dir.resolve() / "triton.log")
+    except ProcessError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    try:
         with console.status(f"starting Triton on {repository} …"):
             server.start_and_wait()
     except ProcessError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        server.stop()
+        raise typer.Exit(130) from None
     console.print(
         f"[green]Triton ready[/green] http://{server.http_url} grpc://{server.grpc_url} "
         f"metrics http://{host}:{metrics_port}/metrics (log: {state_dir / 'triton.log'}); Ctrl-C stops it"

@@ -39,15 +39,19 @@ class TritonDistribution:
                 "run `make install` (or `pip install nvidia-pytriton==0.7.0`)"
             )
         root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
-        dist = cls(root)
-        for path in (dist.binary, dist.python_backend / "libtriton_python.so", dist.stub):
+        return cls(root).checked()
+
+    def checked(self) -> TritonDistribution:
+        """Self, after making sure the binary, the python backend and this Python's stub are present."""
+        for path in (self.binary, self.python_backend / "libtriton_python.so", self.stub):
             if not path.exists():
+                shipped = sorted(p.name for p in self.stubs_dir.iterdir()) if self.stubs_dir.is_dir() else []
                 raise TritonNotInstalledError(
                     f"{path} is missing from the nvidia-pytriton wheel "
                     f"(Python {sys.version_info.major}.{sys.version_info.minor} needs its own backend stub; "
-                    f"stubs shipped: {', '.join(sorted(p.name for p in dist.stubs_dir.iterdir()))})"
+                    f"stubs shipped: {', '.join(shipped) or 'none'}); reinstall with `make install`"
                 )
-        return dist
+        return self
 
     @property
     def binary(self) -> Path:
