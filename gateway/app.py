@@ -30,7 +30,7 @@ from gateway.embeddings.service import EmbeddingPolicy, EmbeddingService
 from gateway.errors import install_error_handlers
 from gateway.kserve.router import router as kserve_router
 from gateway.kserve.service import KServeProxy
-from gateway.limiting import build_limiter
+from gateway.limiting import TokenLedger, build_limiter
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import RequestContextMiddleware
 from gateway.models.router import router as models_router
@@ -93,7 +93,7 @@ def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewaySt
         backend=backend,
         redis=redis,
         embeddings=EmbeddingService(backend, metrics=metrics, policy=policy, cache=cache, flights=flights,
-                                    limiter=limiter),
+                                    ledger=TokenLedger(limiter) if limiter is not None else None),
         models=ModelService(backend, started_at=int(time.time())),
         kserve=KServeProxy(_http(settings)),
         cache=cache,

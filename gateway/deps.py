@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from fastapi import Depends, Request
+from fastapi import Request
 
 from gateway.auth import ADMIN_SCOPE, Authenticator, Principal
 from gateway.backends.base import Backend
@@ -99,8 +99,8 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def get_principal(request: Request) -> Principal:
-    """The authenticated caller (401 envelope otherwise)."""
+def authenticate(request: Request) -> Principal:
+    """Resolve the caller from the Authorization header (AuthenticationError → 401 envelope)."""
     principal = state_of(request).authenticator.authenticate(
         request.headers.get("authorization"), client_ip(request)
     )
@@ -108,14 +108,8 @@ async def get_principal(request: Request) -> Principal:
     return principal
 
 
-async def require_admin(principal: Principal = Depends(get_principal)) -> Principal:
-    """A caller holding the admin scope (403 otherwise)."""
-    principal.require(ADMIN_SCOPE)
-    return principal
-
-
-async def rate_limited_principal(request: Request, principal: Principal = Depends(get_principal)) -> Principal:
-    """The caller, after the per-key request limit admitted it (429 envelope otherwise).
+async def admit_request(request: Request, principal: Principal) -> None:
+    """Count the request against the caller's limits (RateLimitedError → 429 envelope).
 
     The `x-ratelimit-*` headers go into `request.state.response_headers`, which the request-context
     middleware adds to whatever response follows.
@@ -123,4 +117,41 @@ async def rate_limited_principal(request: Request, principal: Principal = Depend
     state = state_of(request)
     if state.limiter is not None:
         request.state.response_headers = await admit(state.limiter, principal, state.metrics)
+
+
+# Providers below call the helpers above directly instead of nesting `Depends`: every nested dependency
+# costs a FastAPI resolution step on every request.
+
+
+async def get_principal(request: Request) -> Principal:
+    """The authenticated caller (401 envelope otherwise)."""
+    return authenticate(request)
+
+
+async def require_admin(request: Request) -> Principal:
+    """A caller holding the admin scope (401/403 otherwise)."""
+    principal = authenticate(request)
+    principal.require(ADMIN_SCOPE)
     return principal
+
+
+async def rate_limited_principal(request: Request) -> Principal:
+    """The authenticated caller, after its request limit admitted it (401/429 otherwise)."""
+    principal = authenticate(request)
+    await admit_request(request, principal)
+    return principal
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingsCall:
+    """What `POST /v1/embeddings` needs, resolved as one dependency (the hot route: one resolution step)."""
+
+    principal: Principal
+    service: EmbeddingService
+
+
+async def embeddings_call(request: Request) -> EmbeddingsCall:
+    """The admitted caller (401/429 otherwise) and the embeddings service."""
+    principal = authenticate(request)
+    await admit_request(request, principal)
+    return EmbeddingsCall(principal, state_of(request).embeddings)

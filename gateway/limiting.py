@@ -4,9 +4,13 @@ Identities: `key:<name>` for API keys, `ip:<address>` for anonymous callers (aut
 limits are the settings' defaults unless the key overrides them. A request is admitted against the
 requests/min budget (and needs at least one token left); the tokens it really used are debited afterwards.
 Refusal → 429 envelope with `retry-after` and `x-ratelimit-*`; a limiter that fails closed → 503.
+Token usage is debited off the request path, summed per identity over `TokenLedger.interval_s` (one limiter
+call per identity per interval instead of one per request), so the token budget is enforced within ~50 ms.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import redis.asyncio as aioredis
 
@@ -67,3 +71,39 @@ def spend_tokens(headers: dict[str, str], tokens: int) -> None:
     remaining = headers.get(REMAINING_TOKENS)
     if remaining is not None and remaining.isdigit():
         headers[REMAINING_TOKENS] = str(max(0, int(remaining) - tokens))
+
+
+class TokenLedger:
+    """Sums token usage per identity and debits it in one limiter call per identity per interval."""
+
+    def __init__(self, limiter: RateLimiter, interval_s: float = 0.05) -> None:
+        self.limiter = limiter
+        self.interval_s = interval_s
+        self._pending: dict[str, int] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    def add(self, principal: Principal, tokens: int) -> None:
+        """Record usage; a flush is scheduled `interval_s` after the first unflushed record."""
+        if tokens <= 0:
+            return
+        self._pending[principal.identity] = self._pending.get(principal.identity, 0) + tokens
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.interval_s)
+        self._flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Debit everything recorded so far (the limiter never raises)."""
+        pending, self._pending = self._pending, {}
+        if pending:
+            await asyncio.gather(*(self.limiter.debit_tokens(i, n) for i, n in pending.items()))
+
+    async def close(self) -> None:
+        """Flush what is pending; call at shutdown."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        await self.flush()

@@ -107,8 +107,8 @@ class RequestContextMiddleware:
         route = route_label(scope)
         model = str(state.get("model", ""))
         m = self.metrics
-        m.requests.labels(route, scope["method"], model, str(status)).inc()
-        m.latency.labels(route, model).observe(elapsed)
+        m.child(m.requests, route, scope["method"], model, str(status)).inc()
+        m.child(m.latency, route, model).observe(elapsed)
         backend_s = state.get("backend_s")
         if backend_s is not None and status < 400:
-            m.overhead.labels(route).observe(max(elapsed - backend_s, 0.0))
+            m.child(m.overhead, route).observe(max(elapsed - backend_s, 0.0))

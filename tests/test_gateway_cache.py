@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -45,6 +46,60 @@ def stats(triton: TritonServer, version: str = "") -> tuple[int, int]:
     finally:
         client.close()
     return sum(int(m["inference_count"]) for m in models), sum(int(m["execution_count"]) for m in models)
+
+
+def _model_stats(triton: TritonServer, version: str) -> list[dict]:
+    client = httpclient.InferenceServerClient(triton.http_url)
+    try:
+        return client.get_inference_statistics(MODEL, model_version=version)["model_stats"]
+    finally:
+        client.close()
+
+
+class TritonCounts:
+    """Items and executions Triton computed between two points of a test, read race-free.
+
+    Triton records statistics just *after* it answers, so a read right after a response may miss that
+    response's work. Each reading therefore first sends a marker batch of `MARKER` items straight to Triton
+    and waits until the marker shows in the per-batch-size statistics: the single model instance executes
+    the marker after everything sent before it, so by then all earlier work is recorded too. The marker's
+    own work is subtracted. (No test sends batches of exactly `MARKER` items otherwise.)
+    """
+
+    MARKER = 63
+
+    def __init__(self, triton: TritonServer, version: str = "") -> None:
+        self.triton = triton
+        self.version = version
+        self.base = self._settled()
+
+    def _marker_count(self) -> int:
+        return sum(
+            int(b["compute_infer"]["count"])
+            for m in _model_stats(self.triton, self.version)
+            for b in m.get("batch_stats", [])
+            if int(b["batch_size"]) == self.MARKER
+        )
+
+    def _settled(self, within_s: float = 15.0) -> tuple[int, int]:
+        seen = self._marker_count()
+        client = grpcclient.InferenceServerClient(self.triton.grpc_url)
+        texts = np.array([f"marker {i} {uuid.uuid4().hex}".encode() for i in range(self.MARKER)], dtype=object)
+        tensor = grpcclient.InferInput("text", [self.MARKER, 1], "BYTES")
+        tensor.set_data_from_numpy(texts.reshape(-1, 1))
+        client.infer(MODEL, [tensor], model_version=self.version)
+        client.close()
+        deadline = time.monotonic() + within_s
+        while self._marker_count() < seen + 1:  # readiness check on Triton's own statistics
+            assert time.monotonic() < deadline, "the marker batch never showed in Triton's statistics"
+        return stats(self.triton, self.version)
+
+    def delta(self) -> tuple[int, int]:
+        """(items, executions) since the previous reading, not counting this reading's marker."""
+        now = self._settled()
+        got = (now[0] - self.base[0] - self.MARKER, now[1] - self.base[1] - 1)
+        self.base = now
+        return got
 
 
 def create(client: openai.OpenAI, texts: list[str], **headers: str) -> tuple[str, np.ndarray, int]:
@@ -74,24 +129,23 @@ def test_partial_batch_computes_only_misses(client: openai.OpenAI, triton_server
     first, second = _fresh(2, "cached"), _fresh(3, "new")
     status, cached_vectors, _ = create(client, first)
     assert status == "miss"
-    before = stats(triton_server)
+    counts = TritonCounts(triton_server)
     status, vectors, tokens = create(client, [second[0], first[0], second[1], first[1], second[2]])
-    after = stats(triton_server)
     assert status == "partial"
-    assert after[0] - before[0] == 3  # only the three misses were computed
+    assert counts.delta()[0] == 3  # only the three misses were computed
     np.testing.assert_array_equal(vectors[1], cached_vectors[0])  # stitched back in input order
     np.testing.assert_array_equal(vectors[3], cached_vectors[1])
     status, again, again_tokens = create(client, [second[0], first[0], second[1], first[1], second[2]])
-    assert status == "hit" and stats(triton_server) == after
+    assert status == "hit" and counts.delta() == (0, 0)
     np.testing.assert_array_equal(again, vectors)
     assert again_tokens == tokens  # usage of cached items is the real token count
 
 
 def test_duplicates_within_a_request_are_computed_once(client: openai.OpenAI, triton_server: TritonServer) -> None:
     text = _fresh(1, "dup")[0]
-    before = stats(triton_server)
+    counts = TritonCounts(triton_server)
     status, vectors, _ = create(client, [text, text, text])
-    assert status == "miss" and stats(triton_server)[0] - before[0] == 1
+    assert status == "miss" and counts.delta() == (1, 1)
     np.testing.assert_array_equal(vectors[0], vectors[2])
 
 
@@ -99,12 +153,10 @@ def test_twenty_identical_concurrent_requests_cost_one_inference(
     client: openai.OpenAI, triton_server: TritonServer, gateway: RunningGateway
 ) -> None:
     texts = _fresh(4, "flight")
-    before = stats(triton_server)
+    counts = TritonCounts(triton_server)
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(lambda _: create(client, texts), range(20)))
-    after = stats(triton_server)
-    assert after[1] - before[1] == 1, "exactly one Triton execution"
-    assert after[0] - before[0] == len(texts)
+    assert counts.delta() == (len(texts), 1), "exactly one Triton execution of the four items"
     for _, vectors, _ in results:
         np.testing.assert_array_equal(vectors, results[0][1])
 
@@ -112,12 +164,13 @@ def test_twenty_identical_concurrent_requests_cost_one_inference(
 def test_cache_control_no_store_and_no_cache(client: openai.OpenAI, triton_server: TritonServer) -> None:
     texts = _fresh(2, "control")
     create(client, texts)
-    before = stats(triton_server)
+    counts = TritonCounts(triton_server)
     assert create(client, texts, **{"Cache-Control": "no-store"})[0] == "bypass"
-    assert stats(triton_server)[0] - before[0] == 2
+    assert counts.delta() == (2, 1)
     assert create(client, texts, **{"Cache-Control": "no-cache"})[0] == "miss"
-    assert stats(triton_server)[0] - before[0] == 4
+    assert counts.delta() == (2, 1)
     assert create(client, texts)[0] == "hit"
+    assert counts.delta() == (0, 0)
 
 
 def test_admin_clears_a_models_cache(client: openai.OpenAI, gateway: RunningGateway, gateway_keys: GatewayKeys
@@ -157,11 +210,12 @@ def test_new_model_version_never_serves_old_entries(
         control.load_model(MODEL)  # latest:1 → the new version replaces the old one
         assert control.get_model_metadata(MODEL)["versions"] == [new_version]
         control.close()
-        before = stats(triton, new_version)  # warmup samples count too
+        counts = TritonCounts(triton, new_version)  # (warmup samples count in the statistics too)
         status, _, _ = create(client, texts)
         assert status == "miss", "entries of the old version must not be served"
-        assert stats(triton, new_version)[0] - before[0] == 3
+        assert counts.delta() == (3, 1)
         assert create(client, texts)[0] == "hit"
+        assert counts.delta() == (0, 0)
     finally:
         triton.stop()
 

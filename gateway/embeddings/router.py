@@ -9,11 +9,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from gateway.auth import Principal
 from gateway.cache.control import parse_cache_control
-from gateway.deps import get_embedding_service, rate_limited_principal
+from gateway.deps import EmbeddingsCall, embeddings_call
 from gateway.embeddings.protocol import EmbeddingRequest, EmbeddingResponse
-from gateway.embeddings.service import EmbeddingService
 from gateway.errors import parse_body
 from gateway.limiting import spend_tokens
 from gateway.responses import dumps
@@ -30,15 +28,11 @@ _REQUEST_BODY = {
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, response_class=Response,
              openapi_extra=_REQUEST_BODY)
-async def create_embeddings(
-    request: Request,
-    principal: Principal = Depends(rate_limited_principal),
-    service: EmbeddingService = Depends(get_embedding_service),
-) -> Response:
+async def create_embeddings(request: Request, call: EmbeddingsCall = Depends(embeddings_call)) -> Response:
     """Create embeddings (OpenAI contract); honours `Cache-Control: no-cache | no-store`."""
     body = parse_body(EmbeddingRequest, await request.body())
     mode = parse_cache_control(request.headers.get("cache-control"))
-    outcome = await service.create(body, mode, principal)
+    outcome = await call.service.create(body, mode, call.principal)
     request.state.model = body.model
     request.state.backend_s = outcome.backend_s
     spend_tokens(getattr(request.state, "response_headers", {}), outcome.prompt_tokens)

@@ -9,7 +9,6 @@ tokens the model really embedded (stored alongside cached vectors). No FastAPI h
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +26,8 @@ from gateway.cache.store import EmbeddingCache
 from gateway.embeddings.encoding import embedding_payload
 from gateway.embeddings.protocol import EmbeddingRequest
 from gateway.errors import InvalidRequestError
+from gateway.limiting import TokenLedger
 from gateway.metrics import GatewayMetrics
-from gateway.ratelimit import RateLimiter
 
 # the cached vector depends on nothing but model, version and text (dimensions must equal the model's)
 CACHE_PARAMS = "embed:v1"
@@ -99,29 +98,20 @@ class EmbeddingService:
         policy: EmbeddingPolicy,
         cache: EmbeddingCache | None = None,
         flights: SingleFlight[CachedItem] | None = None,
-        limiter: RateLimiter | None = None,
+        ledger: TokenLedger | None = None,
     ) -> None:
         self.backend = backend
         self.metrics = metrics
         self.policy = policy
         self.cache = cache
         self.flights = flights if flights is not None else SingleFlight(cache)
-        self.limiter = limiter
-        self._background: set[asyncio.Task[None]] = set()
+        self.ledger = ledger
 
     async def drain(self) -> None:
-        """Wait for background work (token debits, cache publishing) to finish; call at shutdown."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        """Finish background work (cache publishing, pending token debits); call at shutdown."""
         await self.flights.wait_idle()
-
-    def _debit(self, principal: Principal | None, tokens: int) -> None:
-        """Debit real token usage off the request path (the limiter never raises)."""
-        if self.limiter is None or principal is None or tokens <= 0:
-            return
-        task = asyncio.create_task(self.limiter.debit_tokens(principal.identity, tokens))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        if self.ledger is not None:
+            await self.ledger.close()
 
     async def model(self, name: str) -> ModelInfo:
         """Metadata of a servable model; NotFoundError (code model_not_found) otherwise."""
@@ -141,19 +131,22 @@ class EmbeddingService:
         result = await self._vectors(info, texts, mode)
         status = "bypass" if mode is CacheMode.BYPASS else cache_status(result.hits, len(texts))
         self._count(info.name, status, result, len(texts))
-        self._debit(principal, result.tokens)
+        if self.ledger is not None and principal is not None:
+            self.ledger.add(principal, result.tokens)  # debited off the request path
         payload = embedding_payload(request.model, result.matrix, request.encoding_format, result.tokens)
         return EmbeddingOutcome(payload, status, result.backend_s, result.tokens)
 
     def _count(self, model: str, status: str, result: _Vectors, n: int) -> None:
         m = self.metrics
-        m.cache.labels(status).inc()
+        m.child(m.cache, status).inc()
         if status != "bypass":
-            m.cache_items.labels("hit").inc(result.hits)
-            m.cache_items.labels("miss").inc(n - result.hits)
-        m.tokens.labels(model).inc(result.tokens)
+            if result.hits:
+                m.child(m.cache_items, "hit").inc(result.hits)
+            if n > result.hits:
+                m.child(m.cache_items, "miss").inc(n - result.hits)
+        m.child(m.tokens, model).inc(result.tokens)
         if result.backend_s is not None:
-            m.backend_latency.labels(model).observe(result.backend_s)
+            m.child(m.backend_latency, model).observe(result.backend_s)
 
     async def _vectors(self, info: ModelInfo, texts: Sequence[str], mode: CacheMode) -> _Vectors:
         keys = EmbeddingCache.keys(info.name, info.version, CACHE_PARAMS, texts)
