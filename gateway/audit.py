@@ -51,10 +51,13 @@ class AuditLog:
         self.include_prompts = include_prompts
         self.logger = logger or logging.getLogger(LOGGER_NAME)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether audit lines are emitted (the logger is enabled for INFO); build records only then."""
+        return self.logger.isEnabledFor(logging.INFO)
+
     def write(self, record: AuditRecord) -> None:
         """Log one line (INFO); prompts are dropped unless enabled."""
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
         data = asdict(record)
         data["ts"] = round(time.time(), 3)
         if not self.include_prompts or data["prompt"] is None:

@@ -155,3 +155,18 @@ async def embeddings_call(request: Request) -> EmbeddingsCall:
     principal = authenticate(request)
     await admit_request(request, principal)
     return EmbeddingsCall(principal, state_of(request).embeddings)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """What `POST /v1/chat/completions` needs, resolved as one dependency."""
+
+    principal: Principal
+    service: ChatService
+
+
+async def chat_call(request: Request) -> ChatCall:
+    """The admitted caller (401/429 otherwise) and the chat service (404 when not configured)."""
+    principal = authenticate(request)
+    await admit_request(request, principal)
+    return ChatCall(principal, await get_chat_service(request))

@@ -226,3 +226,18 @@ class FakeLLMServer:
         """Shut down."""
         self.server.should_exit = True
         self.thread.join(5)
+
+
+def main() -> None:
+    """`python -m tests.fake_llm --port N`: serve the fake alone (benchmarks), no key, no faults."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvicorn.run(build_app(FakeLLM()), host="127.0.0.1", port=args.port, loop="uvloop", http="httptools",
+                log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,7 @@
 """Chat accounting around each request: budget reservation before, and after it — settle, usage totals,
-rate-limit token debit, cache store and the audit line. Post-request work runs as background tasks so it
-neither delays the response nor dies with a client that hung up (`drain()` awaits it at shutdown).
+rate-limit token debit, cache store and the audit line. Post-request Redis work runs off the request path
+(background tasks, or batched per 50 ms for usage totals and token debits) so it neither delays the response
+nor dies with a client that hung up (`drain()` finishes it at shutdown).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from gateway.chat.cache import CachedAnswer, ChatCache
 from gateway.chat.context import ChatContext
 from gateway.chat.metrics import ChatMetrics
 from gateway.errors import RateLimitedError
-from gateway.ratelimit import RateLimiter
+from gateway.limiting import TokenLedger
 from gateway.routing.table import Deployment
 from gateway.usage.budget import BudgetLedger, micro_usd
 from gateway.usage.totals import UsageRecord, UsageTotals
@@ -29,13 +30,13 @@ class Accounting:
     """Budgets, usage, limiter debits, cache writes and audit for chat requests."""
 
     def __init__(self, *, metrics: ChatMetrics, budgets: BudgetLedger, usage: UsageTotals, audit: AuditLog,
-                 cache: ChatCache | None = None, limiter: RateLimiter | None = None) -> None:
+                 cache: ChatCache | None = None, ledger: TokenLedger | None = None) -> None:
         self.metrics = metrics
         self.budgets = budgets
         self.usage = usage
         self.audit_log = audit
         self.cache = cache
-        self.limiter = limiter
+        self.ledger = ledger
         self._background: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -50,9 +51,12 @@ class Accounting:
             log.error("chat accounting task failed", exc_info=task.exception())
 
     async def drain(self) -> None:
-        """Wait for background work (call at shutdown)."""
+        """Wait for background work, then flush the usage totals (call at shutdown)."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self.usage.close()
+        if self.ledger is not None:
+            await self.ledger.close()
 
     # --- before ----------------------------------------------------------------------------
 
@@ -80,27 +84,27 @@ class Accounting:
         cost = micro_usd(deployment.price, usage.prompt_tokens, usage.completion_tokens)
         record = UsageRecord(ctx.key_name, ctx.request.model, usage.prompt_tokens, usage.completion_tokens, cost)
         self.usage.count(record)
-        self.spawn(self._after(ctx, record, usage))
-        self.audit_log.write(ctx.audit(deployment.name, usage, cost, status, error))
+        self.usage.add(record)
+        if self.ledger is not None:
+            self.ledger.add(ctx.principal, usage.total_tokens)
+        if ctx.reservation is not None:
+            self.spawn(self.budgets.settle(ctx.reservation, cost, usage.total_tokens))
+        if self.audit_log.enabled:
+            self.audit_log.write(ctx.audit(deployment.name, usage, cost, status, error))
         return cost
-
-    async def _after(self, ctx: ChatContext, record: UsageRecord, usage: TokenUsage) -> None:
-        await self.budgets.settle(ctx.reservation, record.cost_micro_usd, usage.total_tokens)
-        await self.usage.add(record)
-        if self.limiter is not None and usage.total_tokens > 0:
-            await self.limiter.debit_tokens(ctx.principal.identity, usage.total_tokens)
 
     def cached(self, ctx: ChatContext, answer: CachedAnswer) -> None:
         """Account a cache hit: no upstream call, nothing spent."""
-        record = UsageRecord(ctx.key_name, ctx.request.model, 0, 0, 0, cached=True)
-        self.spawn(self.usage.add(record))
-        self.audit_log.write(ctx.audit(answer.deployment, TokenUsage(), 0, 200))
+        self.usage.add(UsageRecord(ctx.key_name, ctx.request.model, 0, 0, 0, cached=True))
+        if self.audit_log.enabled:
+            self.audit_log.write(ctx.audit(answer.deployment, TokenUsage(), 0, 200))
 
     def failed(self, ctx: ChatContext, status: int | str, error: str | None) -> None:
         """Account a request no upstream served: release its reservation, write the audit line."""
         if ctx.reservation is not None:
             self.spawn(self.budgets.settle(ctx.reservation, 0, 0))
-        self.audit_log.write(ctx.audit(None, TokenUsage(), 0, status, error))
+        if self.audit_log.enabled:
+            self.audit_log.write(ctx.audit(None, TokenUsage(), 0, status, error))
 
     def store(self, ctx: ChatContext, deployment: Deployment, answer: CachedAnswer) -> None:
         """Cache a complete answer of a deterministic request (unless `no-store`)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import httpx
+import aiohttp
 import redis.asyncio as aioredis
 
 from gateway.audit import AuditLog
@@ -18,6 +18,7 @@ from gateway.chat.cache import ChatCache
 from gateway.chat.metrics import ChatMetrics
 from gateway.chat.service import ChatService
 from gateway.config import GatewaySettings
+from gateway.limiting import TokenLedger
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimiter
 from gateway.routing.breaker import BreakerStore, CircuitBreaker
@@ -33,10 +34,13 @@ _MAX_CONNECTIONS = 512
 _L1_SIZE = 2048
 
 
-def chat_http_client() -> httpx.AsyncClient:
-    """The client every cloud deployment shares (per-request timeouts come from each deployment)."""
-    limits = httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=_MAX_CONNECTIONS)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0, connect=5.0), follow_redirects=False)
+def chat_http_session() -> aiohttp.ClientSession:
+    """The session every cloud deployment shares (per-request timeouts come from each deployment).
+
+    Must be created inside the running event loop (the lifespan).
+    """
+    connector = aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, ttl_dns_cache=300)
+    return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
 
 
 def build_chat(settings: GatewaySettings, metrics: GatewayMetrics, redis: aioredis.Redis, triton: Backend,
@@ -50,7 +54,7 @@ def build_chat(settings: GatewaySettings, metrics: GatewayMetrics, redis: aiored
     guard = RedisGuard(timeout_ms=settings.redis_timeout_ms,
                        on_error=lambda op: metrics.redis_errors.labels(op).inc())
     store = BreakerStore(redis, guard)
-    client = chat_http_client()
+    client = chat_http_session()
 
     def backend_for(name: str, dep: DeploymentConfig) -> ChatBackend:
         if dep.kind == "triton":
@@ -71,7 +75,7 @@ def build_chat(settings: GatewaySettings, metrics: GatewayMetrics, redis: aiored
     accounting = Accounting(metrics=chat_metrics, budgets=BudgetLedger(redis, guard, settings),
                             usage=UsageTotals(redis, guard, chat_metrics),
                             audit=AuditLog(include_prompts=config.audit.include_prompts), cache=cache,
-                            limiter=limiter)
+                            ledger=TokenLedger(limiter) if limiter is not None else None)
     service = ChatService(table, Dispatcher(chat_metrics), accounting, chat_metrics, http_client=client)
     log.info("chat routes: %s", ", ".join(f"{n} -> {r.names}" for n, r in config.routes.items()) or "none")
     return service

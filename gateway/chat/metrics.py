@@ -6,6 +6,8 @@ configured API keys ("anonymous" otherwise).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -50,6 +52,16 @@ class ChatMetrics:
         self.stream_errors = Counter(
             "gateway_chat_stream_errors", "Client streams ended by an error event after the first token.",
             ["deployment"], registry=r)
+
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised (label values here come from configuration: bounded)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def set_breaker(self, deployment: str, state: str) -> None:
         """Record a breaker transition (gauge and counter)."""

@@ -15,8 +15,9 @@ from gateway.auth import Principal
 from gateway.cache.control import parse_cache_control
 from gateway.chat.protocol import ChatCompletion, ChatCompletionRequest
 from gateway.chat.service import ChatService, ChatStream
-from gateway.deps import get_chat_service, rate_limited_principal, require_admin
+from gateway.deps import ChatCall, chat_call, get_chat_service, require_admin
 from gateway.errors import parse_body
+from gateway.limiting import spend_tokens
 from gateway.responses import dumps
 
 router = APIRouter(tags=["chat"])
@@ -48,19 +49,16 @@ class SSEResponse(StreamingResponse):
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, response_class=Response,
              openapi_extra=_REQUEST_BODY)
-async def create_chat_completion(
-    request: Request,
-    principal: Principal = Depends(rate_limited_principal),
-    service: ChatService = Depends(get_chat_service),
-) -> Response:
+async def create_chat_completion(request: Request, call: ChatCall = Depends(chat_call)) -> Response:
     """Chat completion (OpenAI contract), non-stream or SSE; `x-served-by` names the deployment."""
     body = parse_body(ChatCompletionRequest, await request.body())
     mode = parse_cache_control(request.headers.get("cache-control"))
-    outcome = await service.create(body, principal, request.state.request_id, mode)
+    outcome = await call.service.create(body, call.principal, request.state.request_id, mode)
     request.state.model = body.model  # a configured route: bounded label
     if isinstance(outcome, ChatStream):
         return SSEResponse(outcome)
     request.state.backend_s = outcome.backend_s
+    spend_tokens(getattr(request.state, "response_headers", {}), outcome.tokens)
     return Response(dumps(outcome.payload), media_type="application/json", headers=outcome.headers)
 
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from gateway.auth import Principal
 from gateway.backends.chat import TokenUsage, UpstreamError
@@ -40,6 +40,7 @@ class ChatOutcome:
     payload: dict[str, Any]
     headers: dict[str, str]
     backend_s: float | None = None
+    tokens: int = 0  # tokens the upstream used (0 for cache hits)
 
 
 @dataclass(slots=True)
@@ -55,7 +56,7 @@ class ChatService:
     """Serves `POST /v1/chat/completions` over the route table."""
 
     def __init__(self, table: RouteTable, dispatcher: Dispatcher, accounting: Accounting, metrics: ChatMetrics,
-                 *, http_client: httpx.AsyncClient | None = None) -> None:
+                 *, http_client: aiohttp.ClientSession | None = None) -> None:
         self.table = table
         self.dispatcher = dispatcher
         self.accounting = accounting
@@ -77,7 +78,8 @@ class ChatService:
         }
 
     async def usage_report(self) -> dict[str, Any]:
-        """All-time usage by key and model, and each budget's current period."""
+        """All-time usage by key and model, and each budget's current period (this process's queue flushed)."""
+        await self.accounting.usage.flush()
         totals = await self.accounting.usage.totals()
         return {"available": totals is not None, **(totals or {"by_key": {}, "by_model": {}}),
                 "budgets": await self.accounting.budgets.status()}
@@ -91,7 +93,7 @@ class ChatService:
         await self.drain()
         await self.table.aclose()
         if self._http is not None:
-            await self._http.aclose()
+            await self._http.close()
 
     async def create(self, request: ChatCompletionRequest, principal: Principal, request_id: str,
                      mode: CacheMode = CacheMode.DEFAULT) -> ChatOutcome | ChatStream:
@@ -131,18 +133,18 @@ class ChatService:
     async def _lookup(self, ctx: ChatContext) -> CachedAnswer | None:
         cache = self.accounting.cache
         if cache is None or not ctx.request.deterministic or ctx.route.policy.cache_ttl_s <= 0:
-            self.metrics.cache.labels("uncacheable").inc()
+            self.metrics.child(self.metrics.cache, "uncacheable").inc()
             return None
         if ctx.mode is CacheMode.BYPASS:
             ctx.cache = "bypass"
-            self.metrics.cache.labels("bypass").inc()
+            self.metrics.child(self.metrics.cache, "bypass").inc()
             return None
         digest = normalized(ctx.request, ctx.max_tokens or 0)
         ctx.cache_keys = {d.name: cache_key(digest, f"{d.config.kind}:{d.upstream_model}")
                           for d in ctx.route.deployments}
         hit = await cache.get(list(dict.fromkeys(ctx.cache_keys.values()))) if ctx.mode.lookup else None
         ctx.cache = "hit" if hit is not None else "miss"
-        self.metrics.cache.labels(ctx.cache).inc()
+        self.metrics.child(self.metrics.cache, ctx.cache).inc()
         return hit
 
     def _headers(self, ctx: ChatContext, served_by: str) -> dict[str, str]:
@@ -186,7 +188,7 @@ class ChatService:
         self.accounting.store(ctx, dep, CachedAnswer(content, finish, usage.prompt_tokens,
                                                      usage.completion_tokens, dep.name))
         return ChatOutcome(ctx.completion(content, finish, usage), self._headers(ctx, dep.name),
-                           dispatched.upstream_s)
+                           dispatched.upstream_s, usage.total_tokens)
 
     def _estimate(self, ctx: ChatContext, content: str) -> TokenUsage:
         return TokenUsage(ctx.prompt_estimate, estimate_completion(content, ctx.route.policy.bytes_per_token))

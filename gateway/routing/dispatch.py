@@ -133,8 +133,9 @@ class Dispatcher:
         else:
             elapsed = self._clock() - started
             await dep.breaker.record(permit, True)
-            self.metrics.upstream_calls.labels(dep.name, "ok").inc()
-            self.metrics.upstream_latency.labels(dep.name).observe(elapsed)
+            m = self.metrics
+            m.child(m.upstream_calls, dep.name, "ok").inc()
+            m.child(m.upstream_latency, dep.name).observe(elapsed)
             return Dispatched(dep, value, elapsed)
         await dep.breaker.record(permit, False if error.counts_as_failure else None)
         self._failed(route, dep, Attempt(dep.name, error.reason, error.status, error.retry_after_s), trace)

@@ -2,12 +2,14 @@
 
 Redis holds all-time totals in hashes ``tritonstack:usage:key:{name}`` and ``tritonstack:usage:model:{name}``
 (fields `requests`, `prompt_tokens`, `completion_tokens`, `cost_micro_usd`, `cached`), indexed by two sets, so
-every gateway process adds to the same totals; `GET /admin/usage` reads them back. Writes are guarded (a Redis
-outage loses those increments, counted in `gateway_redis_errors`, never fails a request).
+every gateway process adds to the same totals; `GET /admin/usage` reads them back. Increments are summed in
+memory and written in one pipelined round trip per `flush_interval_s` (50 ms), off the request path. Writes
+are guarded: a Redis outage loses those increments (counted in `gateway_redis_errors`), never fails a request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -52,32 +54,60 @@ class UsageRecord:
 class UsageTotals:
     """Counts usage in Prometheus and in Redis (see module docstring)."""
 
-    def __init__(self, redis: aioredis.Redis, guard: RedisGuard, metrics: ChatMetrics) -> None:
+    def __init__(self, redis: aioredis.Redis, guard: RedisGuard, metrics: ChatMetrics,
+                 flush_interval_s: float = 0.05) -> None:
         self.redis = redis
         self.guard = guard
         self.metrics = metrics
+        self.flush_interval_s = flush_interval_s
+        self._pending: dict[tuple[str, str], list[int]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     def count(self, record: UsageRecord) -> None:
         """Prometheus counters (synchronous, cheap)."""
         m = self.metrics
-        m.tokens.labels(record.key, record.model, "prompt").inc(record.prompt_tokens)
-        m.tokens.labels(record.key, record.model, "completion").inc(record.completion_tokens)
-        m.cost.labels(record.key, record.model).inc(record.cost_micro_usd / 1_000_000)
+        m.child(m.tokens, record.key, record.model, "prompt").inc(record.prompt_tokens)
+        m.child(m.tokens, record.key, record.model, "completion").inc(record.completion_tokens)
+        m.child(m.cost, record.key, record.model).inc(record.cost_micro_usd / 1_000_000)
 
-    async def add(self, record: UsageRecord) -> None:
-        """Add to the Redis totals (one pipelined round trip; never raises)."""
+    def add(self, record: UsageRecord) -> None:
+        """Queue the record for the Redis totals (written within `flush_interval_s`)."""
         values = (1, record.prompt_tokens, record.completion_tokens, record.cost_micro_usd, int(record.cached))
+        for target in (("key", record.key), ("model", record.model)):
+            sums = self._pending.setdefault(target, [0] * len(_FIELDS))
+            for i, value in enumerate(values):
+                sums[i] += value
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.flush_interval_s)
+        self._flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything queued so far (one pipelined round trip; never raises)."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
 
         async def write() -> None:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for kind, name in (("key", record.key), ("model", record.model)):
+                for (kind, name), sums in pending.items():
                     pipe.sadd(f"{KEY_PREFIX}{kind}s", name)
-                    for field_name, value in zip(_FIELDS, values, strict=True):
+                    for field_name, value in zip(_FIELDS, sums, strict=True):
                         if value:
                             pipe.hincrby(f"{KEY_PREFIX}{kind}:{name}", field_name, value)
                 await pipe.execute()
 
         await self.guard.call("usage_add", write, None)
+
+    async def close(self) -> None:
+        """Flush what is queued (shutdown)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        await self.flush()
 
     async def totals(self) -> dict[str, Any] | None:
         """All-time totals by key and by model; None when Redis cannot be read."""
