@@ -135,3 +135,15 @@ async def test_redis_down_falls_back_to_local_state() -> None:
     assert b.state == "closed"
     assert errors and time.monotonic() - started < 1.0
     await client.aclose()
+
+
+async def test_concurrent_half_open_calls_get_one_probe(store: BreakerStore) -> None:
+    import asyncio
+
+    clock = Clock()
+    clock.now = time.time()
+    b = breaker(clock, store, unique("race"))
+    await fail(b, 3)
+    clock.now += 10
+    permits = await asyncio.gather(*(b.allow() for _ in range(5)))
+    assert permits.count(Permit.PROBE) == 1 and permits.count(Permit.DENY) == 4

@@ -214,3 +214,32 @@ def test_triton_deployment_without_model(chat_gateway: Callable[..., RunningGate
     client_for(gw, gateway_keys.user).chat.completions.create(
         model="chat", messages=[{"role": "user", "content": "a@b.example"}])
     assert fake_llm.state.calls("up-cloud")[-1].text == "[EMAIL_1]"
+
+
+def test_upstream_400_is_returned_not_retried(chat_gateway: Callable[..., RunningGateway],
+                                              fake_llm: FakeUpstream, gateway_keys: GatewayKeys) -> None:
+    gw = chat_gateway(two_deployments(fake_llm))
+    fake_llm.state.fault("up-primary", Fault(status=400))
+    with pytest.raises(openai.BadRequestError, match="upstream rejected the request: injected 400"):
+        client_for(gw, gateway_keys.user).chat.completions.create(model="chat", messages=MESSAGES)
+    assert fake_llm.state.calls("up-secondary") == []
+
+
+def test_weighted_tier_spreads_load() -> None:
+    import random
+
+    from gateway.routing.config import RoutesConfig
+    from gateway.routing.table import weighted_order
+
+    config = RoutesConfig.model_validate({
+        "deployments": {"a": {"kind": "openai", "base_url": "http://a", "model": "m", "weight": 3},
+                        "b": {"kind": "openai", "base_url": "http://b", "model": "m", "weight": 1}},
+        "routes": {"chat": {"deployments": [["a", "b"]]}}})
+
+    class Dep:
+        def __init__(self, name: str) -> None:
+            self.name, self.config = name, config.deployments[name]
+
+    rng = random.Random(7)
+    firsts = [weighted_order([Dep("a"), Dep("b")], rng)[0].name for _ in range(4000)]  # type: ignore[list-item]
+    assert 0.70 < firsts.count("a") / len(firsts) < 0.80

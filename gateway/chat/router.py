@@ -37,7 +37,7 @@ class SSEResponse(StreamingResponse):
 
     def __init__(self, stream: ChatStream) -> None:
         super().__init__(stream.body, media_type="text/event-stream",
-                         headers={"cache-control": "no-cache", **stream.headers})
+                         headers={"cache-control": "no-cache", "x-accel-buffering": "no", **stream.headers})
         self._close = stream.close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

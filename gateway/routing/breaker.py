@@ -176,9 +176,10 @@ class CircuitBreaker:
             return Permit.ALLOW
         if self._probing or self._clock() < self.open_until:
             return Permit.DENY
+        self._probing = True  # before any await: one probe per process even while Redis answers
         if self.store is not None and await self.store.try_probe(self.name, self.probe_ttl_s) is False:
+            self._probing = False
             return Permit.DENY
-        self._probing = True
         self._set("half_open")
         return Permit.PROBE
 
