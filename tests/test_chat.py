@@ -191,3 +191,30 @@ def test_usage_and_audit_match_upstream(gw: RunningGateway, fake_llm: FakeUpstre
         assert line["status"] == 200 and line["latency_ms"] > 0
         assert "prompt" not in line and "hello there" not in orjson.dumps(line).decode()
     assert by_id["audit-req-2"]["stream"] is True
+
+
+def test_redis_down_still_serves(gateway_factory: Callable[..., RunningGateway], fake_llm: FakeUpstream,
+                                 gateway_keys: GatewayKeys, tmp_path: Any) -> None:
+    """Cache, breakers and usage totals fail soft without Redis; only a key with a budget is refused (503)."""
+    import yaml
+
+    from gateway.config import ApiKeyConfig, KeyBudget, hash_api_key
+    from tests.fixtures.gateway import settings_for
+
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(yaml.safe_dump(one_route(fake_llm)))
+    keys = [ApiKeyConfig(name="test-user", sha256=hash_api_key(gateway_keys.user)),
+            ApiKeyConfig(name="test-admin", sha256=hash_api_key(gateway_keys.admin), budget=KeyBudget(usd=5))]
+    gw = gateway_factory(settings_for(None, None, gateway_keys, routes_file=routes, api_keys=keys,
+                                      redis_timeout_ms=50))
+    client = client_for(gw, gateway_keys.user)
+    seen = []
+    for _ in range(2):
+        done = client.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES, temperature=0)
+        assert done.parse().choices[0].message.content == "Echo: hello there friend"
+        seen.append(done.headers["x-cache"])
+    assert seen == ["miss", "hit"]  # the in-process L1 still caches
+    assert len(fake_llm.state.calls("up-primary")) == 1
+    with pytest.raises(openai.APIStatusError) as info:
+        client_for(gw, gateway_keys.admin).chat.completions.create(model="chat", messages=MESSAGES)
+    assert info.value.status_code == 503 and info.value.body["code"] == "budget_unavailable"
