@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from gateway.auth import Principal
 from gateway.deps import GatewayState, get_state, require_admin
+from gateway.errors import NotFoundError
 from gateway.metrics import CONTENT_TYPE
 from gateway.ops.service import clear_cache, readiness, require_ready
 
@@ -34,7 +35,9 @@ async def readyz(state: GatewayState = Depends(get_state)) -> dict[str, Any]:
 
 @router.get("/metrics")
 async def metrics(state: GatewayState = Depends(get_state)) -> Response:
-    """Prometheus text exposition of this app's registry."""
+    """Prometheus text exposition of this app's registry (404 when `expose_metrics` is off)."""
+    if not state.settings.expose_metrics:
+        raise NotFoundError("no such route")
     return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
