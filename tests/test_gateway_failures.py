@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -11,31 +9,27 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonServer
-from export.config import render, validate
 from gateway.errors import error_kind
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import RequestContextMiddleware
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for
-from tests.fixtures.servers import start_triton
+from tests.fixtures.servers import repository_variant, start_triton
 
 MODEL = "minilm"
 
 
 def _tiny_queue_repository(source: Path, target: Path) -> Path:
-    """A hard-linked copy of the repository whose config queues at most one request for 200 ms."""
-    shutil.copytree(source, target, copy_function=os.link)
-    config = target / MODEL / "config.pbtxt"
-    text = config.read_text()
-    config.unlink()  # never write through a hard link into the session's repository
-    cfg = validate(text)
-    cfg.dynamic_batching.max_queue_delay_microseconds = 200_000
-    cfg.dynamic_batching.default_queue_policy.max_queue_size = 1
-    text = render(cfg)
-    config.write_text(text)
-    return target
+    """A copy of the repository whose config queues at most one request for 200 ms."""
+
+    def tiny_queue(cfg: ModelConfig) -> None:
+        cfg.dynamic_batching.max_queue_delay_microseconds = 200_000
+        cfg.dynamic_batching.default_queue_policy.max_queue_size = 1
+
+    return repository_variant(source, target, MODEL, tiny_queue)
 
 
 def test_triton_queue_full_is_503_with_retry_after(

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.grpc.model_config_pb2 import ModelConfig
 from tritonclient.utils import InferenceServerException
 
 from deploy.local.triton import TritonServer
+from tests.fixtures.servers import repository_variant, start_triton
 
 MODEL = "minilm"
 SENTENCES = [
@@ -27,7 +29,7 @@ SENTENCES = [
 ]
 
 
-def _text_input(texts: list[bytes], module=httpclient):  # noqa: ANN001 - tritonclient modules are untyped
+def _text_input(texts: list[bytes], module=httpclient):  # tritonclient modules are untyped
     tensor = module.InferInput("text", [len(texts), 1], "BYTES")
     tensor.set_data_from_numpy(np.array(texts, dtype=object).reshape(-1, 1))
     return tensor
@@ -94,23 +96,35 @@ def test_concurrent_requests_are_batched(http, grpc) -> None:
     assert after_exec - before_exec < after_inf - before_inf
 
 
-def test_malformed_request_fails_alone_inside_a_batch(http, grpc) -> None:
-    before_inf, before_exec = _counts(http)
-    busy = [" ".join(["keep the model busy"] * 40).encode()] * 64
+@pytest.fixture(scope="module")
+def gathering_server(minilm_repository: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Triton whose batcher gathers requests for 1 s, so requests sent together share one execution."""
+
+    def gather(cfg: ModelConfig) -> None:
+        cfg.dynamic_batching.max_queue_delay_microseconds = 1_000_000
+
+    root = tmp_path_factory.mktemp("gathering")
+    server = start_triton(repository_variant(minilm_repository, root / "repo", MODEL, gather), root / "state")
+    yield server
+    server.stop()
+
+
+def test_malformed_request_fails_alone_inside_a_batch(gathering_server: TritonServer) -> None:
+    client = grpcclient.InferenceServerClient(gathering_server.grpc_url)
     good = [f"good request {i}".encode() for i in range(8)]
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        first = pool.submit(grpc.infer, MODEL, [_text_input(busy, grpcclient)])
-        futures = [pool.submit(grpc.infer, MODEL, [_text_input([g], grpcclient)]) for g in good]
-        bad = pool.submit(grpc.infer, MODEL, [_text_input([b"\xff\xfe not utf-8"], grpcclient)])
-        first.result()
-        goods = [f.result() for f in futures]
-        with pytest.raises(InferenceServerException, match="UTF-8"):
-            bad.result()
-    after_inf, after_exec = _counts(http)
-    solo = http.infer(MODEL, [_text_input([good[0]])]).as_numpy("embedding")
-    assert np.allclose(goods[0].as_numpy("embedding"), solo, atol=1e-5)
-    # the good requests queued behind the busy one and ran in shared executions with the bad one
-    assert after_exec - before_exec < 1 + len(good) + 1
+    payloads = [*good[:4], b"\xff\xfe not utf-8", *good[4:]]
+    before = int(client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]["execution_count"])
+    with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
+        futures = [pool.submit(client.infer, MODEL, [_text_input([p], grpcclient)]) for p in payloads]
+        outcomes = [f.exception() or f.result() for f in futures]
+    stats = client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    assert int(stats["execution_count"]) - before == 1  # all nine requests ran in one batch
+    assert isinstance(outcomes[4], InferenceServerException) and "UTF-8" in str(outcomes[4])
+    solo = [r for i, r in enumerate(outcomes) if i != 4]
+    assert all(r.as_numpy("embedding").shape == (1, 384) for r in solo)
+    alone = client.infer(MODEL, [_text_input([good[0]], grpcclient)]).as_numpy("embedding")
+    assert np.allclose(solo[0].as_numpy("embedding"), alone, atol=1e-5)
+    client.close()
 
 
 def test_model_reports_its_version_and_config(http) -> None:
