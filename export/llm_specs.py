@@ -1,0 +1,77 @@
+"""The Triton model an LLM export writes: a decoupled python-backend model streaming generated text.
+
+The CPU target (the pip-installed Triton has only the python backend) runs the ONNX decoder on ONNX Runtime inside
+`generation.py`, with continuous batching in a scheduler thread; see that file for the inputs and outputs.
+`max_batch_size` is 0: the model batches internally, iteration by iteration, not through Triton's batcher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.config import ModelSpec, Tensor, render_spec
+from export.repository import ModelFiles
+
+TRITON_PYTHON = Path(__file__).parent / "triton_python"
+MODEL_CODE = ("llm_engine.py", "llm_text.py", "llm_scheduler.py")
+
+GENERATION_INPUTS = (
+    Tensor("messages", "TYPE_STRING", (1,), optional=True),
+    Tensor("prompt", "TYPE_STRING", (1,), optional=True),
+    Tensor("max_tokens", "TYPE_INT32", (1,), optional=True),
+    Tensor("temperature", "TYPE_FP32", (1,), optional=True),
+    Tensor("top_p", "TYPE_FP32", (1,), optional=True),
+    Tensor("seed", "TYPE_INT64", (1,), optional=True),
+    Tensor("stop", "TYPE_STRING", (1,), optional=True),
+)
+GENERATION_OUTPUTS = (
+    Tensor("text", "TYPE_STRING", (1,)),
+    Tensor("finish_reason", "TYPE_STRING", (1,)),
+    Tensor("prompt_tokens", "TYPE_INT32", (1,)),
+    Tensor("completion_tokens", "TYPE_INT32", (1,)),
+    Tensor("step", "TYPE_INT64", (1,)),
+    Tensor("batch_size", "TYPE_INT32", (1,)),
+)
+
+
+@dataclass(frozen=True)
+class GenerationServing:
+    """Config knobs of a generation model (flags of `tritonstack export smollm2`)."""
+
+    max_batch_rows: int = 8
+    max_kv_tokens: int = 16384
+    max_context: int = 2048
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    version_policy: str = "latest:1"
+
+
+def text_generation_cpu(name: str, onnx_file: Path, assets: dict[str, Path], opts: GenerationServing) -> ModelFiles:
+    """The decoupled generation model: model.py + its helper modules + ONNX decoder + tokenizer assets."""
+    spec = ModelSpec(
+        name=name,
+        backend="python",
+        max_batch_size=0,
+        inputs=list(GENERATION_INPUTS),
+        outputs=list(GENERATION_OUTPUTS),
+        batching=None,
+        instance_count=1,
+        instance_kind="KIND_CPU",
+        version_policy=opts.version_policy,
+        decoupled=True,
+        parameters={
+            "onnx_file": "model.onnx",
+            "tokenizer_file": "tokenizer.json",
+            "chat_template_file": "chat_template.jinja",
+            "generation_file": "generation.json",
+            "max_batch_rows": str(opts.max_batch_rows),
+            "max_kv_tokens": str(opts.max_kv_tokens),
+            "max_context": str(opts.max_context),
+            "intra_op_num_threads": str(opts.intra_op_threads),
+            "inter_op_num_threads": str(opts.inter_op_threads),
+        },
+    )
+    files = {"model.py": TRITON_PYTHON / "generation.py", "model.onnx": onnx_file, **assets}
+    files.update({module: TRITON_PYTHON / module for module in MODEL_CODE})
+    return ModelFiles(name=name, config_text=render_spec(spec), files=files)

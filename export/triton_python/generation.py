@@ -1,0 +1,215 @@
+"""Streaming text generation with continuous batching, for Triton's python backend (decoupled).
+
+Inputs (all TYPE_STRING/scalars of shape [1]; every input is optional, but one of `messages`/`prompt` is needed)
+    messages      TYPE_STRING  JSON array of OpenAI chat messages; the model's chat template is applied here
+    prompt        TYPE_STRING  raw prompt text, used as is (no template) when `messages` is absent
+    max_tokens    TYPE_INT32   tokens to generate at most (default: generation.json's max_tokens, capped by context)
+    temperature   TYPE_FP32    0 = greedy; default from generation.json
+    top_p         TYPE_FP32    nucleus sampling mass; default from generation.json
+    seed          TYPE_INT64   sampling seed (same seed + same prompt + same settings → same text)
+    stop          TYPE_STRING  JSON array of up to 4 stop strings (the text ends before the first match)
+Outputs (every response)
+    text              TYPE_STRING  the text delta of this response
+    finish_reason     TYPE_STRING  "" until the final response, then "stop" or "length"
+    prompt_tokens     TYPE_INT32   prompt length in tokens
+    completion_tokens TYPE_INT32   tokens generated so far
+    step              TYPE_INT64   id of the forward pass that produced this token (shared by batched requests)
+    batch_size        TYPE_INT32   rows in that forward pass (1 at prefill)
+
+Each request gets zero or more responses and exactly one final one (TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+carrying the finish reason and the counts). A full model rejects a request at once with UNAVAILABLE and a
+message containing "overloaded" (HTTP 503 on the generate endpoints). `execute` only parses and queues; the
+scheduler thread (`llm_scheduler`) generates. Tunables come from `parameters` in config.pbtxt.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _param(config: dict, key: str, default: str) -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def _error(message: str, code_name: str) -> pb_utils.InferenceResponse:
+    code = getattr(pb_utils.TritonError, code_name, None)
+    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+def _scalar(request, name: str):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    values = tensor.as_numpy().reshape(-1)
+    if values.size != 1:
+        raise ValueError(f"input {name!r} must hold exactly one value")
+    value = values[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else value.item()
+
+
+class ResponseSink:
+    """A request's response sender, as the scheduler's `Sink`."""
+
+    def __init__(self, sender, metrics: dict) -> None:
+        self.sender = sender
+        self.metrics = metrics
+
+    def _response(self, text: str, reason: str, info) -> pb_utils.InferenceResponse:
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("text", np.array([text.encode("utf-8")], dtype=np.object_)),
+            pb_utils.Tensor("finish_reason", np.array([reason.encode("utf-8")], dtype=np.object_)),
+            pb_utils.Tensor("prompt_tokens", np.array([info.prompt_tokens], dtype=np.int32)),
+            pb_utils.Tensor("completion_tokens", np.array([info.completion_tokens], dtype=np.int32)),
+            pb_utils.Tensor("step", np.array([info.step], dtype=np.int64)),
+            pb_utils.Tensor("batch_size", np.array([info.batch_size], dtype=np.int32)),
+        ])
+
+    def token(self, text: str, info) -> None:
+        self.sender.send(self._response(text, "", info), flags=0)
+
+    def finish(self, text: str, reason: str, info) -> None:
+        self.sender.send(self._response(text, reason, info), flags=FINAL)
+        if "completion_tokens" in self.metrics:
+            self.metrics["completion_tokens"].increment(info.completion_tokens)
+            self.metrics["requests"].increment(1)
+
+    def fail(self, message: str) -> None:
+        self.sender.send(_error(message, "INTERNAL"), flags=FINAL)
+
+    def cancelled(self) -> bool:
+        return bool(self.sender.is_cancelled())
+
+
+def _metrics(model: str) -> tuple[list, dict]:
+    """Custom Prometheus counters on Triton's metrics endpoint: (families to keep alive, metrics by name)."""
+    family_type = getattr(pb_utils, "MetricFamily", None)
+    if family_type is None:
+        return [], {}
+    specs = {
+        "forward_passes": ("tritonstack_llm_forward_passes_total", "Decoder forward passes (prefill + decode)"),
+        "decode_rows": ("tritonstack_llm_decode_rows_total", "Rows over all decode passes (sum of batch sizes)"),
+        "completion_tokens": ("tritonstack_llm_completion_tokens_total", "Tokens generated"),
+        "requests": ("tritonstack_llm_requests_total", "Generation requests completed"),
+    }
+    families, metrics = [], {}
+    for key, (name, description) in specs.items():
+        family = family_type(name=name, description=description, kind=family_type.COUNTER)
+        families.append(family)  # a Metric is only valid while its family lives
+        metrics[key] = family.Metric(labels={"model": model})
+    return families, metrics
+
+
+class TritonPythonModel:
+    """Parses requests in `execute`, generates in the scheduler thread, streams each token back."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        if str(version_dir) not in sys.path:
+            sys.path.insert(0, str(version_dir))  # llm_engine, llm_text, llm_scheduler are copied next to us
+        from llm_engine import Decoder, ModelInfo
+        from llm_scheduler import Limits, Scheduler
+        from llm_text import PromptBuilder
+
+        info = ModelInfo.load(version_dir / _param(config, "generation_file", "generation.json"))
+        generation = json.loads((version_dir / "generation.json").read_text(encoding="utf-8"))
+        self.defaults = info.defaults
+        self.prompts = PromptBuilder(
+            version_dir / _param(config, "tokenizer_file", "tokenizer.json"),
+            version_dir / _param(config, "chat_template_file", "chat_template.jinja"),
+            generation.get("bos_token", ""),
+            generation.get("eos_token", ""),
+        )
+        decoder = Decoder(
+            version_dir / _param(config, "onnx_file", "model.onnx"),
+            info,
+            intra_op_threads=int(_param(config, "intra_op_num_threads", "0")),
+            inter_op_threads=int(_param(config, "inter_op_num_threads", "1")),
+        )
+        self.limits = Limits(
+            max_batch_size=int(_param(config, "max_batch_rows", "8")),
+            max_kv_tokens=int(_param(config, "max_kv_tokens", "16384")),
+            max_context=int(_param(config, "max_context", str(info.defaults.get("max_context", 2048)))),
+        )
+        _, warm = decoder.prefill(self.prompts.encode("Hello"))  # first ORT runs allocate; do it before traffic
+        decoder.decode([0], warm)
+        self._metric_families, self.metrics = _metrics(args["model_name"])
+        self.scheduler = Scheduler(decoder, self.limits, info.eos_token_ids, observer=self._observe).start()
+
+    def _observe(self, rows: int, decode: bool) -> None:
+        if self.metrics:
+            self.metrics["forward_passes"].increment(1)
+            if decode:
+                self.metrics["decode_rows"].increment(rows)
+
+    def _sequence(self, request, sink: ResponseSink):
+        from llm_scheduler import Sequence
+        from llm_text import RequestError, TextStream
+
+        messages, prompt = _scalar(request, "messages"), _scalar(request, "prompt")
+        if messages is not None:
+            try:
+                parsed = json.loads(messages)
+            except json.JSONDecodeError as exc:
+                raise RequestError(f"'messages' is not valid JSON: {exc}") from None
+            if not isinstance(parsed, list) or not parsed:
+                raise RequestError("'messages' must be a non-empty JSON array")
+            ids = self.prompts.chat_ids(parsed)
+        elif prompt is not None:
+            ids = self.prompts.encode(prompt)
+        else:
+            raise RequestError("one of the inputs 'messages' or 'prompt' is required")
+        if not ids:
+            raise RequestError("the prompt is empty")
+        params = self._params(request, len(ids))
+        rng = np.random.default_rng(params.seed)
+        return Sequence(ids, params, sink, TextStream(self.prompts.tokenizer, params.stop), rng)
+
+    def _params(self, request, prompt_tokens: int):
+        from llm_text import RequestError, SamplingParams
+
+        stop = _scalar(request, "stop")
+        try:
+            stops = json.loads(stop) if stop else []
+        except json.JSONDecodeError as exc:
+            raise RequestError(f"'stop' is not valid JSON: {exc}") from None
+        if isinstance(stops, str):
+            stops = [stops]
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise RequestError("'stop' must be a JSON array of strings")
+        room = max(self.limits.max_context - prompt_tokens, 1)
+        max_tokens = _scalar(request, "max_tokens")
+        temperature, top_p, seed = (_scalar(request, n) for n in ("temperature", "top_p", "seed"))
+        return SamplingParams(
+            max_tokens=int(max_tokens) if max_tokens is not None else min(int(self.defaults["max_tokens"]), room),
+            temperature=float(temperature) if temperature is not None else float(self.defaults["temperature"]),
+            top_p=float(top_p) if top_p is not None else float(self.defaults["top_p"]),
+            seed=int(seed) if seed is not None else None,
+            stop=tuple(stops),
+        ).validate()
+
+    def execute(self, requests: list) -> None:
+        from llm_scheduler import OverloadedError
+
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                self.scheduler.submit(self._sequence(request, ResponseSink(sender, self.metrics)))
+            except OverloadedError as exc:
+                sender.send(_error(f"overloaded: {exc}", "UNAVAILABLE"), flags=FINAL)
+            except (ValueError, UnicodeDecodeError) as exc:
+                sender.send(_error(str(exc), "INVALID_ARG"), flags=FINAL)
+        return None
+
+    def finalize(self) -> None:
+        self.scheduler.stop()
+        self.metrics = {}
+        self._metric_families = []

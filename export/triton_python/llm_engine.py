@@ -1,0 +1,154 @@
+"""The decoder with a KV cache on ONNX Runtime, and the left-padded KV cache of a running batch.
+
+Shared by the export's parity check (`export.generation_parity`) and the served generation model
+(`generation.py`, copied next to this file into the version directory), so parity covers the serving code.
+
+A running batch keeps every row right-aligned: row r's tokens occupy the last `len(r)` columns of the cache and
+the columns before are left padding (mask 0, zero keys/values). A decode step appends one column for all rows;
+a new row joins by padding either side on the left to the wider width; rows that leave are dropped and the
+columns that became padding for every remaining row are trimmed. Position ids come from the mask inside the
+graph, so padding never shifts a row's positions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Geometry and token facts from `generation.json` (written by the export)."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    eos_token_ids: tuple[int, ...]
+    defaults: dict
+
+    @classmethod
+    def load(cls, path: Path) -> ModelInfo:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        keys = ("temperature", "top_p", "max_tokens", "max_context")
+        return cls(
+            layers=int(data["layers"]),
+            kv_heads=int(data["kv_heads"]),
+            head_dim=int(data["head_dim"]),
+            vocab=int(data["vocab"]),
+            eos_token_ids=tuple(int(i) for i in data["eos_token_ids"]),
+            defaults={k: data[k] for k in keys if k in data},
+        )
+
+    @property
+    def bytes_per_token(self) -> int:
+        """fp32 keys + values of one token over all layers."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * 4
+
+
+class Decoder:
+    """One ONNX Runtime session of the exported decoder step."""
+
+    def __init__(self, onnx_path: Path, info: ModelInfo, *, intra_op_threads: int = 0, inter_op_threads: int = 1):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.info = info
+        self.past_names = [f"past.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
+        self.output_names = ["logits"] + [f"present.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
+
+    def empty_cache(self, batch: int) -> list[np.ndarray]:
+        """A zero-length cache for `batch` rows."""
+        shape = (batch, self.info.kv_heads, 0, self.info.head_dim)
+        return [np.zeros(shape, dtype=np.float32) for _ in self.past_names]
+
+    def run(
+        self, input_ids: np.ndarray, mask: np.ndarray, cache: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One step: ids [B, S], mask [B, past + S], cache → (last-position logits [B, V], present cache)."""
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        feeds.update(zip(self.past_names, cache, strict=True))
+        outputs = self.session.run(self.output_names, feeds)
+        return outputs[0], outputs[1:]
+
+    def prefill(self, token_ids: Sequence[int]) -> tuple[np.ndarray, KVBatch]:
+        """Run a whole prompt as one row: (logits [V], the row's cache)."""
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
+        mask = np.ones_like(ids)
+        logits, cache = self.run(ids, mask, self.empty_cache(1))
+        return logits[0], KVBatch(mask, cache)
+
+    def decode(self, last_tokens: Sequence[int], batch: KVBatch) -> tuple[np.ndarray, KVBatch]:
+        """One token per row of `batch`: (logits [B, V], the batch's cache one column wider)."""
+        ids = np.asarray(last_tokens, dtype=np.int64).reshape(-1, 1)
+        mask = np.concatenate([batch.mask, np.ones((batch.rows, 1), dtype=np.int64)], axis=1)
+        logits, cache = self.run(ids, mask, batch.cache)
+        return logits, KVBatch(mask, cache)
+
+
+@dataclass
+class KVBatch:
+    """The cache of a running batch: mask [B, P] and 2 × layers tensors [B, heads, P, head_dim]."""
+
+    mask: np.ndarray
+    cache: list[np.ndarray]
+
+    @property
+    def rows(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    def padded(self, width: int) -> KVBatch:
+        """Left-pad to `width` columns (no copy when already that wide)."""
+        extra = width - self.width
+        if extra <= 0:
+            return self
+        mask = np.pad(self.mask, ((0, 0), (extra, 0)))
+        cache = [np.pad(t, ((0, 0), (0, 0), (extra, 0), (0, 0))) for t in self.cache]
+        return KVBatch(mask, cache)
+
+    def merged(self, other: KVBatch) -> KVBatch:
+        """This batch's rows followed by `other`'s, both left-padded to the wider width."""
+        width = max(self.width, other.width)
+        a, b = self.padded(width), other.padded(width)
+        mask = np.concatenate([a.mask, b.mask], axis=0)
+        cache = [np.concatenate([x, y], axis=0) for x, y in zip(a.cache, b.cache, strict=True)]
+        return KVBatch(mask, cache)
+
+    def selected(self, keep: Sequence[int]) -> KVBatch:
+        """Only the rows `keep`, with columns that are padding in every kept row trimmed off the left."""
+        index = np.asarray(keep, dtype=np.int64)
+        mask = self.mask[index]
+        used = np.flatnonzero(mask.any(axis=0))
+        start = int(used[0]) if used.size else mask.shape[1]
+        return KVBatch(mask[:, start:], [np.ascontiguousarray(t[index, :, start:]) for t in self.cache])
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache tensors."""
+        return sum(t.nbytes for t in self.cache)
+
+
+def greedy_generate(decoder: Decoder, prompt: Sequence[int], max_new_tokens: int) -> tuple[list[int], list[np.ndarray]]:
+    """Greedy decoding of one prompt (no stop but the eos ids): (new token ids, logits of every step)."""
+    logits, batch = decoder.prefill(prompt)
+    tokens: list[int] = []
+    history = [logits]
+    eos = set(decoder.info.eos_token_ids)
+    while True:
+        token = int(np.argmax(logits))
+        tokens.append(token)
+        if token in eos or len(tokens) >= max_new_tokens:
+            return tokens, history
+        step_logits, batch = decoder.decode([token], batch)
+        logits = step_logits[0]
+        history.append(logits)

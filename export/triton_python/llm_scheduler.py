@@ -1,0 +1,247 @@
+"""Iteration-level (continuous) batching of generation requests on one decoder, in a background thread.
+
+Each loop iteration:
+1. admits every waiting request: its prompt is prefilled on its own (batch 1), its first token sampled and sent,
+   and its cache merged into the running batch (left padding, see `llm_engine.KVBatch`);
+2. runs one decode step for all running rows together — one forward pass, one new token per row;
+3. sends each row its text delta; rows that finished (eos, stop string, max_tokens, context) or were cancelled
+   get their final response and leave the batch before the next step.
+
+Capacity is checked when a request is submitted, so a full model answers at once instead of queueing: at most
+`max_batch_size` requests in flight (running + waiting), and the padded cache of all of them at their longest
+(rows × max(prompt + max_tokens)) must stay within `max_kv_tokens` token slots.
+
+Nothing here imports Triton: a request's responses go to its `Sink` (the Triton model adapts a response sender).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from llm_engine import Decoder, KVBatch
+from llm_text import SamplingParams, TextStream, sample
+
+log = logging.getLogger("tritonstack.generation")
+
+
+class OverloadedError(RuntimeError):
+    """The model is at capacity; the request was not accepted."""
+
+
+class Sink(Protocol):
+    """Where a request's responses go."""
+
+    def token(self, text: str, info: StepInfo) -> None: ...
+
+    def finish(self, text: str, reason: str, info: StepInfo) -> None: ...
+
+    def fail(self, message: str) -> None: ...
+
+    def cancelled(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a response reports: the forward pass that produced it and the running token counts."""
+
+    step: int
+    batch_size: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Capacity bounds (from the model's config.pbtxt parameters)."""
+
+    max_batch_size: int = 8
+    max_kv_tokens: int = 16384
+    max_context: int = 2048
+
+
+@dataclass
+class Sequence:
+    """One request being generated."""
+
+    prompt: list[int]
+    params: SamplingParams
+    sink: Sink
+    text: TextStream
+    rng: np.random.Generator
+    generated: list[int] = field(default_factory=list)
+    done: bool = False
+
+    def close(self, message: str) -> None:
+        """End the request with an error (once)."""
+        if not self.done:
+            self.done = True
+            try:
+                self.sink.fail(message)
+            except Exception:
+                log.exception("sending an error response failed")
+
+    @property
+    def reserved(self) -> int:
+        """Cache slots this request may need at its longest."""
+        return len(self.prompt) + self.params.max_tokens
+
+
+@dataclass
+class Stats:
+    """Counters of the scheduler (read by the model for metrics and by tests through responses)."""
+
+    forward_passes: int = 0
+    decode_steps: int = 0
+    decode_rows: int = 0
+    max_batch_seen: int = 0
+
+
+class Scheduler:
+    """Continuous batching over one `Decoder`; `submit` from any thread, generation in a daemon thread."""
+
+    def __init__(self, decoder: Decoder, limits: Limits, eos_token_ids: tuple[int, ...],
+                 observer: Callable[[int, bool], None] | None = None) -> None:
+        self.decoder = decoder
+        self.observer = observer
+        self.limits = limits
+        self.eos = frozenset(eos_token_ids)
+        self.stats = Stats()
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._batch: KVBatch | None = None
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="generation-scheduler", daemon=True)
+
+    def start(self) -> Scheduler:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the thread after the current step; requests still in flight get an error."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        self._thread.join(timeout)
+        for seq in [*self._waiting, *self._running]:
+            seq.close("the model is being unloaded")
+        self._waiting.clear()
+        self._running = []
+
+    def in_flight(self) -> int:
+        with self._wake:
+            return len(self._waiting) + len(self._running)
+
+    def submit(self, seq: Sequence) -> None:
+        """Queue a request for the next iteration, or raise OverloadedError when the model is at capacity."""
+        if seq.reserved > self.limits.max_context:
+            raise ValueError(
+                f"prompt ({len(seq.prompt)} tokens) + max_tokens ({seq.params.max_tokens}) exceeds the context "
+                f"of {self.limits.max_context} tokens"
+            )
+        with self._wake:
+            flight = [*self._running, *self._waiting]
+            if len(flight) >= self.limits.max_batch_size:
+                raise OverloadedError(f"generation is at capacity: {len(flight)} requests in flight (max_batch_size)")
+            longest = max([seq.reserved, *(s.reserved for s in flight)])
+            if (len(flight) + 1) * longest > self.limits.max_kv_tokens:
+                limit = self.limits.max_kv_tokens
+                raise OverloadedError(f"generation is at capacity: the KV cache would exceed {limit} token slots")
+            self._waiting.append(seq)
+            self._wake.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._waiting and not self._running:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                admitted = list(self._waiting)
+                self._waiting.clear()
+            try:
+                self._iterate(admitted)
+            except Exception as exc:  # a failed forward pass fails the rows it carried, not the thread
+                log.exception("generation step failed")
+                self._fail_all(admitted, f"generation failed: {exc}")
+
+    def _iterate(self, admitted: list[Sequence]) -> None:
+        for seq in admitted:
+            self._admit(seq)
+        if self._running:
+            self._decode()
+
+    def _fail_all(self, admitted: list[Sequence], message: str) -> None:
+        with self._wake:
+            failed, self._running, self._batch = [*self._running, *admitted], [], None
+        for seq in failed:
+            seq.close(message)
+
+    def _admit(self, seq: Sequence) -> None:
+        if seq.sink.cancelled():
+            seq.close("request cancelled")
+            return
+        logits, row = self.decoder.prefill(seq.prompt)
+        self._observed(1, decode=False)
+        if self._advance(seq, logits, StepInfo(self.stats.forward_passes, 1, len(seq.prompt), 1)):
+            return
+        with self._wake:
+            self._running.append(seq)
+        self._batch = row if self._batch is None else self._batch.merged(row)
+
+    def _decode(self) -> None:
+        rows = list(self._running)
+        assert self._batch is not None and self._batch.rows == len(rows)
+        logits, self._batch = self.decoder.decode([s.generated[-1] for s in rows], self._batch)
+        self._observed(len(rows), decode=True)
+        keep = []
+        for r, seq in enumerate(rows):
+            info = StepInfo(self.stats.forward_passes, len(rows), len(seq.prompt), len(seq.generated) + 1)
+            if not self._advance(seq, logits[r], info):
+                keep.append(r)
+        with self._wake:
+            self._running = [rows[r] for r in keep]
+        self._batch = self._batch.selected(keep) if keep else None
+
+    def _observed(self, rows: int, *, decode: bool) -> None:
+        self.stats.forward_passes += 1
+        if decode:
+            self.stats.decode_steps += 1
+            self.stats.decode_rows += rows
+            self.stats.max_batch_seen = max(self.stats.max_batch_seen, rows)
+        if self.observer is not None:
+            self.observer(rows, decode)
+
+    def _advance(self, seq: Sequence, logits: np.ndarray, info: StepInfo) -> bool:
+        """Sample and send one token; True when the request is finished (and answered)."""
+        if seq.sink.cancelled():
+            seq.close("request cancelled")
+            return True
+        token = sample(logits, seq.params, seq.rng)
+        seq.generated.append(token)
+        reason = None
+        if token in self.eos:
+            delta, reason = seq.text.flush(), "stop"
+        else:
+            delta, stopped = seq.text.push(token)
+            if stopped:
+                reason = "stop"
+            elif len(seq.generated) >= seq.params.max_tokens:
+                delta, reason = delta + seq.text.flush(), "length"
+        try:
+            if reason is None:
+                if delta:
+                    seq.sink.token(delta, info)
+                return False
+            seq.done = True
+            seq.sink.finish(delta, reason, info)
+        except Exception as exc:  # e.g. the client went away: only this request ends
+            log.exception("sending a response failed")
+            seq.close(f"sending a response failed: {exc}")
+        return True
