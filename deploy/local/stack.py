@@ -17,6 +17,9 @@ from deploy.local.process import ManagedProcess, ProcessError, port_open
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonOptions, TritonServer
 
+DEFAULT_ROUTES = Path(__file__).resolve().parents[1] / "routes.local.yaml"
+ROUTES_ENV = "TRITONSTACK_GATEWAY_ROUTES_FILE"
+
 
 @dataclass
 class StackOptions:
@@ -30,6 +33,7 @@ class StackOptions:
     triton_metrics_port: int = 8002
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+    routes_file: Path = DEFAULT_ROUTES  # chat routes (model "smollm2" → local Triton); the environment's wins
 
 
 def dev_api_key(state_dir: Path) -> str:
@@ -61,6 +65,8 @@ def gateway_process(opts: StackOptions, api_key: str) -> ManagedProcess:
         "TRITONSTACK_GATEWAY_REDIS_URL": opts.redis_url,
         "TRITONSTACK_GATEWAY_API_KEYS": json.dumps(keys),
     }
+    if ROUTES_ENV not in os.environ:
+        env[ROUTES_ENV] = str(opts.routes_file)
     cli = Path(sys.executable).parent / "tritonstack"
     argv = [str(cli), "gateway", "--host", opts.gateway_host, "--port", str(opts.gateway_port)]
     return ManagedProcess("gateway", argv, env={**os.environ, **env}, log_path=opts.state_dir / "gateway.log")

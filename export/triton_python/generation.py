@@ -3,7 +3,7 @@
 Inputs (all TYPE_STRING/scalars of shape [1]; every input is optional, but one of `messages`/`prompt` is needed)
     messages      TYPE_STRING  JSON array of OpenAI chat messages; the model's chat template is applied here
     prompt        TYPE_STRING  raw prompt text, used as is (no template) when `messages` is absent
-    max_tokens    TYPE_INT32   tokens to generate at most (default: generation.json's max_tokens, capped by context)
+    max_tokens    TYPE_INT32   tokens to generate at most (default: generation.json's; capped by the context left)
     temperature   TYPE_FP32    0 = greedy; default from generation.json
     top_p         TYPE_FP32    nucleus sampling mass; default from generation.json
     seed          TYPE_INT64   sampling seed (same seed + same prompt + same settings → same text)
@@ -18,8 +18,10 @@ Outputs (every response)
 
 Each request gets zero or more responses and exactly one final one (TRITONSERVER_RESPONSE_COMPLETE_FINAL,
 carrying the finish reason and the counts). A full model rejects a request at once with UNAVAILABLE and a
-message containing "overloaded" (HTTP 503 on the generate endpoints). `execute` only parses and queues; the
-scheduler thread (`llm_scheduler`) generates. Tunables come from `parameters` in config.pbtxt.
+message starting "overloaded:" (HTTP 503 on the generate endpoints); an invalid one with INVALID_ARG and
+"invalid request:" (errors inside a gRPC stream carry only the message, so the prefix is the contract).
+`execute` only parses and queues; the scheduler thread (`llm_scheduler`) generates. Tunables come from
+`parameters` in config.pbtxt.
 """
 
 from __future__ import annotations
@@ -185,11 +187,15 @@ class TritonPythonModel:
             stops = [stops]
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise RequestError("'stop' must be a JSON array of strings")
-        room = max(self.limits.max_context - prompt_tokens, 1)
+        room = self.limits.max_context - prompt_tokens
+        if room < 1:
+            raise RequestError(f"the prompt ({prompt_tokens} tokens) fills the context of {self.limits.max_context}")
         max_tokens = _scalar(request, "max_tokens")
+        if max_tokens is not None and int(max_tokens) < 1:
+            raise RequestError("max_tokens must be >= 1")
         temperature, top_p, seed = (_scalar(request, n) for n in ("temperature", "top_p", "seed"))
-        return SamplingParams(
-            max_tokens=int(max_tokens) if max_tokens is not None else min(int(self.defaults["max_tokens"]), room),
+        return SamplingParams(  # max_tokens beyond the context is capped: the answer ends with "length"
+            max_tokens=min(int(max_tokens) if max_tokens is not None else int(self.defaults["max_tokens"]), room),
             temperature=float(temperature) if temperature is not None else float(self.defaults["temperature"]),
             top_p=float(top_p) if top_p is not None else float(self.defaults["top_p"]),
             seed=int(seed) if seed is not None else None,
@@ -206,7 +212,7 @@ class TritonPythonModel:
             except OverloadedError as exc:
                 sender.send(_error(f"overloaded: {exc}", "UNAVAILABLE"), flags=FINAL)
             except (ValueError, UnicodeDecodeError) as exc:
-                sender.send(_error(str(exc), "INVALID_ARG"), flags=FINAL)
+                sender.send(_error(f"invalid request: {exc}", "INVALID_ARG"), flags=FINAL)
         return None
 
     def finalize(self) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
+import grpc
 import numpy as np
 from tritonclient.grpc import InferInput, InferResult
+from tritonclient.grpc._utils import get_error_grpc
 from tritonclient.grpc.aio import InferenceServerClient
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from gateway.backends.base import EmbedResult, ModelEntry, ModelInfo, TensorInfo
 from gateway.errors import (
@@ -49,14 +51,16 @@ def map_triton_error(exc: InferenceServerException, model: str) -> tuple[Gateway
     lowered = message.lower()
     if "unknown model" in lowered or "is not found" in lowered or status == "NOT_FOUND":
         return model_not_found(model), "model_not_found"
-    if "exceeds maximum queue size" in lowered or ("queue" in lowered and status == "UNAVAILABLE"):
+    # decoupled models report errors inside the stream, without a gRPC status: their message says "overloaded"
+    if ("exceeds maximum queue size" in lowered or ("queue" in lowered and status == "UNAVAILABLE")
+            or lowered.startswith("overloaded")):
         return BackendUnavailableError("The inference server is overloaded (queue full); retry shortly",
                                        code="backend_overloaded"), "queue_full"
     if status == "DEADLINE_EXCEEDED":
         return BackendTimeoutError("The inference server did not answer in time"), "timeout"
     if status == "UNAVAILABLE":
         return BackendUnavailableError("The inference server is unavailable"), "unavailable"
-    if status == "INVALID_ARGUMENT":
+    if status == "INVALID_ARGUMENT" or lowered.startswith("invalid request"):
         return InvalidRequestError(f"The model rejected the input: {message}", code="invalid_input"), "invalid"
     log.warning("triton error on model %s: %s %s", model, status, message)
     return InternalError("The inference server failed to process the request", code="backend_error"), "internal"
@@ -204,3 +208,48 @@ class TritonBackend:
             token_counts=np.asarray(counts, dtype=np.int32).reshape(-1),
             model_version=result.get_response().model_version,
         )
+
+    async def stream_infer(self, model: str, inputs: Mapping[str, np.ndarray], *, timeout_s: float,
+                           request_id: str = "") -> AsyncIterator[dict[str, np.ndarray]]:
+        """One request to a (decoupled) model over a gRPC stream: each response's outputs, until the final one.
+
+        `timeout_s` bounds each wait for the next response. Closing the iterator early cancels the request on the
+        server (the model sees it as cancelled). Failures are the gateway's typed errors (`map_triton_error`).
+        """
+        tensors = []
+        for name, array in inputs.items():
+            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+
+        async def requests() -> AsyncIterator[dict]:
+            yield {"model_name": model, "inputs": tensors, "request_id": request_id}
+
+        call = self._client.stream_infer(requests())
+        try:
+            while True:
+                result = await self._next_response(call, model, timeout_s)
+                response = result.get_response()
+                yield {out.name: result.as_numpy(out.name) for out in response.outputs}
+                params = response.parameters
+                if "triton_final_response" not in params or params["triton_final_response"].bool_param:
+                    return
+        finally:
+            call.cancel()
+
+    async def _next_response(self, call: AsyncIterator, model: str, timeout_s: float) -> InferResult:
+        try:
+            result, error = await asyncio.wait_for(anext(call), timeout_s)
+        except TimeoutError:
+            if self._metrics is not None:
+                self._metrics.backend_errors.labels("timeout").inc()
+            raise BackendTimeoutError("The inference server did not answer in time") from None
+        except StopAsyncIteration:
+            raise BackendUnavailableError("The inference server closed the stream before the final response") from None
+        except grpc.RpcError as exc:
+            raise self._fail(get_error_grpc(exc), model) from None
+        except InferenceServerException as exc:
+            raise self._fail(exc, model) from None
+        if error is not None:
+            raise self._fail(error, model)
+        return result

@@ -1,20 +1,41 @@
-"""A chat model served by the local Triton, behind the `ChatBackend` interface — the seam for the local-LLM work.
+"""A chat model served by the local Triton (a decoupled generation model), behind the `ChatBackend` interface.
 
-Until the local LLM lands, this backend only answers the routing layer honestly: a model Triton does not serve
-is `not_found`, an unreachable or saturated Triton is `connection`/`overloaded`, and a loaded model answers
-`unavailable` (chat generation over Triton is not wired yet). Each of these makes the router fall back to the
-route's next deployment, or gives the client a clean 503 when there is none. The local-LLM issue replaces
-`_generate`/`_generate_stream` (Triton's generate extension) and keeps everything else.
+The model (`tritonstack export smollm2`, `export/triton_python/generation.py`) takes the chat messages as JSON and
+applies its chat template itself; it streams one response per text delta and a final one carrying the finish reason
+and the token counts. Requests go through the gateway's Triton backend (`TritonBackend.stream_infer`, gRPC
+streaming); this class turns the responses into OpenAI chat.completion objects or chunks (with usage).
+
+Errors become `UpstreamError`s the routing layer acts on: an unknown model → `not_found`; Triton unreachable →
+`connection`; a full model (the generation model rejects at once when its batch or KV budget is full) →
+`overloaded`, which overflows to the route's next deployment at once; a stream that stalls → `timeout`; a request
+the model refuses → `bad_request`.
+
+Request mapping: `messages` (JSON), `max_completion_tokens`/`max_tokens`, `temperature`, `top_p` (0 → greedy),
+`seed`, `stop` (string or list). Without `temperature` the model's own default applies (generation.json: 0.2).
+Other OpenAI sampling fields (penalties, logit bias) are ignored by this deployment.
 """
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
+import orjson
+
 from gateway.backends.base import Backend
 from gateway.backends.chat import UpstreamError
-from gateway.errors import BackendTimeoutError, BackendUnavailableError, GatewayError, NotFoundError
+from gateway.errors import (
+    BackendTimeoutError,
+    BackendUnavailableError,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+)
+
+_ids = itertools.count(1)
 
 
 def _from_gateway_error(exc: GatewayError, model: str) -> UpstreamError:
@@ -23,12 +44,59 @@ def _from_gateway_error(exc: GatewayError, model: str) -> UpstreamError:
     if isinstance(exc, BackendTimeoutError):
         return UpstreamError("timeout", "Triton did not answer in time")
     if isinstance(exc, BackendUnavailableError) and exc.code == "backend_overloaded":
-        return UpstreamError("overloaded", "Triton's queue is full", status=503)
-    return UpstreamError("connection", "Triton is unreachable")
+        return UpstreamError("overloaded", f"Triton model '{model}' is at capacity", status=503)
+    if isinstance(exc, InvalidRequestError):
+        return UpstreamError("bad_request", exc.message, status=400)
+    if isinstance(exc, BackendUnavailableError):
+        return UpstreamError("connection", "Triton is unreachable")
+    return UpstreamError("server_error", f"Triton model '{model}' failed", status=500)
+
+
+def _string(value: str) -> np.ndarray:
+    return np.array([value.encode("utf-8")], dtype=np.object_)
+
+
+def generation_inputs(body: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The generation model's inputs for an OpenAI chat request body."""
+    inputs = {"messages": _string(orjson.dumps(body["messages"]).decode())}
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens is not None:
+        inputs["max_tokens"] = np.array([max_tokens], dtype=np.int32)
+    temperature, top_p = body.get("temperature"), body.get("top_p")
+    if top_p is not None and top_p <= 0:  # an empty nucleus: the single most likely token
+        temperature, top_p = 0.0, None
+    if temperature is not None:
+        inputs["temperature"] = np.array([temperature], dtype=np.float32)
+    if top_p is not None:
+        inputs["top_p"] = np.array([top_p], dtype=np.float32)
+    if body.get("seed") is not None:
+        inputs["seed"] = np.array([body["seed"]], dtype=np.int64)
+    stop = body.get("stop")
+    if stop:
+        inputs["stop"] = _string(orjson.dumps([stop] if isinstance(stop, str) else list(stop)).decode())
+    return inputs
+
+
+def _text(outputs: dict[str, np.ndarray], name: str) -> str:
+    value = outputs.get(name)
+    if value is None or value.size == 0:
+        return ""
+    item = value.reshape(-1)[0]
+    return item.decode("utf-8") if isinstance(item, bytes) else str(item)
+
+
+def _int(outputs: dict[str, np.ndarray], name: str) -> int:
+    value = outputs.get(name)
+    return int(value.reshape(-1)[0]) if value is not None and value.size else 0
+
+
+def _usage(outputs: dict[str, np.ndarray]) -> dict[str, int]:
+    prompt, completion = _int(outputs, "prompt_tokens"), _int(outputs, "completion_tokens")
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 class TritonChatBackend:
-    """A Triton model as a chat deployment (metadata through the gateway's Triton `Backend`)."""
+    """A Triton generation model as a chat deployment."""
 
     def __init__(self, models: Backend, model: str) -> None:
         self._models = models
@@ -41,22 +109,65 @@ class TritonChatBackend:
             raise _from_gateway_error(exc, self.model) from None
 
     async def complete(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """Not served yet: `not_found` or `unavailable` (see module docstring)."""
+        """The whole answer as a chat.completion object (the model's stream, collected)."""
         await self._require_model()
         return await self._generate(body, timeout_s)
 
     async def stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[dict[str, Any]]:
-        """Not served yet: `not_found` or `unavailable` (see module docstring)."""
+        """chat.completion.chunk objects: a role chunk, one per text delta, the finish chunk, a usage chunk."""
         await self._require_model()
         async for chunk in self._generate_stream(body, timeout_s):
             yield chunk
 
+    async def _responses(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[dict[str, np.ndarray]]:
+        stream_infer = getattr(self._models, "stream_infer", None)
+        if stream_infer is None:
+            raise UpstreamError("unavailable", "this inference backend cannot stream generation")
+        request_id = f"chat-{next(_ids)}"
+        responses = stream_infer(self.model, generation_inputs(body), timeout_s=timeout_s, request_id=request_id)
+        try:
+            async for outputs in responses:
+                yield outputs
+        except GatewayError as exc:
+            raise _from_gateway_error(exc, self.model) from None
+        finally:
+            await responses.aclose()
+
+    def _base(self, kind: str) -> dict[str, Any]:
+        return {"id": f"chatcmpl-triton-{next(_ids)}", "object": kind, "created": int(time.time()),
+                "model": self.model, "system_fingerprint": None}
+
     async def _generate(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        raise UpstreamError("unavailable", f"chat generation on Triton model '{self.model}' is not available yet")
+        parts: list[str] = []
+        last: dict[str, np.ndarray] = {}
+        async for outputs in self._responses(body, timeout_s):
+            parts.append(_text(outputs, "text"))
+            last = outputs
+        finish = _text(last, "finish_reason") or "stop"
+        message = {"role": "assistant", "content": "".join(parts), "refusal": None}
+        return {**self._base("chat.completion"),
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                "usage": _usage(last)}
 
     async def _generate_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[dict[str, Any]]:
-        raise UpstreamError("unavailable", f"chat generation on Triton model '{self.model}' is not available yet")
-        yield {}  # pragma: no cover - makes this an async generator
+        base = self._base("chat.completion.chunk")
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        first = True
+        async for outputs in self._responses(body, timeout_s):
+            text, finish = _text(outputs, "text"), _text(outputs, "finish_reason") or None
+            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
+            first = False
+            if text or finish is None:
+                yield chunk(delta, None)
+                delta = {}
+            if finish is not None:
+                yield chunk(delta, finish)
+                yield {**base, "choices": [], "usage": _usage(outputs)}
+                return
+        raise UpstreamError("stream_broken", "Triton's stream ended without a final response")
 
     async def aclose(self) -> None:
         """The Triton client belongs to the lifespan."""
