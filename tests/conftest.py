@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.exported",
     "tests.fixtures.fake_llm",
+    "tests.fixtures.llm",
 ]

@@ -78,10 +78,10 @@ class ResponseSink:
         self.sender.send(self._response(text, "", info), flags=0)
 
     def finish(self, text: str, reason: str, info) -> None:
-        self.sender.send(self._response(text, reason, info), flags=FINAL)
-        if "completion_tokens" in self.metrics:
+        if "completion_tokens" in self.metrics:  # counted first: a client that saw the final response sees them
             self.metrics["completion_tokens"].increment(info.completion_tokens)
             self.metrics["requests"].increment(1)
+        self.sender.send(self._response(text, reason, info), flags=FINAL)
 
     def fail(self, message: str) -> None:
         self.sender.send(_error(message, "INTERNAL"), flags=FINAL)

@@ -1,0 +1,127 @@
+"""SmolLM2 export and the generation model on a real tritonserver (gRPC streaming, official tritonclient).
+
+Export parity (token for token vs transformers), streaming, finish reasons, determinism, continuous batching
+(shared forward passes, proven by the model's own step ids and its Prometheus counters), overload.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import pytest
+
+from deploy.local.triton import TritonServer
+from export.generation_parity import PROMPTS
+from tests.fixtures.exported import ExportedRepository
+from tests.fixtures.llm import MAX_BATCH_ROWS, GenerationStream, chat, generate
+
+pytestmark = pytest.mark.slow
+FRANCE = chat(PROMPTS[0])
+
+
+def test_export_parity_token_for_token(smollm2_export: ExportedRepository) -> None:
+    (report,) = smollm2_export.result.reports
+    assert report.passed and not report.mismatches and not report.batch_mismatches and not report.template_mismatches
+    assert report.single == report.reference == report.batched
+    assert report.max_abs_diff < 1e-3
+    assert report.answers[0] == "The capital of France is Paris."
+    version = smollm2_export.repository / "smollm2" / "1"
+    names = {p.name for p in version.iterdir()}
+    assert {"model.py", "model.onnx", "tokenizer.json", "chat_template.jinja", "generation.json"} <= names
+    assert "decoupled: true" in (version.parent / "config.pbtxt").read_text()
+
+
+def test_stream_arrives_token_by_token(smollm2_triton: TritonServer) -> None:
+    gen = generate(smollm2_triton, FRANCE, temperature=0.0, max_tokens=12)
+    assert len(gen.responses) >= 5 and gen.done and gen.final.error is None
+    assert [r.finish_reason for r in gen.responses[:-1]] == [""] * (len(gen.responses) - 1)
+    assert gen.responses[0].at < gen.final.at - 0.02  # the first token came well before the last one
+    steps = [r.step for r in gen.responses]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    assert gen.final.finish_reason == "stop" and "Paris" in gen.text
+    assert gen.final.prompt_tokens > 10 and gen.final.completion_tokens == len(gen.responses)  # + <|im_end|>
+
+
+def test_greedy_is_deterministic_and_matches_transformers(smollm2_triton: TritonServer,
+                                                          smollm2_export: ExportedRepository) -> None:
+    (report,) = smollm2_export.result.reports
+    first = generate(smollm2_triton, FRANCE, temperature=0.0, max_tokens=16)
+    second = generate(smollm2_triton, FRANCE, temperature=0.0, max_tokens=16)
+    assert first.text == second.text == report.answers[0]
+    assert first.final.completion_tokens == len(report.reference[0])
+
+
+def test_seed_makes_sampling_repeatable(smollm2_triton: TritonServer) -> None:
+    haiku = chat("Write a haiku about the sea.")
+    runs = [generate(smollm2_triton, haiku, temperature=0.9, top_p=0.95, seed=7, max_tokens=8) for _ in range(2)]
+    assert runs[0].text == runs[1].text and runs[0].final.finish_reason == "length"
+
+
+def test_stop_sequence_and_max_tokens(smollm2_triton: TritonServer) -> None:
+    stopped = generate(smollm2_triton, FRANCE, temperature=0.0, stop=["Paris"], max_tokens=16)
+    assert stopped.text == "The capital of France is " and stopped.final.finish_reason == "stop"
+    cut = generate(smollm2_triton, FRANCE, temperature=0.0, max_tokens=3)
+    assert cut.text == "The capital of" and cut.final.finish_reason == "length"
+    assert cut.final.completion_tokens == 3
+
+
+def _counters(server: TritonServer) -> dict[str, float]:
+    url = f"http://{server.opts.host}:{server.opts.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("tritonstack_llm_"):
+            name, value = line.split("{")[0], float(line.rsplit(" ", 1)[1])
+            values[name] = values.get(name, 0.0) + value
+    return values
+
+
+def test_concurrent_streams_share_forward_passes(smollm2_triton: TritonServer) -> None:
+    before = _counters(smollm2_triton)
+    stream = GenerationStream(smollm2_triton)
+    try:
+        prompts = ["What is the capital of France?", "Name three primary colors.", "What is 2 + 2?",
+                   "Write a haiku about the sea."]
+        for i, prompt in enumerate(prompts):
+            stream.send(f"s{i}", chat(prompt), temperature=0.0, max_tokens=10)
+        gens = stream.wait()
+    finally:
+        stream.close()
+    assert all(g.final.error is None and g.final.finish_reason for g in gens.values())
+    shared = set.intersection(*({r.step for r in g.responses if r.batch_size > 1} for g in gens.values()))
+    assert shared, "the four requests never decoded in the same forward pass"
+    assert max(r.batch_size for g in gens.values() for r in g.responses) == MAX_BATCH_ROWS
+    after = _counters(smollm2_triton)
+    passes = after["tritonstack_llm_forward_passes_total"] - before.get("tritonstack_llm_forward_passes_total", 0)
+    tokens = after["tritonstack_llm_completion_tokens_total"] - before.get("tritonstack_llm_completion_tokens_total", 0)
+    assert tokens == sum(g.final.completion_tokens for g in gens.values())
+    assert passes < tokens  # fewer forward passes than tokens: passes were shared
+
+
+def test_full_model_rejects_at_once(smollm2_triton: TritonServer) -> None:
+    busy = GenerationStream(smollm2_triton)
+    probe = GenerationStream(smollm2_triton)
+    try:
+        for i in range(MAX_BATCH_ROWS):
+            busy.send(f"b{i}", chat(f"Count from {i} to 500, one number per line."), temperature=0.0, max_tokens=400)
+        busy.wait(until=lambda gens: all(g.responses for g in gens.values()))  # all four are generating
+        start = time.monotonic()
+        rejected = probe.send("p", FRANCE, max_tokens=4)
+        probe.wait()
+        assert time.monotonic() - start < 1.0
+        assert rejected.final.error is not None and "overloaded" in rejected.final.error
+    finally:
+        busy.close()  # cancels the four generations
+        probe.close()
+    deadline = time.monotonic() + 10  # cancelled rows leave the batch at the next step: capacity comes back
+    while (after := generate(smollm2_triton, FRANCE, temperature=0.0, max_tokens=3)).final.error:
+        assert "overloaded" in after.final.error and time.monotonic() < deadline
+        time.sleep(0.1)
+    assert after.final.finish_reason == "length"
+
+
+def test_invalid_request_is_an_error(smollm2_triton: TritonServer) -> None:
+    gen = generate(smollm2_triton, FRANCE, max_tokens=0)
+    assert gen.final.error is not None and "invalid request" in gen.final.error
