@@ -106,9 +106,10 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("triton")
 def bench_triton(
-    duration: int = typer.Option(15, help="Seconds per measurement."),
+    duration: int = typer.Option(5, help="Seconds per measurement."),
     concurrency: list[int] = typer.Option([1, 8, 32], help="Closed-loop connections (repeatable)."),
     tuning: bool = typer.Option(False, help="Also measure tuning variants (instances, queue delay, queue size)."),
+    rounds: int = typer.Option(3, min=1, help="Interleaved rounds; medians are reported."),
     output: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update."),
 ) -> None:
     """Triton batched vs unbatched vs int8 vs raw in-process ONNX Runtime (MiniLM on CPU)."""
@@ -118,10 +119,15 @@ def bench_triton(
     from loadtest.wrk import WrkMissingError
 
     command = "tritonstack bench triton " + shlex.join(
-        [f"--duration={duration}", *[f"--concurrency={c}" for c in concurrency], *(["--tuning"] if tuning else [])]
+        [
+            f"--duration={duration}",
+            f"--rounds={rounds}",
+            *[f"--concurrency={c}" for c in concurrency],
+            *(["--tuning"] if tuning else []),
+        ]
     )
     try:
-        typer.echo(bench.run(duration, concurrency, tuning, output, command))
+        typer.echo(bench.run(duration, concurrency, tuning, rounds, output, command))
     except WrkMissingError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -131,3 +137,8 @@ def bench_triton(
 from gateway.cli import gateway as _gateway_command  # noqa: E402
 
 app.command("gateway")(_gateway_command)
+
+# background jobs: the arq worker (jobs/cli.py imports nothing heavy at module level)
+from jobs.cli import worker as _worker_command  # noqa: E402
+
+app.command("worker")(_worker_command)

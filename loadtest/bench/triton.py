@@ -7,10 +7,12 @@ from numbers measured in this one run: the machine is shared and noisy.
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,32 +84,65 @@ def ort_in_process(version_dir: Path, batch: int, duration_s: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def measure(server: TritonServer, model: str, concurrencies: list[int], duration_s: int) -> list[WrkResult]:
-    url = f"http://{server.http_url}/v2/models/{model}/infer"
-    run_wrk(url, INFER_BODY, connections=8, duration_s=2)  # warm-up, discarded
-    return [run_wrk(url, INFER_BODY, connections=c, duration_s=duration_s) for c in concurrencies]
+Runs = dict[str, dict[int, list[WrkResult]]]
 
 
-def render(results: dict[str, list[WrkResult]], labels: dict[str, str], ort_rps: float, command: str) -> str:
-    rows = [
-        [
-            labels[name],
-            str(r.connections),
-            f"{r.rps:.0f}",
-            f"{r.p50_ms:.1f}",
-            f"{r.p95_ms:.1f}",
-            f"{r.p99_ms:.1f}",
-            str(r.errors + r.non2xx),
-        ]
-        for name, runs in results.items()
-        for r in runs
+def measure(
+    server: TritonServer,
+    variants: tuple[Variant, ...],
+    concurrencies: list[int],
+    duration_s: int,
+    rounds: int,
+    ort_probe: Callable[[], float],
+) -> tuple[Runs, list[float]]:
+    """Interleave variants round by round, so slow drifts in background load hit all of them alike.
+
+    Returns every run per variant and concurrency, and one in-process ORT measurement per round.
+    """
+    urls = {v.name: f"http://{server.http_url}/v2/models/{v.name}/infer" for v in variants}
+    for url in urls.values():
+        run_wrk(url, INFER_BODY, connections=8, duration_s=2)  # warm-up, discarded
+    runs: Runs = {v.name: {c: [] for c in concurrencies} for v in variants}
+    ort: list[float] = []
+    for c in concurrencies:
+        for _ in range(rounds):
+            for v in variants:
+                runs[v.name][c].append(run_wrk(urls[v.name], INFER_BODY, connections=c, duration_s=duration_s))
+            if c == concurrencies[-1]:
+                ort.append(ort_probe())
+    return runs, ort
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _row(label: str, c: int, rs: list[WrkResult]) -> list[str]:
+    return [
+        label,
+        str(c),
+        f"{_median([r.rps for r in rs]):.0f}",
+        f"{_median([r.p50_ms for r in rs]):.1f}",
+        f"{_median([r.p95_ms for r in rs]):.1f}",
+        f"{_median([r.p99_ms for r in rs]):.1f}",
+        str(sum(r.errors + r.non2xx for r in rs)),
     ]
-    top = {name: runs[-1].rps for name, runs in results.items()}
-    c = results["minilm"][-1].connections
+
+
+def _paired(runs: Runs, a: str, b: str, c: int) -> float:
+    """Median over rounds of a/b throughput, each pair measured back to back."""
+    return _median([x.rps / y.rps for x, y in zip(runs[a][c], runs[b][c], strict=True)])
+
+
+def render(runs: Runs, labels: dict[str, str], ort: list[float], rounds: int, command: str) -> str:
+    rows = [_row(labels[name], c, rs) for name, by_c in runs.items() for c, rs in by_c.items()]
+    c = max(runs["minilm"])
+    batched = runs["minilm"][c]
+    vs_ort = _median([r.rps / o for r, o in zip(batched, ort, strict=True)])
     ratios = [
-        ["batched / unbatched", f"{top['minilm'] / top['minilm_unbatched']:.2f}×", "≥ 1.6×"],
-        ["batched / raw ORT in-process batch 32", f"{top['minilm'] / ort_rps:.2f}×", "≥ 0.95×"],
-        ["int8 / fp32 (both batched)", f"{top['minilm_int8'] / top['minilm']:.2f}×", "≥ 2×"],
+        ["batched / unbatched", f"{_paired(runs, 'minilm', 'minilm_unbatched', c):.2f}×", "≥ 1.6×"],
+        ["batched / raw ORT in-process batch 32", f"{vs_ort:.2f}×", "≥ 0.95×"],
+        ["int8 / fp32 (both batched)", f"{_paired(runs, 'minilm_int8', 'minilm', c):.2f}×", "≥ 2×"],
     ]
     return "\n\n".join(
         [
@@ -115,16 +150,17 @@ def render(results: dict[str, list[WrkResult]], labels: dict[str, str], ort_rps:
             f"Command: `{command}`  \nMachine: {machine_description()}  \n"
             "Load: `wrk` (1 thread, closed loop), one unique ~20-token sentence per request, KServe v2 JSON over HTTP "
             "straight to Triton. Raw ORT: the same ONNX file in-process, batches of 32 unique sentences, "
-            "tokenisation included, ORT's default threads.",
+            f"tokenisation included, ORT's default threads. Variants are interleaved over {rounds} rounds; each "
+            "cell is the median over rounds, each ratio the median of per-round ratios (pairs measured back to back).",
             markdown_table(["variant", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"], rows),
-            f"Raw ONNX Runtime in-process, batch 32: **{ort_rps:.0f} items/s**.",
+            f"Raw ONNX Runtime in-process, batch 32: **{_median(ort):.0f} items/s** (median of {len(ort)}).",
             f"Ratios at concurrency {c}, same run:",
             markdown_table(["ratio", "measured", "target"], ratios),
         ]
     )
 
 
-def run(duration_s: int, concurrencies: list[int], tuning: bool, output: Path, command: str) -> str:
+def run(duration_s: int, concurrencies: list[int], tuning: bool, rounds: int, output: Path, command: str) -> str:
     """Export, serve, measure and write the section; returns the markdown."""
     variants = VARIANTS + (TUNING if tuning else ())
     with tempfile.TemporaryDirectory(prefix="tritonstack-bench-") as tmp:
@@ -135,11 +171,18 @@ def run(duration_s: int, concurrencies: list[int], tuning: bool, output: Path, c
             state_dir=Path(tmp) / "state",
             log_path=Path(tmp) / "state" / "triton.log",
         ).start_and_wait()
+        version_dir = repository / "minilm" / "1"
         try:
-            results = {v.name: measure(server, v.name, concurrencies, duration_s) for v in variants}
+            runs, ort = measure(
+                server,
+                variants,
+                sorted(concurrencies),
+                duration_s,
+                rounds,
+                lambda: ort_in_process(version_dir, batch=32, duration_s=duration_s),
+            )
         finally:
             server.stop()
-        ort_rps = ort_in_process(repository / "minilm" / "1", batch=32, duration_s=duration_s)
-    markdown = render(results, {v.name: v.label for v in variants}, ort_rps, command)
+    markdown = render(runs, {v.name: v.label for v in variants}, ort, rounds, command)
     write_section(output, "triton", markdown)
     return markdown
