@@ -23,11 +23,14 @@ from gateway.cache import CachedItem, CacheHooks, EmbeddingCache, SingleFlight
 from gateway.chat.factory import build_chat
 from gateway.chat.router import admin as chat_admin
 from gateway.chat.router import router as chat_router
+from gateway.chat.service import ChatService
 from gateway.config import GatewaySettings
 from gateway.deps import GatewayState
 from gateway.embeddings.router import router as embeddings_router
 from gateway.embeddings.service import EmbeddingPolicy, EmbeddingService
 from gateway.errors import install_error_handlers
+from gateway.jobs_api.router import router as jobs_router
+from gateway.jobs_api.service import JobPolicy, JobsMetrics, JobsService
 from gateway.kserve.router import router as kserve_router
 from gateway.kserve.service import KServeProxy
 from gateway.limiting import TokenLedger, build_limiter
@@ -38,6 +41,7 @@ from gateway.models.service import ModelService
 from gateway.ops.router import PROBE_PATHS, admin
 from gateway.ops.router import router as ops_router
 from gateway.responses import OrjsonResponse
+from jobs.store import JobStore
 
 log = logging.getLogger("gateway")
 
@@ -77,6 +81,21 @@ def _cache(settings: GatewaySettings, redis: aioredis.Redis, metrics: GatewayMet
     return cache, SingleFlight(cache, redis=redis, guard=cache.guard, metrics=hooks)
 
 
+def _jobs(settings: GatewaySettings, metrics: GatewayMetrics, embeddings: EmbeddingService,
+          chat: ChatService | None) -> JobsService | None:
+    """The jobs API on its own Redis client (large values: results pages, job inputs)."""
+    if not settings.jobs_enabled:
+        return None
+    timeout = settings.jobs_redis_timeout_ms / 1000.0
+    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=False, socket_timeout=timeout,
+                                    socket_connect_timeout=timeout)
+    service = JobsService(JobStore(redis, queue_name=settings.jobs_queue_name), JobPolicy.from_settings(settings),
+                          JobsMetrics(metrics.registry), embeddings=embeddings, chat=chat,
+                          metrics_interval_s=settings.jobs_metrics_interval_s)
+    service.start()
+    return service
+
+
 def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewayState:
     """Create every client and service (must run inside the event loop: gRPC and Redis bind to it)."""
     backend = TritonBackend(settings.triton_grpc_url, timeout_s=settings.backend_timeout_s,
@@ -86,25 +105,29 @@ def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewaySt
     limiter = build_limiter(settings, redis, metrics)
     policy = EmbeddingPolicy(max_items=settings.max_input_items, max_chars=settings.max_input_chars)
     chat = build_chat(settings, metrics, redis, backend, limiter)
+    embeddings = EmbeddingService(backend, metrics=metrics, policy=policy, cache=cache, flights=flights,
+                                  ledger=TokenLedger(limiter) if limiter is not None else None)
     return GatewayState(
         settings=settings,
         metrics=metrics,
         authenticator=Authenticator(settings),
         backend=backend,
         redis=redis,
-        embeddings=EmbeddingService(backend, metrics=metrics, policy=policy, cache=cache, flights=flights,
-                                    ledger=TokenLedger(limiter) if limiter is not None else None),
+        embeddings=embeddings,
         models=ModelService(backend, started_at=int(time.time())),
         kserve=KServeProxy(_http(settings)),
         cache=cache,
         limiter=limiter,
         chat=chat,
+        jobs=_jobs(settings, metrics, embeddings, chat),
     )
 
 
 async def close_state(state: GatewayState) -> None:
     """Finish background work, then close every client."""
     await state.embeddings.drain()
+    if state.jobs is not None:
+        await state.jobs.aclose()
     if state.chat is not None:
         await state.chat.aclose()
     await state.kserve.client.aclose()
@@ -134,7 +157,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(title="tritonstack gateway", version="0.1.0", lifespan=lifespan,
                   default_response_class=OrjsonResponse)
     install_error_handlers(app)
-    for router in (embeddings_router, chat_router, models_router, kserve_router, ops_router, admin, chat_admin):
+    for router in (embeddings_router, chat_router, models_router, kserve_router, ops_router, admin, chat_admin,
+                   jobs_router):
         app.include_router(router)
     app.add_middleware(AdmissionMiddleware, max_in_flight=settings.max_in_flight,
                        max_body_bytes=settings.max_body_bytes, retry_after_s=settings.overload_retry_after_s,

@@ -105,6 +105,20 @@ class GatewaySettings(BaseSettings):
     # chat completions: routes YAML (public model -> deployments); None = no chat routes
     routes_file: Path | None = None
 
+    # background jobs (/v1/jobs; the worker's settings are jobs.config.WorkerConfig: same queue name)
+    jobs_enabled: bool = True
+    jobs_queue_name: str = "tritonstack:jobs:queue"
+    jobs_redis_timeout_ms: int = Field(default=5000, ge=1)
+    jobs_result_ttl_s: int = Field(default=86_400, ge=1)
+    jobs_idempotency_ttl_s: int = Field(default=86_400, ge=1)
+    jobs_max_items: int = Field(default=100_000, ge=1)
+    jobs_max_document_chars: int = Field(default=1_000_000, ge=1)
+    jobs_max_active_per_key: int = Field(default=10, ge=1)
+    jobs_max_pending_items_per_key: int = Field(default=500_000, ge=1)
+    jobs_chunk_tokens: int = Field(default=254, ge=8)
+    jobs_chunk_overlap: int = Field(default=32, ge=0)
+    jobs_metrics_interval_s: float = Field(default=5.0, gt=0)
+
     # operations
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     expose_metrics: bool = True

@@ -14,6 +14,7 @@ from gateway.chat.service import ChatService
 from gateway.config import GatewaySettings
 from gateway.embeddings.service import EmbeddingService
 from gateway.errors import NotFoundError
+from gateway.jobs_api.service import JobsService
 from gateway.kserve.service import KServeProxy
 from gateway.limiting import admit
 from gateway.metrics import GatewayMetrics
@@ -36,6 +37,7 @@ class GatewayState:
     cache: EmbeddingCache | None = None
     limiter: RateLimiter | None = None
     chat: ChatService | None = None
+    jobs: JobsService | None = None
 
 
 def state_of(request: Request) -> GatewayState:
@@ -91,6 +93,14 @@ async def get_chat_service(request: Request) -> ChatService:
     service = state_of(request).chat
     if service is None:
         raise NotFoundError("chat completions are not configured on this gateway", code="chat_not_configured")
+    return service
+
+
+async def get_jobs_service(request: Request) -> JobsService:
+    """The background-jobs service (404 envelope when jobs are disabled)."""
+    service = state_of(request).jobs
+    if service is None:
+        raise NotFoundError("background jobs are not enabled on this gateway", code="jobs_not_configured")
     return service
 
 

@@ -69,6 +69,12 @@ class MethodNotAllowedError(GatewayError):
     """The route exists, not with this method (405)."""
 
 
+class ConflictError(GatewayError):
+    """The request conflicts with the resource's state (409), e.g. an Idempotency-Key reused for another body."""
+
+    default_code = "conflict"
+
+
 class PayloadTooLargeError(GatewayError):
     """The request body exceeds the configured limit (413)."""
 
@@ -125,6 +131,7 @@ ERROR_TABLE: dict[type[GatewayError], ErrorKind] = {
     PermissionDeniedError: ErrorKind(403, "permission_error"),
     NotFoundError: ErrorKind(404, "not_found_error"),
     MethodNotAllowedError: ErrorKind(405, "invalid_request_error"),
+    ConflictError: ErrorKind(409, "conflict_error"),
     PayloadTooLargeError: ErrorKind(413, "invalid_request_error"),
     RateLimitedError: ErrorKind(429, "rate_limit_error"),
     InternalError: ErrorKind(500, "server_error"),

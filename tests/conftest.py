@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.exported",
     "tests.fixtures.fake_llm",
     "tests.fixtures.llm",
+    "tests.fixtures.jobs",
 ]

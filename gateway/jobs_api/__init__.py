@@ -1,0 +1,1 @@
+"""Background jobs API: `/v1/jobs` (submit, status, results, cancel); the worker is in `jobs/`."""

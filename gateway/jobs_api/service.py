@@ -1,0 +1,252 @@
+"""Jobs: validate and submit, read status and results, cancel — on the shared `JobStore`. No FastAPI here.
+
+Jobs belong to the identity that submitted them (`key:<name>`); any other caller gets 404, as for a job that
+does not exist. Per key, at most `jobs_max_active_per_key` jobs may be queued or running and their input
+items may not exceed `jobs_max_pending_items_per_key` (429, checked atomically with the submit). An
+`Idempotency-Key` is remembered per key for `jobs_idempotency_ttl_s`: the same key with the same body (as
+parsed, so whitespace does not matter) answers the existing job; with another body, 409. Redis unreachable →
+503 (`jobs_unavailable`): the jobs API has nothing to fall back on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis.exceptions import RedisError
+
+from gateway.auth import Principal
+from gateway.backends.base import valid_model_name
+from gateway.chat.service import ChatService
+from gateway.config import GatewaySettings
+from gateway.embeddings.service import EmbeddingService
+from gateway.errors import (
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    RateLimitedError,
+)
+from gateway.jobs_api.protocol import ChatJobRequest, EmbeddingsJobRequest
+from jobs.records import JobRecord, JobStatus, JobType
+from jobs.store import JobStore, NewJob, SubmitLimits, new_job_id
+
+log = logging.getLogger("gateway.jobs")
+
+JobRequest = EmbeddingsJobRequest | ChatJobRequest
+
+
+@dataclass(frozen=True, slots=True)
+class JobPolicy:
+    """Limits and defaults from settings."""
+
+    result_ttl_s: int
+    max_items: int
+    max_document_chars: int
+    chunk_tokens: int
+    chunk_overlap: int
+    limits: SubmitLimits
+
+    @classmethod
+    def from_settings(cls, s: GatewaySettings) -> JobPolicy:
+        """The `jobs_*` settings."""
+        return cls(s.jobs_result_ttl_s, s.jobs_max_items, s.jobs_max_document_chars, s.jobs_chunk_tokens,
+                   min(s.jobs_chunk_overlap, s.jobs_chunk_tokens - 1),
+                   SubmitLimits(s.jobs_max_active_per_key, s.jobs_max_pending_items_per_key, s.jobs_idempotency_ttl_s))
+
+
+class JobsMetrics:
+    """The gateway's view of the queue, on the app's registry (refreshed every `jobs_metrics_interval_s`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.queue_depth = Gauge("gateway_jobs_queue_depth", "Jobs waiting to run.", registry=registry)
+        self.running = Gauge("gateway_jobs_running", "Jobs running now.", registry=registry)
+        self.submitted = Counter("gateway_jobs_submitted", "Job submissions by type and outcome.",
+                                 ["type", "outcome"], registry=registry)
+
+
+@contextlib.contextmanager
+def redis_required() -> Iterator[None]:
+    """Redis failures → 503 envelope."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        log.warning("jobs: Redis unavailable: %s", exc)
+        raise BackendUnavailableError("The jobs queue (Redis) is unreachable; retry shortly",
+                                      code="jobs_unavailable") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The answer to a submit: the job object, and whether it is an idempotent replay."""
+
+    job: dict[str, Any]
+    replayed: bool
+
+
+class JobsService:
+    """Serves `/v1/jobs`."""
+
+    def __init__(self, store: JobStore, policy: JobPolicy, metrics: JobsMetrics, *, embeddings: EmbeddingService,
+                 chat: ChatService | None, metrics_interval_s: float) -> None:
+        self.store = store
+        self.policy = policy
+        self.metrics = metrics
+        self.embeddings = embeddings
+        self.chat = chat
+        self._interval_s = metrics_interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start refreshing the queue gauges (inside the running loop)."""
+        self._task = asyncio.create_task(self._refresh_forever(), name="jobs-metrics")
+
+    async def aclose(self) -> None:
+        """Stop the refresher and close the store's Redis client."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.store.redis.aclose()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            with contextlib.suppress(RedisError, OSError):
+                queued, running = await self.store.counts()
+                self.metrics.queue_depth.set(queued)
+                self.metrics.running.set(running)
+            await asyncio.sleep(self._interval_s)
+
+    # --- submit ----------------------------------------------------------------------------------------------
+
+    async def submit(self, request: JobRequest, principal: Principal, idempotency_key: str | None) -> Accepted:
+        """Validate, then queue the job (or answer the job this idempotency key already created)."""
+        if isinstance(request, EmbeddingsJobRequest):
+            job_input, items, model = await self._embeddings_input(request)
+        else:
+            job_input, items, model = self._chat_input(request)
+        secret = request.webhook.secret if request.webhook else None
+        if request.webhook is not None and secret is None:
+            secret = f"whsec_{secrets.token_hex(24)}"
+        digest = hashlib.sha256(orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+        job = NewJob(id=new_job_id(), type=JobType(request.type), owner=principal.identity,
+                     owner_name=principal.name, items=items, input=orjson.dumps(job_input),
+                     fields=self._fields(request, model, secret), idempotency_key=idempotency_key, digest=digest)
+        with redis_required():
+            outcome = await self.store.submit(job, self.policy.limits)
+            self.metrics.submitted.labels(job.type.value, outcome.outcome).inc()
+            return await self._accepted(outcome.outcome, outcome.job_id, outcome.detail, principal, request, secret)
+
+    async def _accepted(self, outcome: str, job_id: str | None, detail: str, principal: Principal,
+                        request: JobRequest, secret: str | None) -> Accepted:
+        if outcome == "conflict":
+            raise ConflictError("This Idempotency-Key was already used with a different request body",
+                                param="Idempotency-Key", code="idempotency_key_reused",
+                                headers={"x-should-retry": "false"})
+        if outcome == "too_many_jobs":
+            raise RateLimitedError(f"This key already has {detail} queued or running jobs (at most "
+                                   f"{self.policy.limits.max_active_jobs}); wait for one to finish",
+                                   code="too_many_active_jobs", quota=True)
+        if outcome == "too_many_items":
+            raise RateLimitedError(f"This key's queued and running jobs already hold {detail} items (at most "
+                                   f"{self.policy.limits.max_pending_items} in all)", code="too_many_pending_items",
+                                   quota=True)
+        record = await self._owned(job_id or "", principal)
+        job = record.public()
+        if request.webhook is not None and request.webhook.secret is None:
+            job["webhook_secret"] = record.webhook_secret if outcome == "replay" else secret
+        return Accepted(job, replayed=outcome == "replay")
+
+    def _fields(self, request: JobRequest, model: str | None, secret: str | None) -> dict[str, str]:
+        fields = {"result_ttl_s": str(self.policy.result_ttl_s)}
+        if model is not None:
+            fields["model"] = model
+        if request.metadata:
+            fields["metadata"] = orjson.dumps(request.metadata).decode()
+        if request.webhook is not None and secret is not None:
+            fields.update(webhook_url=request.webhook.url, webhook_secret=secret)
+        return fields
+
+    def _check_items(self, n: int, param: str) -> None:
+        if n > self.policy.max_items:
+            raise InvalidRequestError(f"'{param}' holds {n} items; at most {self.policy.max_items} per job",
+                                      param=param, code="too_many_items")
+
+    async def _embeddings_input(self, request: EmbeddingsJobRequest) -> tuple[dict[str, Any], int, str]:
+        documents = request.document_list()
+        param = "input" if request.input is not None else "documents"
+        self._check_items(len(documents), param)
+        for i, doc in enumerate(documents):
+            if len(doc.text) > self.policy.max_document_chars:
+                raise InvalidRequestError(f"'{param}[{i}]' has {len(doc.text)} characters; at most "
+                                          f"{self.policy.max_document_chars} per document", param=param,
+                                          code="input_too_long")
+        await self._check_model(request.model)
+        chunking = (request.chunking.model_dump() if request.chunking is not None
+                    else {"max_tokens": self.policy.chunk_tokens, "overlap": self.policy.chunk_overlap})
+        job = {"model": request.model, "documents": [d.model_dump() for d in documents], "chunking": chunking,
+               "encoding_format": request.encoding_format}
+        return job, len(documents), request.model
+
+    async def _check_model(self, model: str) -> None:
+        """404 for a model Triton does not serve; accepted when Triton cannot be asked now (it runs later)."""
+        if not valid_model_name(model):
+            raise NotFoundError(f"The model '{model}' does not exist or is not ready", param="model",
+                                code="model_not_found")
+        with contextlib.suppress(BackendUnavailableError, BackendTimeoutError):
+            await self.embeddings.model(model)
+
+    def _chat_input(self, request: ChatJobRequest) -> tuple[dict[str, Any], int, None]:
+        self._check_items(len(request.requests), "requests")
+        known = set(self.chat.model_names()) if self.chat is not None else set()
+        for i, item in enumerate(request.requests):
+            if item.body.get("model") not in known:
+                raise NotFoundError(f"The model '{item.body.get('model')}' of 'requests[{i}]' does not exist",
+                                    param=f"requests.{i}.body.model", code="model_not_found")
+        return {"requests": [item.model_dump() for item in request.requests]}, len(request.requests), None
+
+    # --- read, cancel ----------------------------------------------------------------------------------------
+
+    async def _owned(self, job_id: str, principal: Principal) -> JobRecord:
+        record = await self.store.get(job_id) if job_id.startswith("job_") else None
+        if record is None or record.owner != principal.identity:
+            raise NotFoundError(f"No job '{job_id}'", param="id", code="job_not_found")
+        return record
+
+    async def get(self, job_id: str, principal: Principal) -> dict[str, Any]:
+        """The job object."""
+        with redis_required():
+            return (await self._owned(job_id, principal)).public()
+
+    async def results(self, job_id: str, principal: Principal) -> tuple[JobRecord, AsyncIterator[bytes]]:
+        """The record and an iterator over the JSONL stored so far (in unit order)."""
+        with redis_required():
+            record = await self._owned(job_id, principal)
+        units = int(record.plan["units"]) if record.plan else 0
+        return record, self._stream(job_id, units)
+
+    async def _stream(self, job_id: str, units: int) -> AsyncIterator[bytes]:
+        try:
+            async for data in self.store.results(job_id, units):
+                yield data
+        except (RedisError, OSError) as exc:  # headers are gone: end the body early (the status says so)
+            log.warning("jobs: result stream of %s broke: %s", job_id, exc)
+
+    async def cancel(self, job_id: str, principal: Principal) -> dict[str, Any]:
+        """Cancel a queued (removed at once) or running (stops between batches) job; 409 once it finished."""
+        with redis_required():
+            record = await self._owned(job_id, principal)
+            outcome = await self.store.cancel(job_id)
+            if outcome in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
+                raise ConflictError(f"Job '{job_id}' already {outcome}; nothing to cancel", code="job_finished",
+                                    headers={"x-should-retry": "false"})
+            return (await self._owned(job_id, principal) if outcome != "missing" else record).public()

@@ -1,0 +1,76 @@
+"""Webhooks: when a job ends, POST its job object to the job's URL, signed, retried with backoff.
+
+Body: `{"event": "job.<status>", "job": <the GET /v1/jobs/{id} object>}`. Headers:
+`X-Tritonstack-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes, keyed by the job's secret>`,
+`X-Tritonstack-Event`, `X-Tritonstack-Delivery` (job id and attempt). Any 2xx is delivered; anything else
+(other status, connection error, timeout) is retried as its own arq job with delays of `webhook_backoff_s`,
+doubling, for `webhook_max_attempts` attempts in all; the outcome is kept in the job's `webhook` field.
+Redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from typing import Any
+
+import aiohttp
+import orjson
+from arq.worker import Retry
+
+from jobs.runtime import Runtime
+
+log = logging.getLogger("jobs.webhook")
+
+SIGNATURE_HEADER = "X-Tritonstack-Signature"
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header's value for `body`."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, body: bytes, header: str) -> bool:
+    """True when `header` is the signature of `body` (constant-time comparison)."""
+    return hmac.compare_digest(sign(secret, body), header)
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
+                timeout_s: float) -> str | None:
+    """None when delivered; otherwise why not."""
+    try:
+        async with http.post(url, data=body, headers=headers, allow_redirects=False,
+                             timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            if 200 <= response.status < 300:
+                return None
+            return f"HTTP {response.status}"
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+async def deliver_webhook(ctx: dict[str, Any], job_id: str) -> str:
+    """arq job: one delivery attempt of job `job_id`'s webhook; raises Retry while attempts are left."""
+    rt: Runtime = ctx["runtime"]
+    attempt: int = ctx["job_try"]
+    record = await rt.store.get(job_id)
+    if record is None or record.webhook_url is None or record.webhook_secret is None:
+        return "gone"
+    if record.webhook_status == "delivered":
+        return "delivered"
+    record.webhook_attempts = attempt
+    body = orjson.dumps({"event": f"job.{record.status.value}", "job": record.public()})
+    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(record.webhook_secret, body),
+               "X-Tritonstack-Event": f"job.{record.status.value}", "X-Tritonstack-Delivery": f"{job_id}:{attempt}"}
+    failure = await _post(rt.http, record.webhook_url, body, headers, rt.config.webhook_timeout_s)
+    last = attempt >= rt.config.webhook_max_attempts
+    status = "delivered" if failure is None else ("failed" if last else "retrying")
+    rt.metrics.webhooks.labels("delivered" if failure is None else "failed").inc()
+    await rt.store.update(job_id, {"webhook_status": status, "webhook_attempts": attempt})
+    if failure is None or last:
+        if failure is not None:
+            log.warning("webhook of %s failed for good after %d attempts: %s", job_id, attempt, failure)
+        return status
+    delay = rt.config.webhook_backoff_s * 2 ** (attempt - 1)
+    log.info("webhook of %s attempt %d failed (%s); next in %.1fs", job_id, attempt, failure, delay)
+    raise Retry(defer=delay)
