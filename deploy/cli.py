@@ -77,7 +77,7 @@ def up(
     gateway_port: int = typer.Option(8080),
     state_dir: Path = typer.Option(Path(".tritonstack"), help="Logs, backend directory and the dev API key."),
 ) -> None:
-    """Redis (if none is reachable) + Triton + gateway, in the foreground; Ctrl-C stops all."""
+    """Redis (if none is reachable) + Triton + jobs worker + gateway, in the foreground; Ctrl-C stops all."""
     from deploy.local.process import ProcessError
     from deploy.local.run import console, supervise
     from deploy.local.stack import StackOptions, dev_api_key, start_stack
@@ -86,7 +86,7 @@ def up(
         repository=repository, state_dir=state_dir.resolve(), redis_url=redis_url, gateway_port=gateway_port
     )
     try:
-        with console.status("starting Redis, Triton and the gateway …"):
+        with console.status("starting Redis, Triton, the jobs worker and the gateway …"):
             processes = start_stack(opts)
     except ProcessError as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -94,7 +94,8 @@ def up(
     base = f"http://127.0.0.1:{gateway_port}"
     console.print(
         f"[green]tritonstack is up[/green]: gateway {base} (OpenAI: {base}/v1, KServe v2: {base}/v2, "
-        f"metrics: {base}/metrics)\n"
+        f"metrics: {base}/metrics; jobs: {base}/v1/jobs, worker metrics: "
+        f"http://127.0.0.1:{opts.worker_metrics_port}/metrics)\n"
         f"development API key: [bold]{dev_api_key(opts.state_dir)}[/bold]  (logs in {state_dir}/); Ctrl-C stops all"
     )
     raise typer.Exit(supervise(processes))

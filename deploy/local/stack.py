@@ -1,4 +1,4 @@
-"""`tritonstack up`: Redis (when none is reachable) + Triton + gateway as one process group; Ctrl-C stops all."""
+"""`tritonstack up`: Redis (when none is reachable) + Triton + jobs worker + gateway; Ctrl-C stops all."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ class StackOptions:
     triton_metrics_port: int = 8002
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+    worker_metrics_port: int = 9500
     routes_file: Path = DEFAULT_ROUTES  # chat routes (model "smollm2" → local Triton); the environment's wins
 
 
@@ -57,7 +58,8 @@ def redis_for(opts: StackOptions) -> RedisServer | None:
     return RedisServer(port, host="127.0.0.1", log_path=opts.state_dir / "redis.log")
 
 
-def gateway_process(opts: StackOptions, api_key: str) -> ManagedProcess:
+def gateway_env(opts: StackOptions, api_key: str) -> dict[str, str]:
+    """`TRITONSTACK_GATEWAY_*` of the stack (the worker reads them too: chat jobs use the same routes, budgets)."""
     keys = [{"name": "dev", "sha256": hashlib.sha256(api_key.encode()).hexdigest(), "scopes": ["admin"]}]
     env = {
         "TRITONSTACK_GATEWAY_TRITON_GRPC_URL": f"127.0.0.1:{opts.triton_grpc_port}",
@@ -67,9 +69,27 @@ def gateway_process(opts: StackOptions, api_key: str) -> ManagedProcess:
     }
     if ROUTES_ENV not in os.environ:
         env[ROUTES_ENV] = str(opts.routes_file)
+    return env
+
+
+def gateway_process(opts: StackOptions, api_key: str) -> ManagedProcess:
     cli = Path(sys.executable).parent / "tritonstack"
     argv = [str(cli), "gateway", "--host", opts.gateway_host, "--port", str(opts.gateway_port)]
-    return ManagedProcess("gateway", argv, env={**os.environ, **env}, log_path=opts.state_dir / "gateway.log")
+    return ManagedProcess("gateway", argv, env={**os.environ, **gateway_env(opts, api_key)},
+                          log_path=opts.state_dir / "gateway.log")
+
+
+def worker_process(opts: StackOptions, api_key: str) -> ManagedProcess:
+    """`tritonstack worker` on the stack's Redis and Triton (tokenizers from the repository)."""
+    env = {
+        "TRITONSTACK_WORKER_REDIS_URL": opts.redis_url,
+        "TRITONSTACK_WORKER_TRITON_GRPC_URL": f"127.0.0.1:{opts.triton_grpc_port}",
+        "TRITONSTACK_WORKER_MODEL_REPOSITORY": str(opts.repository.resolve()),
+        "TRITONSTACK_WORKER_METRICS_PORT": str(opts.worker_metrics_port),
+    }
+    cli = Path(sys.executable).parent / "tritonstack"
+    return ManagedProcess("worker", [str(cli), "worker"], env={**os.environ, **gateway_env(opts, api_key), **env},
+                          log_path=opts.state_dir / "worker.log")
 
 
 def http_ok(url: str) -> bool:
@@ -98,6 +118,9 @@ def start_stack(opts: StackOptions) -> list[ManagedProcess]:
             log_path=opts.state_dir / "triton.log",
         )
         started.append(triton.start_and_wait())
+        worker = worker_process(opts, dev_api_key(opts.state_dir)).start()
+        started.append(worker)
+        worker.wait_ready(lambda: http_ok(f"http://127.0.0.1:{opts.worker_metrics_port}/metrics"), timeout=60)
         gateway = gateway_process(opts, dev_api_key(opts.state_dir)).start()
         started.append(gateway)
         health = f"http://{opts.gateway_host}:{opts.gateway_port}/healthz"
