@@ -143,8 +143,3 @@ app.command("gateway")(_gateway_command)
 from jobs.cli import worker as _worker_command  # noqa: E402
 
 app.command("worker")(_worker_command)
-
-# background jobs: the arq worker (jobs/cli.py imports nothing heavy at module level)
-from jobs.cli import worker as _worker_command  # noqa: E402
-
-app.command("worker")(_worker_command)
