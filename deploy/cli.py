@@ -134,6 +134,22 @@ def bench_triton(
         raise typer.Exit(1) from exc
 
 
+@bench_app.command("jobs")
+def bench_jobs(
+    items: int = typer.Option(10_000, min=64, help="Sentences per job (and per Triton-alone run)."),
+    rounds: int = typer.Option(2, min=1, help="Rounds; Triton alone and the job alternate in order."),
+    repository: Path = typer.Option(Path("model_repository"), help="Repository with the exported minilm."),
+    output: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('-': print only)."),
+) -> None:
+    """A bulk embeddings job's items/s vs Triton's batched throughput (same run), and job pickup latency."""
+    import shlex
+
+    from loadtest.bench import jobs as bench
+
+    command = "tritonstack bench jobs " + shlex.join([f"--items={items}", f"--rounds={rounds}"])
+    typer.echo(bench.run(repository, items, rounds, None if str(output) == "-" else output, command))
+
+
 # the gateway contributes its own command (gateway/cli.py imports nothing heavy at module level)
 from gateway.cli import gateway as _gateway_command  # noqa: E402
 
