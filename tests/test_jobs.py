@@ -9,16 +9,20 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import redis
+import yaml
 
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonServer
 from jobs.store import JobStore
+from tests.fake_llm import Fault
+from tests.fixtures.fake_llm import FakeUpstream, clear_chat_state, cloud
 from tests.fixtures.gateway import GatewayKeys, RunningGateway
 from tests.fixtures.jobs import JobsStack, WebhookSink, Worker, jobs_gateway, new_queue
 
@@ -211,6 +215,36 @@ def test_cancel_queued_job_removes_it_from_the_queue(idle_gateway: RunningGatewa
     assert result_lines(idle_gateway, headers, job["id"]) == []
 
 
+def test_a_job_that_cannot_succeed_records_why(jobs_stack: JobsStack, redis_server: RedisServer,
+                                               gateway_keys: GatewayKeys) -> None:
+    # a gateway that cannot reach Triton accepts any model name; the worker finds out it does not exist
+    gw = jobs_gateway(None, redis_server, gateway_keys, jobs_stack.queue)
+    try:
+        headers = auth(gateway_keys)
+        job = submit(gw, headers, embeddings_job(["x"], model="ghost")).json()
+        job, _ = wait_job(gw, headers, job["id"], finished)
+        assert job["status"] == "failed" and job["error"]["code"] == "model_not_found"
+        assert "ghost" in job["error"]["message"]
+    finally:
+        gw.stop()
+
+
+def test_results_expire_after_their_ttl(jobs_stack: JobsStack, redis_server: RedisServer, triton_server: TritonServer,
+                                        gateway_keys: GatewayKeys) -> None:
+    gw = jobs_gateway(triton_server, redis_server, gateway_keys, jobs_stack.queue, jobs_result_ttl_s=1)
+    try:
+        headers = auth(gateway_keys)
+        job = submit(gw, headers, embeddings_job(["short-lived"])).json()
+        wait_job(gw, headers, job["id"], finished)
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{gw.url}/v1/jobs/{job['id']}", headers=headers).status_code != 404:
+            assert time.monotonic() < deadline, "the job outlived its result TTL"
+            time.sleep(0.1)
+        assert not redis.Redis.from_url(redis_server.url).keys(f"tritonstack:job:{{{job['id']}}}*")
+    finally:
+        gw.stop()
+
+
 # --- API contract ----------------------------------------------------------------------------------------------
 
 
@@ -291,3 +325,43 @@ def test_failing_webhook_is_retried_and_its_signature_verifies(jobs_stack: JobsS
     delivered = orjson.loads(sink.received[-1][1])
     assert delivered["event"] == "job.succeeded" and delivered["job"]["id"] == answer["id"]
     assert "webhook_secret" not in delivered["job"]
+
+
+# --- chat jobs -------------------------------------------------------------------------------------------------
+
+
+def test_chat_job_runs_each_request_through_the_routes(
+    worker_factory: Callable[..., Worker], redis_server: RedisServer, gateway_keys: GatewayKeys,
+    fake_llm: FakeUpstream, tmp_path: Path,
+) -> None:
+    clear_chat_state(redis_server.url)
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(yaml.safe_dump({"deployments": {"primary": cloud(fake_llm, "up-primary")},
+                                      "routes": {"chat": {"deployments": ["primary"]}}}))
+    queue = new_queue()
+    worker_factory(queue, gateway_env={"ROUTES_FILE": str(routes), "AUTH_DISABLED": "true",
+                                       "REDIS_URL": redis_server.url})
+    gw = jobs_gateway(None, redis_server, gateway_keys, queue, routes_file=routes)
+    try:
+        fake_llm.state.fault("up-primary", Fault(status=400), times=1)
+        requests = [{"custom_id": f"q{i}", "body": {"model": "chat", "max_tokens": 20,
+                                                    "messages": [{"role": "user", "content": f"question {i}"}]}}
+                    for i in range(6)]
+        headers = auth(gateway_keys)
+        response = submit(gw, headers, {"type": "chat", "requests": requests})
+        assert response.status_code == 202, response.text
+        job, _ = wait_job(gw, headers, response.json()["id"], finished)
+        assert job["status"] == "succeeded" and job["progress"] == {"done": 6, "total": 6, "failed": 1}
+        lines = sorted(result_lines(gw, headers, job["id"]), key=lambda line: line["index"])
+        assert [line["custom_id"] for line in lines] == [f"q{i}" for i in range(6)]
+        failed = [line for line in lines if "error" in line]
+        assert len(failed) == 1 and failed[0]["error"]["status"] == 400
+        answers = {line["index"]: line["response"]["choices"][0]["message"]["content"]
+                   for line in lines if "response" in line}
+        assert all(answers[i] == f"Echo: question {i}" for i in answers)
+        assert all(line["served_by"] == "primary" for line in lines if "response" in line)
+        assert job["usage"]["total_tokens"] > 0
+        unknown = submit(gw, headers, {"type": "chat", "requests": [{"body": {**requests[0]["body"], "model": "x"}}]})
+        assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "requests.0.body.model"
+    finally:
+        gw.stop()
