@@ -1,16 +1,19 @@
 """`RateLimiter`: per-identity requests/min and tokens/min shared through Redis (sliding window counter).
 
-Built on the `limits` library's async Redis storage (redis-py implementation) and its
-`SlidingWindowCounterRateLimiter`. A check costs two Redis round trips when allowed (window stats
-of both limits, concurrently; then the atomic request hit) and one when refused.
+Built on the `limits` library's async Redis storage (redis-py implementation) and its sliding-window
+counters. An admission check is at most one Redis round trip: one Lua script (`gateway.ratelimit.window.CHECK`) reads
+both windows, counts the request and returns what the headers need — the library's strategy API would take
+three round trips (two window reads and the hit). Checks made while a script call is in flight go together in
+the next call (`GroupCommit`), so under load many requests share a round trip. Token debits, off the request
+path, use the library's `SlidingWindowCounterRateLimiter` on the same keys.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
@@ -19,9 +22,14 @@ from limits.storage import storage_from_string
 from limits.util import WindowStats
 
 from gateway.cache.guard import RedisGuard
+from gateway.ratelimit.batch import GroupCommit
 from gateway.ratelimit.decision import Limits, RateLimitDecision, retry_after
+from gateway.ratelimit.window import CHECK, FIGURES, REQUESTS_SPENT, TOKENS_SPENT, Window, window_keys
 
 KEY_PREFIX = "tritonstack:rl"
+PERIOD_S = 60  # every limit is per minute
+PERIOD_MS = PERIOD_S * 1000
+_MAX_CACHED_KEYS = 10_000
 
 
 def _noop(_op: str) -> None:
@@ -33,6 +41,14 @@ class RateLimitHooks:
     """`redis_error(op)`: a Redis call of the limiter failed or timed out (op "check" or "debit")."""
 
     redis_error: Callable[[str], None] = _noop
+
+
+@lru_cache(maxsize=1024)
+def _items(limits: Limits) -> tuple[RateLimitItem | None, RateLimitItem | None]:
+    """The library's (requests, tokens) per-minute items for `limits`; None where unlimited."""
+    req = RateLimitItemPerMinute(limits.requests_per_min, namespace="requests") if limits.requests_per_min else None
+    tok = RateLimitItemPerMinute(limits.tokens_per_min, namespace="tokens") if limits.tokens_per_min else None
+    return req, tok
 
 
 def async_storage_uri(uri: str) -> str:
@@ -77,6 +93,9 @@ class RateLimiter:
         if not isinstance(self.storage, RedisStorage):
             raise ValueError(f"not a Redis storage URI: {storage_uri!r}")
         self.strategy = SlidingWindowCounterRateLimiter(self.storage)
+        self._check_script = self.storage.bridge.get_connection().register_script(CHECK)
+        self._keys: dict[tuple[str, Limits], list[str]] = {}
+        self._checks: GroupCommit[_Check, RateLimitDecision | None] = GroupCommit(self._flush)
 
     # --- configuration -----------------------------------------------------------------
 
@@ -103,9 +122,9 @@ class RateLimiter:
         limits = self.limits_for(identity)
         if limits.unlimited:
             return RateLimitDecision(allowed=True)
-        decision = await self.guard.call(
-            "check", lambda: self._check(identity, limits, cost_tokens_estimate), None
-        )
+        if not self.guard.available:
+            return self._unavailable()
+        decision = await self._checks.submit(_Check(identity, limits, cost_tokens_estimate))
         return decision if decision is not None else self._unavailable()
 
     async def debit_tokens(self, identity: str, n: int) -> None:
@@ -129,25 +148,33 @@ class RateLimiter:
 
     # --- internals -------------------------------------------------------------------------
 
-    async def _check(self, identity: str, limits: Limits, cost: int) -> RateLimitDecision:
-        req = RateLimitItemPerMinute(limits.requests_per_min, namespace="requests") \
-            if limits.requests_per_min else None
-        tok = RateLimitItemPerMinute(limits.tokens_per_min, namespace="tokens") \
-            if limits.tokens_per_min else None
-        req_stats, tok_stats = await asyncio.gather(self._stats(req, identity), self._stats(tok, identity))
+    async def _flush(self, checks: list[_Check]) -> list[RateLimitDecision | None]:
+        """One script call for a batch of checks; None for each when Redis failed."""
+        keys: list[str] = []
+        args: list[int] = [PERIOD_MS]
+        for check in checks:
+            req, tok = _items(check.limits)
+            keys += self._window_keys(check.identity, check.limits)
+            args += [req.amount if req else 0, tok.amount if tok else 0,
+                     min(max(1, check.cost), tok.amount) if tok else 0]
+        raw = await self.guard.call("check", lambda: self._check_script(keys=keys, args=args), None)
+        if raw is None:
+            return [None] * len(checks)
         now = time.time()
-        if tok is not None and tok_stats is not None and tok_stats.remaining < min(max(1, cost), tok.amount):
-            return _decision(False, "tokens", limits, req_stats, tok_stats, now)
-        if req is not None and req_stats is not None:
-            if req_stats.remaining < 1 or not await self.strategy.hit(req, identity):
-                return _decision(False, "requests", limits, WindowStats(req_stats.reset_time, 0), tok_stats, now)
-            # an idle window reports "reset now"; after our hit, the window runs for its full expiry
-            reset = req_stats.reset_time if req_stats.reset_time > now else now + req.get_expiry()
-            req_stats = WindowStats(reset, req_stats.remaining - 1)
-        return _decision(True, None, limits, req_stats, tok_stats, now)
+        return [_decide(check.limits, [int(x) for x in raw[i * FIGURES : (i + 1) * FIGURES]], now)
+                for i, check in enumerate(checks)]
 
-    async def _stats(self, item: RateLimitItem | None, identity: str) -> WindowStats | None:
-        return None if item is None else await self.strategy.get_window_stats(item, identity)
+    def _window_keys(self, identity: str, limits: Limits) -> list[str]:
+        """The script's four keys (an unlimited dimension's pair is never touched: placeholders)."""
+        found = self._keys.get((identity, limits))
+        if found is None:
+            if len(self._keys) >= _MAX_CACHED_KEYS:
+                self._keys.clear()
+            keys: list[str] = []
+            for item in _items(limits):
+                keys += window_keys(self.storage, item, identity) if item is not None else ("", "")
+            found = self._keys[(identity, limits)] = keys
+        return found
 
     async def _debit(self, item: RateLimitItem, identity: str, n: int) -> None:
         if await self.strategy.hit(item, identity, cost=min(n, item.amount)):
@@ -161,6 +188,30 @@ class RateLimiter:
             return RateLimitDecision(allowed=True, degraded=True)
         return RateLimitDecision(allowed=False, reason="unavailable", degraded=True,
                                  retry_after_s=retry_after(self.guard.cooldown_s))
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    identity: str
+    limits: Limits
+    cost: int
+
+
+def _decide(limits: Limits, figures: list[int], now: float) -> RateLimitDecision:
+    """The decision for one check from the script's verdict and the windows it saw before the check."""
+    req, tok = _items(limits)
+    verdict = figures[0]
+    req_stats = Window(*figures[1:5]).stats(req.amount, PERIOD_S, now) if req is not None else None
+    tok_stats = Window(*figures[5:9]).stats(tok.amount, PERIOD_S, now) if tok is not None else None
+    if verdict == TOKENS_SPENT:
+        return _decision(False, "tokens", limits, req_stats, tok_stats, now)
+    if req_stats is not None:
+        if verdict == REQUESTS_SPENT:
+            return _decision(False, "requests", limits, WindowStats(req_stats.reset_time, 0), tok_stats, now)
+        # an idle window reports "reset now"; after our hit, the window runs for its full period
+        reset = req_stats.reset_time if req_stats.reset_time > now else now + PERIOD_S
+        req_stats = WindowStats(reset, req_stats.remaining - 1)
+    return _decision(True, None, limits, req_stats, tok_stats, now)
 
 
 def _decision(allowed: bool, reason: str | None, limits: Limits, req: WindowStats | None,
