@@ -14,8 +14,8 @@ def _noop(_value: object) -> None:
 class CacheHooks:
     """Callbacks; each defaults to a no-op. They must be cheap and must not raise.
 
-    - `redis_error(op)`: a Redis call failed or timed out (op: "get", "set", "clear", "lock",
-      "poll", "unlock").
+    - `redis_error(op)`: a Redis call failed or timed out (op: "get", "set", "clear", "lock" (lookup
+      and lock), "publish" (store and unlock), "poll", "unlock").
     - `coalesced(n)`: `n` items of a batch were served by an identical in-flight computation in
       this process instead of a new backend call.
     - `remote_wait(n)`: `n` items were served by another replica's computation (lost the Redis

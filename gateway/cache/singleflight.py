@@ -6,6 +6,11 @@ Across replicas, the leader of a key also takes a short Redis lock (``SET NX PX 
 replica that loses the lock polls the cache for the winner's result (every `poll_ms`, at most
 `lock_ms`) and computes the key itself when the lock vanishes without a result or the time is up.
 
+Round trips per batch of misses: one to look the keys up in Redis and lock the ones that are not
+there (one Lua script, `_CLAIM`: a key is locked only when it is absent, atomically), and one after
+the backend answered, off the callers' path, that stores the results and releases the locks (one
+pipeline: the SETs run before the release, so a lock loser never sees the lock gone before the value).
+
 The leader's work runs in its own task: a caller that is cancelled (client gone) neither cancels
 the computation nor the other requests waiting for it.
 """
@@ -15,9 +20,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from gateway.cache.control import CacheMode
 from gateway.cache.guard import RedisGuard
@@ -29,6 +37,24 @@ Compute = Callable[[list[int]], Awaitable[Sequence[T]]]
 """Given indices into the `keys` passed to `SingleFlight.run`, return one value per index, in order."""
 
 LOCK_PREFIX = "tritonstack:lock:"
+
+# Per key: its cached value when present, else 1 when we took its lock, 0 when another replica holds it.
+# KEYS: n cache keys, then their n lock keys; ARGV: token, lock ms.
+_CLAIM = """
+local n = #KEYS / 2
+local out = {}
+for i = 1, n do
+  local value = redis.call('get', KEYS[i])
+  if value then
+    out[i] = value
+  elseif redis.call('set', KEYS[n + i], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
 
 # Delete each lock only if it still holds our token (a lock that expired and was re-taken by
 # another replica is not ours to release).
@@ -52,6 +78,18 @@ class ResultStore(Protocol[T]):
 
     async def put_remote(self, keys: Sequence[str], items: Sequence[T]) -> None: ...
 
+    def load_remote(self, keys: Sequence[str], raw: Sequence[bytes | None]) -> list[T | None]: ...
+
+    def queue_remote(self, pipe: Pipeline, keys: Sequence[str], items: Sequence[T]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched(Generic[T]):
+    """What `SingleFlight.get` found: one value per key, and how many keys the cache answered."""
+
+    values: list[T]
+    cached: int
+
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     """Mark a future's exception as retrieved (no "never retrieved" log when nobody waited)."""
@@ -65,8 +103,8 @@ class SingleFlight(Generic[T]):
     `store` publishes results (L1 synchronously before waiters wake, then Redis) when the request's
     cache mode allows storing; `redis` (only together with `store`, where lock losers look for the
     winner's result) enables the cross-replica lock, in DEFAULT mode only since REFRESH and BYPASS
-    requests must not be answered from the cache. Both are optional. The lock costs one Redis round
-    trip per batch of misses: leave `redis` out when only one gateway process runs.
+    requests must not be answered from the cache. Both are optional. With `redis`, the Redis lookup and
+    the lock share one round trip per batch of misses, and storing shares one with the unlock.
     """
 
     def __init__(
@@ -86,6 +124,7 @@ class SingleFlight(Generic[T]):
         self.guard = guard or RedisGuard(timeout_ms=timeout_ms, on_error=self.hooks.redis_error)
         self.lock_ms = int(lock_ms)
         self.poll_s = poll_ms / 1000.0
+        self.claim_script = self.redis.register_script(_CLAIM) if self.redis is not None else None
         self._release = self.redis.register_script(_RELEASE) if self.redis is not None else None
         self._inflight: dict[str, asyncio.Future[T]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -102,8 +141,14 @@ class SingleFlight(Generic[T]):
         `compute` receives indices into `keys` (the first occurrence of each key this call leads)
         and may be called more than once per run, with disjoint non-empty index lists. If a
         computation raises, every caller waiting for one of its keys gets that exception, and the
-        keys are released so the next request retries.
+        keys are released so the next request retries. In DEFAULT mode the keys this call leads are
+        first looked up in the store (L1, then Redis), so only what is cached nowhere is computed.
         """
+        return (await self.get(keys, compute, mode=mode)).values
+
+    async def get(self, keys: Sequence[str], compute: Compute[T], *, mode: CacheMode = CacheMode.DEFAULT
+                  ) -> Fetched[T]:
+        """`run`, also counting the keys (positions in `keys`) that the cache answered."""
         waits: dict[str, asyncio.Future[T]] = {}
         ready: dict[str, T] = {}
         led_keys: list[str] = []
@@ -124,12 +169,15 @@ class SingleFlight(Generic[T]):
                 led_idx.append(i)
         if joined:
             self.hooks.coalesced(joined)
-        if led_keys:
-            self._spawn(_Leader(self, led_keys, led_idx, compute, mode).run())
+        leader = _Leader(self, led_keys, led_idx, compute, mode) if led_keys else None
+        if leader is not None:
+            self._spawn(leader.run())
         pending = [fut for fut in waits.values() if not fut.done()]
         if pending:
             await asyncio.wait(pending)  # never cancels the shared futures, even if we are cancelled
-        return [ready[key] if key in ready else waits[key].result() for key in keys]
+        cached = ready.keys() | (leader.cached if leader is not None else set())
+        values = [ready[key] if key in ready else waits[key].result() for key in keys]
+        return Fetched(values, sum(1 for key in keys if key in cached))
 
     async def wait_idle(self) -> None:
         """Wait until every leader task (including background publishing) has finished."""
@@ -156,6 +204,19 @@ class SingleFlight(Generic[T]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @property
+    def release_sha(self) -> str:
+        """SHA1 of the lock-release script (for EVALSHA inside a pipeline)."""
+        assert self._release is not None
+        return self._release.sha
+
+    async def release(self, keys: Sequence[str], token: str) -> None:
+        """Release the locks of `keys` still holding `token` (loads the script if Redis lost it)."""
+        script = self._release
+        if script is not None:
+            lock_keys = [LOCK_PREFIX + key for key in keys]
+            await self.guard.call("unlock", lambda: script(keys=lock_keys, args=[token]), None)
+
     def distributed(self, mode: CacheMode) -> bool:
         """Whether runs in `mode` take the cross-replica lock."""
         return self.redis is not None and mode is CacheMode.DEFAULT
@@ -173,11 +234,12 @@ class _Leader(Generic[T]):
         self.compute_fn = compute
         self.mode = mode
         self.token = uuid.uuid4().hex
+        self.cached: set[str] = set()  # keys answered by the cache lookup (not computed, not waited for)
 
     async def run(self) -> None:
         everything = range(len(self.keys))
         try:
-            won, lost = await self._lock(list(everything))
+            won, lost = await self._claim(list(everything))
             await asyncio.gather(self._compute(won, locked=True), self._follow(lost))
         except asyncio.CancelledError as exc:
             self._fail(everything, exc)
@@ -200,46 +262,66 @@ class _Leader(Generic[T]):
             self._fail(positions, exc)
             self._forget(positions)
             if locked:
-                await self._unlock(positions)
+                await self._publish_remote(positions, [], locked=True)
             return
         await self._publish(positions, values, locked=locked)
 
     async def _publish(self, positions: list[int], values: list[T], *, locked: bool) -> None:
-        store, keys = self.flight.store, [self.keys[p] for p in positions]
+        store = self.flight.store
         if store is not None and self.mode.store:
-            store.put_local(keys, values)
+            store.put_local([self.keys[p] for p in positions], values)
         for p, value in zip(positions, values, strict=True):
             if not self.futures[p].done():
                 self.futures[p].set_result(value)
-        if store is not None and self.mode.store:
-            await store.put_remote(keys, values)  # before unlocking: lock losers poll for it
-        if locked:
-            await self._unlock(positions)
+        await self._publish_remote(positions, values, locked=locked)
         self._forget(positions)
+
+    async def _publish_remote(self, positions: list[int], values: list[T], *, locked: bool) -> None:
+        """Store `values` in Redis (when the mode stores) and release our locks, in one pipeline."""
+        flight, keys = self.flight, [self.keys[p] for p in positions]
+        store = flight.store if values and self.mode.store else None
+        redis = flight.redis if locked and flight.distributed(self.mode) else None
+        if redis is None:
+            if store is not None:
+                await store.put_remote(keys, values)
+            return
+        pipe = redis.pipeline(transaction=False)
+        if store is not None:
+            store.queue_remote(pipe, keys, values)  # before the release: lock losers poll for the value
+        pipe.evalsha(flight.release_sha, len(keys), *(LOCK_PREFIX + k for k in keys), self.token)
+        results = await flight.guard.call("publish", lambda: pipe.execute(raise_on_error=False), None)
+        if results is not None and isinstance(results[-1], NoScriptError):  # Redis lost its script cache
+            await flight.release(keys, self.token)
 
     # --- cross-replica lock ----------------------------------------------------------------
 
-    async def _lock(self, positions: list[int]) -> tuple[list[int], list[int]]:
-        """Split into (won, lost) lock positions; all won when not distributed or Redis fails."""
-        redis = self.flight.redis
-        if redis is None or not positions or not self.flight.distributed(self.mode):
-            return positions, []
-        pipe = redis.pipeline(transaction=False)
-        for p in positions:
-            pipe.set(LOCK_PREFIX + self.keys[p], self.token, nx=True, px=self.flight.lock_ms)
-        acquired = await self.flight.guard.call("lock", pipe.execute, None)
-        if acquired is None:
-            return positions, []
-        won = [p for p, ok in zip(positions, acquired, strict=True) if ok]
-        lost = [p for p, ok in zip(positions, acquired, strict=True) if not ok]
-        return won, lost
+    async def _claim(self, positions: list[int]) -> tuple[list[int], list[int]]:
+        """Resolve what the store already holds; split the rest into (won, lost) lock positions.
 
-    async def _unlock(self, positions: list[int]) -> None:
-        script = self.flight._release
-        if script is None or not self.flight.distributed(self.mode):
-            return
-        lock_keys = [LOCK_PREFIX + self.keys[p] for p in positions]
-        await self.flight.guard.call("unlock", lambda: script(keys=lock_keys, args=[self.token]), None)
+        Without the cross-replica lock (or when Redis fails) every uncached position is "won".
+        """
+        store = self.flight.store
+        if store is None or not self.mode.lookup:
+            return positions, []
+        keys = [self.keys[p] for p in positions]
+        if self.flight.distributed(self.mode):
+            found, won = await self._lookup_or_lock(store, keys)
+        else:
+            found, won = await store.get_keys(keys), [True] * len(keys)
+        self._resolve([(p, v) for p, v in zip(positions, found, strict=True) if v is not None], remote=False)
+        misses = [(p, w) for p, v, w in zip(positions, found, won, strict=True) if v is None]
+        return [p for p, w in misses if w], [p for p, w in misses if not w]
+
+    async def _lookup_or_lock(self, store: ResultStore[T], keys: list[str]) -> tuple[list[T | None], list[bool]]:
+        """One round trip: each key's cached value, else whether we took its lock."""
+        claim, lock_keys = self.flight.claim_script, [LOCK_PREFIX + key for key in keys]
+        assert claim is not None
+        args = [self.token, self.flight.lock_ms]
+        raw = await self.flight.guard.call("lock", lambda: claim(keys=keys + lock_keys, args=args), None)
+        if raw is None:
+            return [None] * len(keys), [True] * len(keys)
+        found = store.load_remote(keys, [value if isinstance(value, bytes) else None for value in raw])
+        return found, [value != 0 for value in raw]  # a malformed cached value: recompute it ourselves
 
     async def _locks_held(self, positions: list[int]) -> list[bool]:
         redis = self.flight.redis
@@ -264,20 +346,25 @@ class _Leader(Generic[T]):
             held = await self._locks_held(pending)  # before reading: a gone lock means published
             found = await store.get_keys([self.keys[p] for p in pending])
             hits = [(p, v) for p, v in zip(pending, found, strict=True) if v is not None]
-            self._resolve(hits)
+            self._resolve(hits, remote=True)
             orphaned += [p for p, v, h in zip(pending, found, held, strict=True) if v is None and not h]
             pending = [p for p, v, h in zip(pending, found, held, strict=True) if v is None and h]
         await self._compute(orphaned + pending, locked=False)
 
     # --- futures -------------------------------------------------------------------------
 
-    def _resolve(self, hits: list[tuple[int, T]]) -> None:
+    def _resolve(self, hits: list[tuple[int, T]], *, remote: bool) -> None:
+        """Wake the waiters of values found in the cache (`remote`: published by another replica's run)."""
+        if not hits:
+            return
+        if remote:
+            self.flight.hooks.remote_wait(len(hits))
+        else:
+            self.cached.update(self.keys[p] for p, _ in hits)
         for p, value in hits:
             if not self.futures[p].done():
                 self.futures[p].set_result(value)
-        if hits:
-            self.flight.hooks.remote_wait(len(hits))
-            self._forget([p for p, _ in hits])
+        self._forget([p for p, _ in hits])
 
     def _fail(self, positions: Iterable[int], exc: BaseException) -> None:
         for p in positions:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from gateway.cache.guard import RedisGuard
 from gateway.cache.hooks import CacheHooks
@@ -86,14 +87,22 @@ class EmbeddingCache:
         missing = [i for i, item in enumerate(found) if item is None]
         if not missing or self.redis is None:
             return found
-        redis = self.redis
-        raw = await self.guard.call("get", lambda: redis.mget([keys[i] for i in missing]), None)
-        for i, value in zip(missing, raw or (), strict=False):
-            item = CachedItem.unpack(value) if value is not None else None
-            if item is not None:
-                self.l1.set(keys[i], item)
+        redis, wanted = self.redis, [keys[i] for i in missing]
+        raw = await self.guard.call("get", lambda: redis.mget(wanted), None)
+        if raw is not None:
+            for i, item in zip(missing, self.load_remote(wanted, raw), strict=True):
                 found[i] = item
         return found
+
+    def load_remote(self, keys: Sequence[str], raw: Sequence[bytes | None]) -> list[CachedItem | None]:
+        """Decode values read from Redis (None or malformed → None), copying them into L1."""
+        items: list[CachedItem | None] = []
+        for key, value in zip(keys, raw, strict=True):
+            item = CachedItem.unpack(value) if isinstance(value, bytes) else None
+            if item is not None:
+                self.l1.set(key, item)
+            items.append(item)
+        return items
 
     def put_local(self, keys: Sequence[str], items: Sequence[CachedItem]) -> None:
         """Fill L1 only (synchronous)."""
@@ -105,9 +114,13 @@ class EmbeddingCache:
         if self.redis is None or not keys:
             return
         pipe = self.redis.pipeline(transaction=False)
+        self.queue_remote(pipe, keys, items)
+        await self.guard.call("set", pipe.execute, None)
+
+    def queue_remote(self, pipe: Pipeline, keys: Sequence[str], items: Sequence[CachedItem]) -> None:
+        """Add the Redis writes of `put_remote` to `pipe` (a caller's pipeline, e.g. with an unlock)."""
         for key, item in zip(keys, items, strict=True):
             pipe.set(key, item.pack(), ex=self.ttl_s)
-        await self.guard.call("set", pipe.execute, None)
 
     async def set_keys(self, keys: Sequence[str], items: Sequence[CachedItem]) -> None:
         """Fill L1, then Redis."""

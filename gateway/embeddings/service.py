@@ -149,24 +149,28 @@ class EmbeddingService:
             m.child(m.backend_latency, model).observe(result.backend_s)
 
     async def _vectors(self, info: ModelInfo, texts: Sequence[str], mode: CacheMode) -> _Vectors:
+        """L1 hits at once; the rest through single-flight, which looks them up in Redis (taking the
+        cross-replica lock in the same round trip) and computes only what is cached nowhere."""
         keys = EmbeddingCache.keys(info.name, info.version, CACHE_PARAMS, texts)
         found: list[CachedItem | None] = (
-            await self.cache.get_keys(keys) if self.cache is not None and mode.lookup else [None] * len(texts)
+            self.cache.peek_keys(keys) if self.cache is not None and mode.lookup else [None] * len(texts)
         )
         missing = [i for i, item in enumerate(found) if item is None]
-        backend_s: float | None = None
+        hits, backend_s = len(texts) - len(missing), None
         if missing:
             started = time.perf_counter()
-            computed = await self.flights.run(
+            fetched = await self.flights.get(
                 [keys[i] for i in missing], self._computer(info, [texts[i] for i in missing]), mode=mode
             )
-            backend_s = time.perf_counter() - started
-            for i, item in zip(missing, computed, strict=True):
+            if fetched.cached < len(missing):
+                backend_s = time.perf_counter() - started
+            hits += fetched.cached
+            for i, item in zip(missing, fetched.values, strict=True):
                 found[i] = item
         items: list[CachedItem] = found  # type: ignore[assignment]
         matrix = np.frombuffer(b"".join(item.vector for item in items), dtype="<f4").reshape(len(items), -1)
         tokens = sum(item.tokens for item in items)
-        return _Vectors(matrix, tokens, len(texts) - len(missing), backend_s)
+        return _Vectors(matrix, tokens, hits, backend_s)
 
     def _computer(
         self, info: ModelInfo, texts: Sequence[str]
