@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
@@ -26,13 +25,14 @@ from gateway.chat.router import router as chat_router
 from gateway.chat.service import ChatService
 from gateway.config import GatewaySettings
 from gateway.deps import GatewayState
+from gateway.embeddings.router import route as embeddings_route
 from gateway.embeddings.router import router as embeddings_router
 from gateway.embeddings.service import EmbeddingPolicy, EmbeddingService
 from gateway.errors import install_error_handlers
 from gateway.jobs_api.router import router as jobs_router
 from gateway.jobs_api.service import JobPolicy, JobsMetrics, JobsService
 from gateway.kserve.router import router as kserve_router
-from gateway.kserve.service import KServeProxy
+from gateway.kserve.service import KServeProxy, triton_http_session
 from gateway.limiting import TokenLedger, build_limiter
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import RequestContextMiddleware
@@ -58,13 +58,6 @@ def _redis(settings: GatewaySettings) -> aioredis.Redis:
         decode_responses=False,
     )
     return aioredis.Redis.from_pool(pool)
-
-
-def _http(settings: GatewaySettings) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=settings.passthrough_max_connections,
-                          max_keepalive_connections=settings.passthrough_max_connections)
-    return httpx.AsyncClient(base_url=f"http://{settings.triton_http_url}", limits=limits,
-                             timeout=httpx.Timeout(settings.backend_timeout_s, connect=2.0))
 
 
 def _cache(settings: GatewaySettings, redis: aioredis.Redis, metrics: GatewayMetrics
@@ -115,7 +108,8 @@ def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewaySt
         redis=redis,
         embeddings=embeddings,
         models=ModelService(backend, started_at=int(time.time())),
-        kserve=KServeProxy(_http(settings)),
+        kserve=KServeProxy(triton_http_session(settings.passthrough_max_connections, settings.backend_timeout_s),
+                           settings.triton_http_url),
         cache=cache,
         limiter=limiter,
         chat=chat,
@@ -130,7 +124,7 @@ async def close_state(state: GatewayState) -> None:
         await state.jobs.aclose()
     if state.chat is not None:
         await state.chat.aclose()
-    await state.kserve.client.aclose()
+    await state.kserve.aclose()
     await state.backend.close()
     if state.limiter is not None:
         await state.limiter.aclose()
@@ -157,6 +151,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(title="tritonstack gateway", version="0.1.0", lifespan=lifespan,
                   default_response_class=OrjsonResponse)
     install_error_handlers(app)
+    app.router.routes.append(embeddings_route)  # the hot route, ahead of the routers (see gateway.embeddings.router)
     for router in (embeddings_router, chat_router, models_router, kserve_router, ops_router, admin, chat_admin,
                    jobs_router):
         app.include_router(router)

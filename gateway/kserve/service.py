@@ -3,7 +3,11 @@
 The request body and the headers that define it (`Content-Type`, `Inference-Header-Content-Length`,
 `Content-Encoding`, `Accept-Encoding`) are forwarded as they are, so JSON and the binary tensor extension both
 work; Triton's response (status, the same headers, raw possibly-compressed bytes) is streamed back. Caller
-credentials are not forwarded. No FastAPI here.
+credentials are not forwarded, and nothing is added: Triton compresses a response only when the caller asked
+for it. No FastAPI here.
+
+The client is one `aiohttp.ClientSession` created by the lifespan (`triton_http_session`): measured on this
+machine it costs about half the client CPU per request of httpx, whose pool scans every connection per request.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from gateway.backends.base import valid_model_name
 from gateway.errors import BackendTimeoutError, BackendUnavailableError, NotFoundError
@@ -22,6 +26,7 @@ FORWARD_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "c
                            "accept-encoding")
 FORWARD_RESPONSE_HEADERS = ("content-type", "inference-header-content-length", "content-encoding",
                             "content-length")
+_NO_DEFAULT_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
 _VERSION = re.compile(r"^[0-9]{1,19}$")
 
 
@@ -45,33 +50,51 @@ class ProxiedResponse:
     status: int
     headers: dict[str, str]
     body: AsyncIterator[bytes]
-    upstream: httpx.Response
+    upstream: aiohttp.ClientResponse
     elapsed_s: float
 
     async def aclose(self) -> None:
-        """Release the upstream connection."""
-        await self.upstream.aclose()
+        """Release the upstream connection (back to the pool once the body was read)."""
+        self.upstream.release()
+
+
+def triton_http_session(max_connections: int, timeout_s: float) -> aiohttp.ClientSession:
+    """The passthrough's session: raw bodies (no decompression), no default headers, per-read timeouts.
+
+    Must be created inside the running event loop (the lifespan).
+    """
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0, sock_read=timeout_s),
+        auto_decompress=False,
+        skip_auto_headers=_NO_DEFAULT_HEADERS,
+        trust_env=False,
+    )
 
 
 class KServeProxy:
-    """Forwards KServe v2 requests to one Triton HTTP endpoint."""
+    """Forwards KServe v2 requests to one Triton HTTP endpoint (`host:port`)."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
+    def __init__(self, session: aiohttp.ClientSession, address: str) -> None:
+        self.session = session
+        self.base_url = f"http://{address}"
 
     async def forward(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes | None = None
     ) -> ProxiedResponse:
         """Send one request upstream; BackendUnavailable/BackendTimeout when Triton does not answer."""
         sent = {k: v for k in FORWARD_REQUEST_HEADERS if (v := headers.get(k)) is not None}
-        request = self.client.build_request(method, path, headers=sent, content=body)
         started = time.perf_counter()
         try:
-            upstream = await self.client.send(request, stream=True)
-        except httpx.TimeoutException:
+            upstream = await self.session.request(method, self.base_url + path, headers=sent, data=body)
+        except TimeoutError:
             raise BackendTimeoutError("The inference server did not answer in time") from None
-        except httpx.HTTPError:
+        except aiohttp.ClientError:
             raise BackendUnavailableError("The inference server is unavailable") from None
         kept = {k: v for k in FORWARD_RESPONSE_HEADERS if (v := upstream.headers.get(k)) is not None}
         elapsed = time.perf_counter() - started  # until Triton's headers: the backend's share
-        return ProxiedResponse(upstream.status_code, kept, upstream.aiter_raw(), upstream, elapsed)
+        return ProxiedResponse(upstream.status, kept, upstream.content.iter_any(), upstream, elapsed)
+
+    async def aclose(self) -> None:
+        """Close the session and its connections."""
+        await self.session.close()
