@@ -6,6 +6,8 @@ Triton's own output (gRPC, direct) is the reference.
 
 from __future__ import annotations
 
+import http.client
+import json
 import uuid
 
 import httpx
@@ -158,6 +160,26 @@ def test_tritonclient_http_through_gateway(
         assert versioned.get_response()["model_version"] == "1"
     finally:
         client.close()
+
+
+def test_v2_passthrough_compresses_only_when_asked(gateway: RunningGateway, gateway_keys: GatewayKeys) -> None:
+    body = {"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": _fresh(["compressed?"])}]}
+    url = f"{gateway.url}/v2/models/{MODEL}/infer"
+    auth = {"Authorization": f"Bearer {gateway_keys.user}"}
+    connection = http.client.HTTPConnection(gateway.address, timeout=30)  # sends no Accept-Encoding at all
+    connection.putrequest("POST", f"/v2/models/{MODEL}/infer", skip_accept_encoding=True)
+    raw = json.dumps(body).encode()
+    for name, value in {**auth, "content-type": "application/json", "content-length": str(len(raw))}.items():
+        connection.putheader(name, value)
+    connection.endheaders(raw)
+    plain = connection.getresponse()
+    assert plain.status == 200 and plain.getheader("content-encoding") is None
+    data = json.loads(plain.read())["outputs"][0]["data"]
+    connection.close()
+    assert len(data) == 384
+    gzipped = httpx.post(url, json=body, headers={**auth, "accept-encoding": "gzip"})
+    assert gzipped.headers["content-encoding"] == "gzip"  # Triton's own compressed bytes, passed through
+    assert gzipped.json()["outputs"][0]["data"] == data
 
 
 def test_v2_requires_key_and_validates_names(gateway: RunningGateway, gateway_keys: GatewayKeys) -> None:

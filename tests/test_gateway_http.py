@@ -128,6 +128,11 @@ def test_unknown_route_and_method(no_triton: RunningGateway, gateway_keys: Gatew
     _assert_envelope(httpx.get(f"{no_triton.url}/v1/embeddings", headers=_auth(gateway_keys.user)), 405)
 
 
+def test_openapi_documents_the_embeddings_route(no_triton: RunningGateway) -> None:
+    operation = httpx.get(f"{no_triton.url}/openapi.json").json()["paths"]["/v1/embeddings"]["post"]
+    assert "input" in operation["requestBody"]["content"]["application/json"]["schema"]["properties"]
+
+
 def test_oversize_body_is_413(no_triton: RunningGateway, gateway_keys: GatewayKeys) -> None:
     big = {"model": "minilm", "input": ["x" * 1000] * 100}  # ≈ 100 kB > 64 kB limit
     resp = httpx.post(f"{no_triton.url}/v1/embeddings", json=big, headers=_auth(gateway_keys.user))

@@ -1,7 +1,9 @@
-"""RateLimiter against a real redis-server: budgets, headers, token debits, overrides, Redis down."""
+"""RateLimiter against a real redis-server: budgets, headers, token debits, overrides, Redis down, parity with the
+`limits` library's sliding window, grouped checks."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from limits import RateLimitItemPerMinute
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from deploy.local.process import free_port
 from gateway.ratelimit import (
@@ -20,7 +24,9 @@ from gateway.ratelimit import (
     format_seconds,
     retry_after,
 )
-from tests.redis_helpers import Counter, own_redis, unique
+from gateway.ratelimit.batch import GroupCommit
+from gateway.ratelimit.window import window_keys
+from tests.redis_helpers import Counter, own_redis, unique, wait_until
 
 
 @pytest.fixture
@@ -175,3 +181,75 @@ def test_formats_and_validation() -> None:
         with pytest.raises(ValueError):
             Limits(requests_per_min=bad)  # type: ignore[arg-type]
     assert RateLimitDecision(allowed=True).message == ""
+
+
+async def test_one_script_call_matches_the_librarys_sliding_window(limiter_factory, redis_server) -> None:
+    """Windows written as the library writes them (a weighted previous one, a current one, one due to shift) are
+    read and counted exactly as `limits`' own strategy reads them."""
+    limits = Limits(requests_per_min=100, tokens_per_min=1000)
+    limiter, who = limiter_factory(limits), unique("id")
+    req, tok = RateLimitItemPerMinute(100, namespace="requests"), RateLimitItemPerMinute(1000, namespace="tokens")
+    (req_prev, req_cur), (tok_prev, tok_cur) = (window_keys(limiter.storage, i, who) for i in (req, tok))
+    client = aioredis.from_url(redis_server.url)
+    # requests: previous window 40 hits with 31.2 s left (weight 0.52), current 10 hits
+    await client.set(req_prev, 40, px=31_200)
+    await client.set(req_cur, 10, px=100_000)
+    # tokens: the current window is older than one period, so both readers shift it into the previous slot
+    await client.set(tok_cur, 300, px=49_500)
+    library = SlidingWindowCounterRateLimiter(limiter.storage)
+    before = await library.get_window_stats(req, who)
+    tokens_before = await library.get_window_stats(tok, who)
+    decision = await limiter.check(who, cost_tokens_estimate=5)
+    assert decision.allowed
+    assert before.remaining == 100 - (20 + 10) and decision.remaining_requests == before.remaining - 1
+    assert decision.remaining_tokens == tokens_before.remaining == 1000 - 247
+    assert (await library.get_window_stats(req, who)).remaining == before.remaining - 1  # our hit, as it sees it
+    assert await client.pttl(tok_prev) > 0
+    await client.aclose()
+
+
+async def test_concurrent_checks_share_calls_and_count_exactly(limiter_factory, redis_server) -> None:
+    limiter, who = limiter_factory(Limits(requests_per_min=5)), unique("id")
+    await limiter.check(unique("warm"))  # the script is loaded
+    client = aioredis.from_url(redis_server.url)
+    calls_before = await evalsha_calls(client)
+    decisions = await asyncio.gather(*(limiter.check(who) for _ in range(20)))
+    calls = await evalsha_calls(client) - calls_before
+    await client.aclose()
+    assert sorted(d.remaining_requests for d in decisions if d.allowed) == [0, 1, 2, 3, 4]
+    assert [d.reason for d in decisions if not d.allowed] == ["requests"] * 15
+    assert 1 <= calls < 20  # grouped: the checks made while a call was in flight went in one call
+
+
+async def evalsha_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_group_commit_batches_while_a_call_is_in_flight() -> None:
+    gate, batches = asyncio.Event(), []
+
+    async def flush(items: list[int]) -> list[int]:
+        batches.append(items)
+        await gate.wait()
+        return [i * 10 for i in items]
+
+    group = GroupCommit(flush)
+    first = asyncio.ensure_future(group.submit(1))
+    await wait_until(lambda: len(batches) == 1)
+    rest = [asyncio.ensure_future(group.submit(i)) for i in (2, 3, 4)]
+    await asyncio.sleep(0)  # all three are queued behind the call in flight
+    rest[1].cancel()  # a caller that goes away does not disturb its batch
+    gate.set()
+    assert await first == 10
+    assert [await rest[0], await rest[2]] == [20, 40]
+    assert batches == [[1], [2, 3, 4]]
+
+
+async def test_group_commit_failure_reaches_the_whole_batch() -> None:
+    async def flush(items: list[int]) -> list[int]:
+        raise ValueError("boom")
+
+    group = GroupCommit(flush)
+    outcomes = await asyncio.gather(*(group.submit(i) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(o, ValueError) for o in outcomes)

@@ -206,3 +206,70 @@ async def test_unreachable_redis_degrades_to_in_process_coalescing() -> None:
     assert await asyncio.gather(*tasks) == [[value_for("k")]] * 3
     assert errors.calls == ["lock"]  # then the breaker skips Redis (no publish/unlock attempts)
     await dead.aclose()
+
+
+class RoundTrips:
+    """Counts client round trips to Redis (each command, pipeline or script call takes one pool connection)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.count = 0
+        pool = client.connection_pool
+        original = pool.get_connection
+
+        async def counting(*args: object, **kwargs: object):
+            self.count += 1
+            return await original(*args, **kwargs)
+
+        pool.get_connection = counting  # type: ignore[method-assign]
+
+
+async def test_redis_hits_are_served_by_the_lookup_and_counted_as_cached(redis_client: aioredis.Redis) -> None:
+    writer_cache, writer = replica(redis_client)
+    reader_cache, reader = replica(redis_client)
+    cached_key, new_key = writer_cache.keys(unique("l2"), "1", None, ["cached", "new"])
+    backend = Backend()
+    backend.gate.set()
+    await writer.run([cached_key], backend.compute_for([cached_key]))
+    await writer.wait_idle()
+
+    fetched = await reader.get([cached_key, new_key, cached_key], backend.compute_for([cached_key, new_key]))
+    assert fetched.values == [value_for(cached_key), value_for(new_key), value_for(cached_key)]
+    assert fetched.cached == 2  # positions answered by the cache (Redis here: the reader's L1 was empty)
+    assert backend.calls == [[cached_key], [new_key]]
+    assert reader_cache.peek_keys([cached_key]) == [value_for(cached_key)]  # copied into L1
+    await reader.wait_idle()
+    assert await redis_client.exists(LOCK_PREFIX + cached_key, LOCK_PREFIX + new_key) == 0
+
+
+async def test_a_miss_costs_one_round_trip_before_and_one_after_the_backend(redis_client: aioredis.Redis) -> None:
+    trips = RoundTrips(redis_client)
+    cache, flight = replica(redis_client)
+    keys = cache.keys(unique("rt"), "1", None, ["a", "b", "c"])
+    backend = Backend()
+
+    task = backend.run(flight, keys)
+    await wait_until(lambda: len(backend.calls) == 1)
+    assert trips.count == 1  # lookup and lock of all three keys: one script call
+    backend.gate.set()
+    await task
+    await flight.wait_idle()
+    assert trips.count == 2  # stores and unlock: one pipeline
+    assert await redis_client.exists(*(LOCK_PREFIX + k for k in keys)) == 0
+    other, _ = replica(redis_client)
+    assert await other.get_keys(keys) == [value_for(k) for k in keys]
+
+
+async def test_locks_are_released_after_redis_lost_its_scripts(redis_client: aioredis.Redis) -> None:
+    errors = Counter()
+    cache, flight = replica(redis_client, hooks=CacheHooks(redis_error=errors))
+    first, second = cache.keys(unique("noscript"), "1", None, ["first", "second"])
+    backend = Backend()
+    backend.gate.set()
+    await flight.run([first], backend.compute_for([first]))
+    await flight.wait_idle()
+    await redis_client.script_flush()  # e.g. a Redis restart: the scripts' SHAs are unknown again
+    assert await flight.run([second], backend.compute_for([second])) == [value_for(second)]
+    await flight.wait_idle()
+    assert await redis_client.exists(LOCK_PREFIX + second) == 0
+    assert await redis_client.get(second) is not None
+    assert errors.calls == []
