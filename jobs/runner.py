@@ -131,6 +131,8 @@ async def run_job(rt: Runtime, job_id: str, job_try: int, planner: Planner) -> d
     """Run (or resume) job `job_id`; the dict is arq's result (logged, kept `keep_result_s`)."""
     lease = _Lease(rt, job_id)
     status, first = await rt.store.start(job_id, lease.token, rt.config.lease_ms)
+    if status == "leased":  # a worker that is shutting down still holds it: come back once its lease is gone
+        raise Retry(defer=rt.config.lease_s)
     if status != JobStatus.RUNNING.value:
         return {"skipped": status}
     record = await rt.store.get(job_id)

@@ -169,18 +169,18 @@ def test_sigkilled_worker_job_completes_on_another_worker_each_item_once(
     gw = jobs_gateway(triton_server, redis_server, gateway_keys, queue)
     try:
         headers = auth(gateway_keys)
-        job = submit(gw, headers, embeddings_job(sentences(2000, uuid.uuid4().hex[:8]))).json()
+        job = submit(gw, headers, embeddings_job(sentences(1000, uuid.uuid4().hex[:8]))).json()
         job, _ = wait_job(gw, headers, job["id"], lambda j: j["progress"]["done"] > 0)
         first.process.signal(signal.SIGKILL)
         killed_at = job["progress"]["done"]
-        assert killed_at < 2000, "the job finished before the worker could be killed"
+        assert killed_at < 1000, "the job finished before the worker could be killed"
 
         second = worker_factory(queue)
         job, seen = wait_job(gw, headers, job["id"], finished)
         assert job["status"] == "succeeded", job
         assert seen == sorted(seen) and job["attempts"] >= 2
-        assert job["progress"] == {"done": 2000, "total": 2000, "failed": 0}
-        assert_each_once(result_lines(gw, headers, job["id"]), 2000)
+        assert job["progress"] == {"done": 1000, "total": 1000, "failed": 0}
+        assert_each_once(result_lines(gw, headers, job["id"]), 1000)
         text = second.metrics()
         assert 'tritonstack_jobs_orphans_reaped_total{action="requeued"} 1.0' in text, text
     finally:
@@ -189,13 +189,13 @@ def test_sigkilled_worker_job_completes_on_another_worker_each_item_once(
 
 def test_cancel_stops_a_running_job_and_keeps_partial_results(jobs_stack: JobsStack) -> None:
     gw, headers = jobs_stack.gateway, jobs_stack.headers()
-    job = submit(gw, headers, embeddings_job(sentences(2000, uuid.uuid4().hex[:8]))).json()
+    job = submit(gw, headers, embeddings_job(sentences(1000, uuid.uuid4().hex[:8]))).json()
     wait_job(gw, headers, job["id"], lambda j: j["progress"]["done"] > 0)
     response = httpx.delete(f"{gw.url}/v1/jobs/{job['id']}", headers=headers)
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
 
     job, _ = wait_job(gw, headers, job["id"], finished)  # the worker acknowledged between two batches
-    assert job["status"] == "cancelled" and 0 < job["progress"]["done"] < 2000
+    assert job["status"] == "cancelled" and 0 < job["progress"]["done"] < 1000
     lines = result_lines(gw, headers, job["id"])
     assert len(lines) == job["progress"]["done"]
     assert_each_once(lines)
