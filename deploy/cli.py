@@ -150,6 +150,25 @@ def bench_jobs(
     typer.echo(bench.run(repository, items, rounds, None if str(output) == "-" else output, command))
 
 
+@bench_app.command("llm")
+def bench_llm(
+    repository: Path = typer.Option(Path("model_repository"), help="Repository with smollm2 (exported if missing)."),
+    max_tokens: int = typer.Option(128, help="New tokens per request."),
+    streams: int = typer.Option(8, help="Concurrent streams for the aggregate measurement."),
+    rounds: int = typer.Option(3, help="Repeats of each Triton measurement (medians are reported)."),
+    output: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update."),
+) -> None:
+    """transformers generate vs the Triton SmolLM2 model: tokens/s single stream, TTFT, N concurrent streams."""
+    import shlex
+
+    from loadtest.bench import llm as bench
+
+    command = "tritonstack bench llm " + shlex.join(
+        [f"--max-tokens={max_tokens}", f"--streams={streams}", f"--rounds={rounds}"]
+    )
+    typer.echo(bench.run(repository, max_tokens, streams, rounds, output, command))
+
+
 # the gateway contributes its own command (gateway/cli.py imports nothing heavy at module level)
 from gateway.cli import gateway as _gateway_command  # noqa: E402
 

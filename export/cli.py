@@ -260,6 +260,13 @@ def smollm2(
     target: Annotated[Target, typer.Option(help="cpu: python backend + ONNX Runtime (the only target so far).")] = (
         Target.cpu
     ),
+    weights: Annotated[
+        str,
+        typer.Option(
+            help="fp32 (dequantised), or packed: the GGUF's own 4-bit blocks as ONNX Runtime MatMulNBits "
+            "(lossless, fp32 compute; same parity gate)."
+        ),
+    ] = "fp32",
     max_batch_rows: Annotated[
         int, typer.Option("--max-batch-rows", min=1, help="Requests generated together (running + waiting).")
     ] = 8,
@@ -298,6 +305,7 @@ def smollm2(
         name=name,
         target=target.value,
         serving=serving,
+        weights=weights,
         atol=atol,
         max_new_tokens=parity_tokens,
         version=version,

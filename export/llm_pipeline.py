@@ -1,4 +1,5 @@
-"""`tritonstack export smollm2`: GGUF → fp32 ONNX decoder with KV cache → generation parity → new version.
+"""`tritonstack export smollm2`: GGUF → ONNX decoder with KV cache (fp32, or the GGUF's 4-bit blocks repacked)
+→ generation parity → new version.
 
 Same contract as the other pipelines (`export.pipeline`): options are validated and the version resolved before
 any slow step, artifacts are built in a temporary directory, and the repository is written only after every
@@ -15,6 +16,7 @@ from export.config import ConfigError, parse_version_policy
 from export.errors import OptionError
 from export.llm_specs import GenerationServing, text_generation_cpu
 from export.pipeline import ExportResult, Quiet, Reporter, _skip_if_present, _timed
+from export.repack import repack
 from export.repository import resolve_version, write_version
 
 
@@ -26,6 +28,7 @@ class Smollm2Request:
     name: str = "smollm2"
     target: str = "cpu"
     serving: GenerationServing = field(default_factory=GenerationServing)
+    weights: str = "fp32"  # fp32 | packed (the GGUF's 4-bit blocks as MatMulNBits, see export.repack)
     atol: float = 1e-2
     max_new_tokens: int = 24
     version: int | None = None
@@ -52,6 +55,8 @@ def validate_smollm2(req: Smollm2Request) -> None:
             f"--max-kv-tokens ({s.max_kv_tokens}) must be at least --max-context ({s.max_context}), "
             "or a request using the full context could never be admitted"
         )
+    if req.weights not in ("fp32", "packed"):
+        raise OptionError(f"--weights {req.weights!r}: expected fp32 or packed")
     if req.atol <= 0 or req.max_new_tokens < 1:
         raise OptionError("--atol must be > 0 and --parity-tokens >= 1")
 
@@ -77,18 +82,25 @@ def export_smollm2(req: Smollm2Request, reporter: Reporter | None = None) -> Exp
         with _timed(reporter, result, "export ONNX decoder with KV cache (torch.onnx, opset 17)"):
             smollm2.export_onnx(model, onnx_path)
             assets = smollm2.write_assets(model, tokenizer, Path(work) / "assets")
+        if req.weights == "packed":
+            with _timed(reporter, result, "repack GGUF 4-bit blocks as MatMulNBits (lossless)"):
+                packed = Path(work) / "model.packed.onnx"
+                reporter.note(repack(onnx_path, packed).describe())
+                onnx_path.unlink()
+                onnx_path = packed
         with _timed(reporter, result, "parity: greedy ONNX vs transformers generate"):
             info = ModelInfo.load(assets["generation.json"])
             decoder = Decoder(onnx_path, info)
             served = PromptBuilder(assets["tokenizer.json"], assets["chat_template.jinja"],
                                    tokenizer.bos_token or "", tokenizer.eos_token or "")
+            label = f"{req.weights} ONNX decoder with KV cache"
             report = generation_parity.check(model, tokenizer, decoder, served, atol=req.atol,
-                                             max_new_tokens=req.max_new_tokens)
+                                             max_new_tokens=req.max_new_tokens, label=label)
             del decoder
         result.reports.append(report)  # type: ignore[arg-type]
         reporter.note(report.describe())
         generation_parity.enforce(report)
-        files = text_generation_cpu(req.name, onnx_path, assets, req.serving)
+        files = text_generation_cpu(req.name, onnx_path, assets, req.serving, req.weights)
         with _timed(reporter, result, f"write version {version} to {req.repository}"):
             result.paths = write_version(req.repository, [files], version, force=req.force)
     return result

@@ -47,7 +47,8 @@ class GenerationServing:
     version_policy: str = "latest:1"
 
 
-def text_generation_cpu(name: str, onnx_file: Path, assets: dict[str, Path], opts: GenerationServing) -> ModelFiles:
+def text_generation_cpu(name: str, onnx_file: Path, assets: dict[str, Path], opts: GenerationServing,
+                        weights: str = "fp32") -> ModelFiles:
     """The decoupled generation model: model.py + its helper modules + ONNX decoder + tokenizer assets."""
     spec = ModelSpec(
         name=name,
@@ -70,6 +71,7 @@ def text_generation_cpu(name: str, onnx_file: Path, assets: dict[str, Path], opt
             "max_context": str(opts.max_context),
             "intra_op_num_threads": str(opts.intra_op_threads),
             "inter_op_num_threads": str(opts.inter_op_threads),
+            "weights": weights,  # informational: fp32 or packed (export.repack)
         },
     )
     files = {"model.py": TRITON_PYTHON / "generation.py", "model.onnx": onnx_file, **assets}

@@ -1,0 +1,191 @@
+"""Fast checks of the generation pieces without a server or the real model: streamed detokenisation with stop
+strings, sampling, the left-padded KV batch, the scheduler's capacity rules, lossless 4-bit repacking, parity gates."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.errors import OptionError, ParityError
+from export.generation_parity import GenerationParity, enforce
+from export.llm_pipeline import Smollm2Request, validate_smollm2
+from export.llm_specs import GenerationServing
+from export.triton_python.llm_engine import KVBatch
+from export.triton_python.llm_text import SamplingParams, TextStream, sample
+
+TRITON_PYTHON = Path(__file__).parents[1] / "export" / "triton_python"
+
+
+class Pieces:
+    """A stand-in tokenizer: token id i decodes to PIECES[i]."""
+
+    PIECES = ("The", " capital", " is", " Par", "is", ".")
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(self.PIECES[i] for i in ids)
+
+
+def test_text_stream_holds_back_a_possible_stop_and_cuts_before_it() -> None:
+    stream = TextStream(Pieces(), ("Paris",))
+    assert [stream.push(i) for i in (0, 1, 2)] == [("The", False), (" capital", False), (" is", False)]
+    assert stream.push(3) == (" ", False)  # "Par" may start "Paris": held back
+    assert stream.push(4) == ("", True)  # "Paris" reached: the text ends before it
+    plain = TextStream(Pieces(), ("zzz",))
+    assert "".join(plain.push(i)[0] for i in (0, 3, 4, 5)) + plain.flush() == "The Paris."
+
+
+def test_sampling_greedy_nucleus_and_seed() -> None:
+    logits = np.log(np.array([0.1, 0.6, 0.3], dtype=np.float32))
+    greedy = SamplingParams(max_tokens=4, temperature=0.0, top_p=1.0, seed=None)
+    assert sample(logits, greedy, np.random.default_rng()) == 1
+    nucleus = SamplingParams(max_tokens=4, temperature=1.0, top_p=0.5, seed=1)
+    assert {sample(logits, nucleus, np.random.default_rng(s)) for s in range(20)} == {1}
+    free = SamplingParams(max_tokens=4, temperature=1.0, top_p=1.0, seed=3)
+    rngs = (np.random.default_rng(3), np.random.default_rng(3))
+    draws = [[sample(logits, free, rng) for _ in range(30)] for rng in rngs]
+    assert draws[0] == draws[1] and len(set(draws[0])) > 1
+    with pytest.raises(ValueError):
+        SamplingParams(max_tokens=0, temperature=0.0, top_p=1.0, seed=None).validate()
+
+
+def _batch(lengths: list[int], layers: int = 2) -> KVBatch:
+    width = max(lengths)
+    mask = np.array([[0] * (width - n) + [1] * n for n in lengths], dtype=np.int64)
+    cache = [np.arange(len(lengths) * width, dtype=np.float32).reshape(len(lengths), 1, width, 1) * mask[:, None, :,
+             None] for _ in range(2 * layers)]
+    return KVBatch(mask, cache)
+
+
+def test_kv_batch_merges_left_padded_and_trims_when_rows_leave() -> None:
+    merged = _batch([2]).merged(_batch([5, 3]))
+    assert merged.mask.tolist() == [[0, 0, 0, 1, 1], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
+    assert all(t.shape == (3, 1, 5, 1) for t in merged.cache)
+    assert merged.cache[0][0, 0, :3, 0].tolist() == [0, 0, 0]  # padding carries no keys
+    kept = merged.selected([0, 2])  # the longest row left: two padding columns go
+    assert kept.mask.tolist() == [[0, 1, 1], [1, 1, 1]] and kept.cache[0].shape == (2, 1, 3, 1)
+
+
+class FakeDecoder:
+    """Logits that always pick token (last + 1); counts forward passes and their batch sizes."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def _logits(self, last: int) -> np.ndarray:
+        out = np.zeros(16, dtype=np.float32)
+        out[(last + 1) % 16] = 1.0
+        return out
+
+    def prefill(self, ids: list[int]):
+        self.batches.append(1)
+        return self._logits(ids[-1]), _batch([len(ids)])
+
+    def decode(self, last: list[int], batch: KVBatch):
+        self.batches.append(len(last))
+        grown = KVBatch(np.pad(batch.mask, ((0, 0), (0, 1)), constant_values=1),
+                        [np.pad(t, ((0, 0), (0, 0), (0, 1), (0, 0))) for t in batch.cache])
+        return np.stack([self._logits(t) for t in last]), grown
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self.finished: tuple[str, int] | None = None
+        self.error: str | None = None
+
+    def token(self, text: str, info) -> None:
+        self.tokens.append(text)
+
+    def finish(self, text: str, reason: str, info) -> None:
+        self.tokens.append(text)
+        self.finished = (reason, info.completion_tokens)
+
+    def fail(self, message: str) -> None:
+        self.error = message
+
+    def cancelled(self) -> bool:
+        return False
+
+
+@pytest.fixture
+def scheduling(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(TRITON_PYTHON))  # the served model imports its helpers as top-level modules
+    import llm_scheduler
+
+    yield llm_scheduler
+    for name in ("llm_scheduler", "llm_engine", "llm_text"):
+        sys.modules.pop(name, None)
+
+
+def test_scheduler_batches_rows_and_enforces_capacity(scheduling) -> None:
+    decoder = FakeDecoder()
+    limits = scheduling.Limits(max_batch_size=2, max_kv_tokens=40, max_context=20)
+    scheduler = scheduling.Scheduler(decoder, limits, eos_token_ids=(15,))
+
+    def sequence(prompt: list[int], max_tokens: int) -> tuple:
+        sink = Recorder()
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=None)
+        return scheduling.Sequence(prompt, params, sink, TextStream(Pieces(), ()), np.random.default_rng()), sink
+
+    first, a = sequence([0, 1], 4)
+    second, b = sequence([2], 3)
+    scheduler.submit(first)
+    scheduler.submit(second)
+    with pytest.raises(scheduling.OverloadedError):  # two in flight = max_batch_size
+        scheduler.submit(sequence([0], 1)[0])
+    scheduler.start()
+    deadline = time.monotonic() + 10
+    while (a.finished is None or b.finished is None) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    scheduler.stop()
+    assert a.finished == ("length", 4) and b.finished == ("length", 3)
+    assert "".join(a.tokens) == " is Paris." and "".join(b.tokens) == " Paris."
+    assert 2 in decoder.batches  # both rows decoded in the same forward passes
+    with pytest.raises(ValueError):  # prompt + max_tokens beyond the context
+        scheduler.submit(sequence([0] * 15, 10)[0])
+    big = scheduling.Scheduler(decoder, scheduling.Limits(max_batch_size=8, max_kv_tokens=30, max_context=20), ())
+    big.submit(sequence([0] * 10, 5)[0])
+    with pytest.raises(scheduling.OverloadedError):  # 2 rows × 16 slots at their longest > 30 slots
+        big.submit(sequence([0] * 10, 6)[0])
+
+
+def test_repacked_q4_blocks_multiply_like_fp32(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.repack import repack
+
+    rng = np.random.default_rng(0)
+    k, n = 64, 24
+    codes = rng.integers(0, 16, size=(n, k // 32, 32)).astype(np.float32)
+    codes[..., 0], codes[..., 1] = 0, 15  # Q4_1 maps each block's min to 0 and its max to 15
+    scale, low = rng.random((n, k // 32, 1)) * 0.05, -rng.random((n, k // 32, 1)) * 0.4
+    weight = (codes * scale + low).reshape(n, k).T.astype(np.float32)  # [K, N] of exact Q4_1 blocks
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, n])],
+        [numpy_helper.from_array(weight, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "fp32.onnx")
+    report = repack(tmp_path / "fp32.onnx", tmp_path / "packed.onnx")
+    assert report.q4 == 1 and not report.kept
+    x = rng.standard_normal((2, 3, k)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "packed.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"x": x})[0] - x @ weight).max() < 1e-4
+
+
+def test_parity_gate_and_option_checks() -> None:
+    failing = GenerationParity("x", ["p"], [[1, 2]], [[1, 3]], [[1, 3]], 0.0, 0.0, 1e-2, ["a"])
+    with pytest.raises(ParityError, match="greedy tokens differ"):
+        enforce(failing)
+    with pytest.raises(OptionError):
+        validate_smollm2(Smollm2Request(target="gpu"))
+    with pytest.raises(OptionError):
+        validate_smollm2(Smollm2Request(serving=GenerationServing(max_kv_tokens=100, max_context=2048)))
+    with pytest.raises(OptionError):
+        validate_smollm2(Smollm2Request(weights="int3"))
