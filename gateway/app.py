@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from gateway.admission import AdmissionMiddleware
 from gateway.auth import Authenticator
@@ -44,6 +45,8 @@ from gateway.responses import OrjsonResponse
 from jobs.store import JobStore
 
 log = logging.getLogger("gateway")
+
+NO_OTEL: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def _redis(settings: GatewaySettings) -> aioredis.Redis:
@@ -148,8 +151,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         finally:
             await close_state(state)
 
+    # metrics are Prometheus (`gateway.metrics`); FastAPI's native OpenTelemetry would look up the global OTel
+    # providers on every request to find them unconfigured
     app = FastAPI(title="tritonstack gateway", version="0.1.0", lifespan=lifespan,
-                  default_response_class=OrjsonResponse)
+                  default_response_class=OrjsonResponse, telemetry=NO_OTEL)
     install_error_handlers(app)
     app.router.routes.append(embeddings_route)  # the hot route, ahead of the routers (see gateway.embeddings.router)
     for router in (embeddings_router, chat_router, models_router, kserve_router, ops_router, admin, chat_admin,

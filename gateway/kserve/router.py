@@ -28,6 +28,8 @@ async def _relay(
     request.state.backend_s = upstream.elapsed_s
     if model is not None and upstream.status < 400:
         request.state.model = model
+    if upstream.content is not None:
+        return Response(upstream.content, status_code=upstream.status, headers=upstream.headers)
     return StreamingResponse(upstream.body, status_code=upstream.status, headers=upstream.headers,
                              background=BackgroundTask(upstream.aclose))
 

@@ -2,7 +2,8 @@
 
 The request body and the headers that define it (`Content-Type`, `Inference-Header-Content-Length`,
 `Content-Encoding`, `Accept-Encoding`) are forwarded as they are, so JSON and the binary tensor extension both
-work; Triton's response (status, the same headers, raw possibly-compressed bytes) is streamed back. Caller
+work; Triton's response (status, the same headers, raw possibly-compressed bytes) is sent back, read whole when
+small (`BUFFER_LIMIT`; a streamed response costs per-response tasks in Starlette), streamed otherwise. Caller
 credentials are not forwarded, and nothing is added: Triton compresses a response only when the caller asked
 for it. No FastAPI here.
 
@@ -26,6 +27,8 @@ FORWARD_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "c
                            "accept-encoding")
 FORWARD_RESPONSE_HEADERS = ("content-type", "inference-header-content-length", "content-encoding",
                             "content-length")
+# responses up to this size are read whole and sent as one plain response; larger ones are streamed through
+BUFFER_LIMIT = 1 << 20
 _NO_DEFAULT_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
 _VERSION = re.compile(r"^[0-9]{1,19}$")
 
@@ -45,17 +48,35 @@ def model_path(model: str, version: str | None, suffix: str = "") -> str:
 
 @dataclass
 class ProxiedResponse:
-    """Triton's answer: status, the headers we pass on, and the raw body stream (close when done)."""
+    """Triton's answer: status, the headers we pass on, and the raw body — read whole (`content`) when its
+    Content-Length is at most `BUFFER_LIMIT`, else a stream (`body`; call `aclose` when done)."""
 
     status: int
     headers: dict[str, str]
-    body: AsyncIterator[bytes]
+    content: bytes | None
     upstream: aiohttp.ClientResponse
     elapsed_s: float
+
+    @property
+    def body(self) -> AsyncIterator[bytes]:
+        """The raw body as it arrives."""
+        return self.upstream.content.iter_any()
 
     async def aclose(self) -> None:
         """Release the upstream connection (back to the pool once the body was read)."""
         self.upstream.release()
+
+
+async def _read(upstream: aiohttp.ClientResponse) -> bytes:
+    """The whole (small) body; the connection goes back to the pool."""
+    try:
+        return await upstream.read()
+    except TimeoutError:
+        raise BackendTimeoutError("The inference server did not answer in time") from None
+    except aiohttp.ClientError:
+        raise BackendUnavailableError("The inference server is unavailable") from None
+    finally:
+        upstream.release()
 
 
 def triton_http_session(max_connections: int, timeout_s: float) -> aiohttp.ClientSession:
@@ -93,7 +114,9 @@ class KServeProxy:
             raise BackendUnavailableError("The inference server is unavailable") from None
         kept = {k: v for k in FORWARD_RESPONSE_HEADERS if (v := upstream.headers.get(k)) is not None}
         elapsed = time.perf_counter() - started  # until Triton's headers: the backend's share
-        return ProxiedResponse(upstream.status, kept, upstream.content.iter_any(), upstream, elapsed)
+        length = kept.get("content-length", "")
+        content = await _read(upstream) if length.isdigit() and int(length) <= BUFFER_LIMIT else None
+        return ProxiedResponse(upstream.status, kept, content, upstream, elapsed)
 
     async def aclose(self) -> None:
         """Close the session and its connections."""
