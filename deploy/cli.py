@@ -134,6 +134,29 @@ def bench_triton(
         raise typer.Exit(1) from exc
 
 
+@bench_app.command("gateway")
+def bench_gateway(
+    duration: int = typer.Option(8, help="Seconds per measurement."),
+    rounds: int = typer.Option(3, min=1, help="Rounds of the direct-vs-gateway runs (order reversed each round)."),
+    profile: bool = typer.Option(True, help="Sample the gateway with py-spy to say where its CPU time goes."),
+    output: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('-': print only)."),
+) -> None:
+    """Gateway vs direct Triton (added latency, throughput ratio), cache-hit throughput, rate-limit cost."""
+    import shlex
+
+    from loadtest.bench import gateway as bench
+    from loadtest.wrk import WrkMissingError
+
+    command = "tritonstack bench gateway " + shlex.join(
+        [f"--duration={duration}", f"--rounds={rounds}", *([] if profile else ["--no-profile"])]
+    )
+    try:
+        typer.echo(bench.run(duration, rounds, profile, None if str(output) == "-" else output, command))
+    except WrkMissingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
 @bench_app.command("jobs")
 def bench_jobs(
     items: int = typer.Option(10_000, min=64, help="Sentences per job (and per Triton-alone run)."),

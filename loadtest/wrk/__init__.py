@@ -43,12 +43,17 @@ def run_wrk(
     script: str = "unique_text.lua",
     auth: str | None = None,
     threads: int = 1,
+    salt: str | None = None,
 ) -> WrkResult:
-    """POST `body` (with `{TEXT}` replaced per request by unique_text.lua) to `url` for `duration_s`."""
+    """POST `body` (with `{TEXT}` replaced per request by unique_text.lua) to `url` for `duration_s`.
+
+    unique_text.lua repeats its sentences in every run; give each run its own `salt` (a word added to every
+    sentence) where repeats matter, e.g. in front of a cache.
+    """
     binary = shutil.which("wrk")
     if binary is None:
         raise WrkMissingError("wrk is not installed: `sudo apt-get install wrk` (make bench does this)")
-    env = {**os.environ, "WRK_BODY": body, "WRK_AUTH": auth or ""}
+    env = {**os.environ, "WRK_BODY": body, "WRK_AUTH": auth or "", "WRK_SALT": salt or ""}
     argv = [
         binary,
         f"-t{min(threads, connections)}",

@@ -1,6 +1,7 @@
 -- Closed-loop POSTs with a unique sentence per request (cache-cold). Body template from the environment:
 --   WRK_BODY  JSON with the placeholder {TEXT}, e.g. a KServe v2 infer body or an OpenAI embeddings body
 --   WRK_AUTH  optional bearer token
+--   WRK_SALT  optional word added to every sentence, so that sentences are unique across runs too
 -- Percentiles are printed as one JSON line prefixed with WRKJSON so the caller can parse them.
 local counter = 0
 local thread_id = 0
@@ -18,13 +19,15 @@ function init(args)
   local auth = os.getenv("WRK_AUTH")
   if auth and auth ~= "" then wrk.headers["Authorization"] = "Bearer " .. auth end
   template = os.getenv("WRK_BODY")
+  local s = os.getenv("WRK_SALT")
+  salt = (s and s ~= "") and (" " .. s) or ""
 end
 
 function request()
   counter = counter + 1
   local w1 = words[(counter % #words) + 1]
   local w2 = words[((counter * 7) % #words) + 1]
-  local text = string.format("request %d from thread %d asks about %s and %s in a short sentence", counter, thread_id, w1, w2)
+  local text = string.format("request %d from thread %d%s asks about %s and %s in a short sentence", counter, thread_id, salt, w1, w2)
   local body = template:gsub("{TEXT}", text)
   return wrk.format(nil, nil, nil, body)
 end

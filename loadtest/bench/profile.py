@@ -1,0 +1,80 @@
+"""Where a server process spends its CPU: `py-spy` samples grouped into the gateway's components.
+
+`record` samples a running process (py-spy, raw collapsed stacks, idle excluded); `breakdown` assigns each sample
+to the first component whose pattern occurs in its stack (most specific first), so a Redis call made by the rate
+limiter counts as rate limiting, a gRPC call made by the single-flight leader as the Triton client, and a socket
+write of a response as response sending. Samples are wall time while the thread is busy (on a shared machine
+that includes time it was runnable but waiting for a CPU), so shares are indicative.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+# (component, substrings of a stack frame "function (file:line)"); first match wins
+COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Triton gRPC client", ("tritonclient/", "grpc/", "gateway/backends/triton.py")),
+    ("rate-limit check (Redis round trip)", ("gateway/ratelimit/", "gateway/limiting.py")),
+    ("cache lookup, single-flight, Redis lock/store", ("gateway/cache/",)),
+    ("KServe passthrough client", ("gateway/kserve/", "aiohttp/")),
+    ("request body parsing (pydantic)", ("pydantic/", "parse_body")),
+    ("response encoding (base64, orjson)", ("gateway/embeddings/encoding.py", "gateway/responses.py")),
+    ("metrics (prometheus_client)", ("prometheus_client/", "GatewayMetrics", "_observe")),
+    ("API key check", ("gateway/auth.py",)),
+    ("response write (socket send)", ("RequestResponseCycle.send",)),
+    ("HTTP parsing, connection handling (uvicorn, httptools)", ("HttpToolsProtocol.",)),
+    ("FastAPI/Starlette routing, dependencies, middleware", ("fastapi/", "starlette/", "gateway/", "uvicorn/")),
+)
+OTHER = "event loop and other"
+
+
+class ProfilerMissingError(RuntimeError):
+    """py-spy is not installed."""
+
+
+def py_spy() -> str:
+    """Path of the py-spy binary (next to this Python, or on PATH)."""
+    local = Path(sys.executable).parent / "py-spy"
+    found = str(local) if local.exists() else shutil.which("py-spy")
+    if found is None:
+        raise ProfilerMissingError("py-spy is not installed: `.venv/bin/pip install py-spy`")
+    return found
+
+
+def record(pid: int, seconds: int, rate: int = 200) -> list[tuple[list[str], int]]:
+    """Sample `pid` for `seconds`; each distinct stack (root first) with its sample count."""
+    with tempfile.TemporaryDirectory(prefix="tritonstack-pyspy-") as tmp:
+        out = Path(tmp) / "stacks.txt"
+        argv = [py_spy(), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", str(rate),
+                "--format", "raw", "--nonblocking", "--output", str(out)]
+        subprocess.run(argv, check=True, capture_output=True)
+        stacks = []
+        for line in out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack and count.isdigit():
+                stacks.append((stack.split(";"), int(count)))
+        return stacks
+
+
+def component(frames: list[str]) -> str:
+    """The component a stack's CPU time belongs to (frames below the event loop's `run` only)."""
+    loop = [i for i, frame in enumerate(frames) if "asyncio/runners.py" in frame]
+    frames = frames[loop[-1] + 1 :] if loop else frames
+    for name, patterns in COMPONENTS:
+        if any(p in frame for frame in frames for p in patterns):
+            return name
+    return OTHER
+
+
+def breakdown(stacks: list[tuple[list[str], int]]) -> list[tuple[str, float]]:
+    """(component, share of the samples), largest first."""
+    counts: Counter[str] = Counter()
+    for frames, n in stacks:
+        counts[component(frames)] += n
+    total = sum(counts.values()) or 1
+    return [(name, n / total) for name, n in counts.most_common()]
