@@ -61,11 +61,46 @@ def validate_smollm2(req: Smollm2Request) -> None:
         raise OptionError("--atol must be > 0 and --parity-tokens >= 1")
 
 
-def export_smollm2(req: Smollm2Request, reporter: Reporter | None = None) -> ExportResult:
-    """Export SmolLM2-135M-Instruct as asked; raises ExportError (nothing written) when anything fails."""
-    from export import generation_parity, smollm2
+def _build(req: Smollm2Request, model, tokenizer, work: Path, result: ExportResult,
+           reporter: Reporter) -> tuple[Path, dict[str, Path]]:
+    """The served ONNX decoder (fp32 or packed) and the tokenizer assets, in `work`."""
+    from export import smollm2
+
+    onnx_path = work / "model.onnx"
+    with _timed(reporter, result, "export ONNX decoder with KV cache (torch.onnx, opset 17)"):
+        smollm2.export_onnx(model, onnx_path)
+        assets = smollm2.write_assets(model, tokenizer, work / "assets")
+    if req.weights == "packed":
+        with _timed(reporter, result, "repack GGUF 4-bit blocks as MatMulNBits (lossless)"):
+            packed = work / "model.packed.onnx"
+            reporter.note(repack(onnx_path, packed).describe())
+            onnx_path.unlink()
+            onnx_path = packed
+    return onnx_path, assets
+
+
+def _check(req: Smollm2Request, model, tokenizer, onnx_path: Path, assets: dict[str, Path], result: ExportResult,
+           reporter: Reporter) -> None:
+    """Generation parity of the served decoder and prompt builder; ParityError (nothing written) on failure."""
+    from export import generation_parity
     from export.triton_python.llm_engine import Decoder, ModelInfo
     from export.triton_python.llm_text import PromptBuilder
+
+    with _timed(reporter, result, "parity: greedy ONNX vs transformers generate"):
+        decoder = Decoder(onnx_path, ModelInfo.load(assets["generation.json"]))
+        served = PromptBuilder(assets["tokenizer.json"], assets["chat_template.jinja"],
+                               tokenizer.bos_token or "", tokenizer.eos_token or "")
+        report = generation_parity.check(model, tokenizer, decoder, served, atol=req.atol,
+                                         max_new_tokens=req.max_new_tokens,
+                                         label=f"{req.weights} ONNX decoder with KV cache")
+    result.reports.append(report)  # type: ignore[arg-type]
+    reporter.note(report.describe())
+    generation_parity.enforce(report)
+
+
+def export_smollm2(req: Smollm2Request, reporter: Reporter | None = None) -> ExportResult:
+    """Export SmolLM2-135M-Instruct as asked; raises ExportError (nothing written) when anything fails."""
+    from export import smollm2
 
     reporter = reporter or Quiet()
     validate_smollm2(req)
@@ -77,29 +112,9 @@ def export_smollm2(req: Smollm2Request, reporter: Reporter | None = None) -> Exp
     with _timed(reporter, result, "load SmolLM2-135M-Instruct (GGUF → fp32)"):
         tokenizer = smollm2.load_tokenizer(source)
         model = smollm2.load_model(source)
-    with tempfile.TemporaryDirectory(prefix="tritonstack-export-") as work:
-        onnx_path = Path(work) / "model.onnx"
-        with _timed(reporter, result, "export ONNX decoder with KV cache (torch.onnx, opset 17)"):
-            smollm2.export_onnx(model, onnx_path)
-            assets = smollm2.write_assets(model, tokenizer, Path(work) / "assets")
-        if req.weights == "packed":
-            with _timed(reporter, result, "repack GGUF 4-bit blocks as MatMulNBits (lossless)"):
-                packed = Path(work) / "model.packed.onnx"
-                reporter.note(repack(onnx_path, packed).describe())
-                onnx_path.unlink()
-                onnx_path = packed
-        with _timed(reporter, result, "parity: greedy ONNX vs transformers generate"):
-            info = ModelInfo.load(assets["generation.json"])
-            decoder = Decoder(onnx_path, info)
-            served = PromptBuilder(assets["tokenizer.json"], assets["chat_template.jinja"],
-                                   tokenizer.bos_token or "", tokenizer.eos_token or "")
-            label = f"{req.weights} ONNX decoder with KV cache"
-            report = generation_parity.check(model, tokenizer, decoder, served, atol=req.atol,
-                                             max_new_tokens=req.max_new_tokens, label=label)
-            del decoder
-        result.reports.append(report)  # type: ignore[arg-type]
-        reporter.note(report.describe())
-        generation_parity.enforce(report)
+    with tempfile.TemporaryDirectory(prefix="tritonstack-export-") as tmp:
+        onnx_path, assets = _build(req, model, tokenizer, Path(tmp), result, reporter)
+        _check(req, model, tokenizer, onnx_path, assets, result, reporter)
         files = text_generation_cpu(req.name, onnx_path, assets, req.serving, req.weights)
         with _timed(reporter, result, f"write version {version} to {req.repository}"):
             result.paths = write_version(req.repository, [files], version, force=req.force)

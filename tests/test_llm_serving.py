@@ -110,8 +110,10 @@ def test_full_model_rejects_at_once(smollm2_triton: TritonServer) -> None:
         start = time.monotonic()
         rejected = probe.send("p", FRANCE, max_tokens=4)
         probe.wait()
-        assert time.monotonic() - start < 1.0
         assert rejected.final.error is not None and "overloaded" in rejected.final.error
+        # answered at once, not queued behind the running generations (400 tokens each: many seconds)
+        assert time.monotonic() - start < 5.0
+        assert not any(g.done for g in busy.generations.values())
     finally:
         busy.close()  # cancels the four generations
         probe.close()
