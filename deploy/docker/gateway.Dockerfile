@@ -1,22 +1,42 @@
-# Gateway image: the tritonstack package without torch (the gateway never imports export/).
-# Unchecked on the CPU-only development machine (no Docker engine there).
-FROM python:3.11-slim AS build
+# syntax=docker/dockerfile:1
+# Gateway image: the tritonstack package without torch (the gateway never imports export/ at runtime).
+#   docker build -f deploy/docker/gateway.Dockerfile -t tritonstack/gateway .
+# Configuration is environment only (TRITONSTACK_GATEWAY_*, see gateway/config.py); routes come from a mounted
+# file (TRITONSTACK_GATEWAY_ROUTES_FILE). Unchecked on the CPU-only development machine (no Docker engine there).
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- build: a self-contained virtualenv in /opt/venv (pip and wheels stay in this stage) ----
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+# dependencies first: this layer is reused until the requirements change
+COPY deploy/docker/requirements-runtime.txt /tmp/requirements.txt
+RUN pip install --only-binary=:all: -r /tmp/requirements.txt
+# then our package, --no-deps: pyproject.toml also lists the export-time stack (torch, transformers, ...)
 COPY pyproject.toml README.md ./
 COPY deploy deploy
 COPY export export
 COPY gateway gateway
 COPY jobs jobs
 COPY loadtest loadtest
-RUN pip wheel --no-deps -w /wheels . && \
-    pip wheel -w /wheels "numpy<2" fastapi "uvicorn[standard]" orjson httpx "redis>=5,<6" arq limits \
-        prometheus-client pydantic-settings typer rich pyyaml "tritonclient[grpc,http]"
+RUN pip install --no-deps . && pip uninstall -y pip setuptools wheel
 
-FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 app
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
-USER app
+# ---- runtime: no compiler, no pip, no sources; a non-root user ----
+FROM ${PYTHON_IMAGE} AS runtime
+RUN useradd --create-home --uid 10001 --user-group app
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /home/app
+USER 10001:10001
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=2s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz').status != 200)"
-CMD ["python", "-m", "uvicorn", "--factory", "gateway.app:app_from_env", "--host", "0.0.0.0", "--port", "8080", "--loop", "uvloop", "--http", "httptools"]
+# /healthz = process alive (liveness); orchestrators use /readyz (Triton + Redis reachable) for readiness
+HEALTHCHECK --interval=10s --timeout=2s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
+# one uvicorn process per container: scale with replicas, not workers (state is shared only through Redis)
+CMD ["uvicorn", "--factory", "gateway.app:app_from_env", "--host", "0.0.0.0", "--port", "8080", \
+     "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--timeout-graceful-shutdown", "25"]
