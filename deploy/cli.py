@@ -101,6 +101,35 @@ def up(
     raise typer.Exit(supervise(processes))
 
 
+@app.command("loadtest")
+def loadtest(
+    scenario: str = typer.Argument(..., help="A scenario in loadtest/scenarios/ (e.g. embeddings_cold) or a .py."),
+    host: str = typer.Option("http://127.0.0.1:8080", help="Gateway base URL."),
+    users: int = typer.Option(10, min=1, help="Concurrent users (the peak, with --shape)."),
+    spawn_rate: float = typer.Option(5.0, help="Users started per second."),
+    duration: str = typer.Option("30s", help="Run time: 30s, 5m, 1h."),
+    slo: str = typer.Option("", help="Gate, e.g. p95_ms=200,p99_ms=500,fail_ratio=0.01,min_rps=50."),
+    api_key: str = typer.Option("", envvar="TRITONSTACK_API_KEY", help="Bearer token for the gateway."),
+    shape: str | None = typer.Option(None, help="Load shape: step, spike or soak (loadtest/shapes.py)."),
+    abort_fail_ratio: float = typer.Option(0.5, help="Watchdog: abort when failures exceed this ratio (0: off)."),
+    out: Path = typer.Option(Path("runs"), help="Run folders (CSV, HTML report, log, summary) go under here."),
+) -> None:
+    """Run a Locust scenario headless, write its reports, print a summary; exit 1 when an SLO is missed."""
+    from loadtest.run import LoadTestOptions, duration_seconds, execute, scenario_path
+    from loadtest.slo import SloError, parse_slo
+
+    try:
+        gate = parse_slo(slo)
+        scenario_path(scenario)
+        duration_seconds(duration)
+    except (SloError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if shape not in (None, "step", "spike", "soak"):
+        raise typer.BadParameter("--shape must be step, spike or soak")
+    opts = LoadTestOptions(scenario, host, users, spawn_rate, duration, out, api_key, shape, abort_fail_ratio)
+    raise typer.Exit(execute(opts, gate))
+
+
 bench_app = typer.Typer(help="Benchmarks (not tests): ratios measured in one run, written to docs/BENCHMARKS.md.")
 app.add_typer(bench_app, name="bench")
 

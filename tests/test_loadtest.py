@@ -1,0 +1,158 @@
+"""Load testing: a short headless Locust run against a real gateway, the SLO gate's exit codes, pure helpers.
+
+Locust monkey-patches the standard library when imported, so runs go through `tritonstack loadtest` in a child
+process and the in-process unit tests import Locust-based modules with the patch switched off.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from deploy.local.redis import RedisServer
+from deploy.local.triton import TritonServer
+from loadtest.slo import RunSummary, SloError, evaluate, parse_slo
+from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
+
+CLI = Path(sys.executable).parent / "tritonstack"
+
+
+@pytest.fixture(scope="module")
+def load_gateway(triton_server: TritonServer, redis_server: RedisServer, gateway_keys: GatewayKeys
+                 ) -> Iterator[RunningGateway]:
+    """A gateway whose rate limits do not get in the way of the load."""
+    gw = start_gateway(settings_for(triton_server, redis_server, gateway_keys,
+                                    requests_per_minute=1_000_000, tokens_per_minute=1_000_000_000))
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def loadtest(gw: RunningGateway, key: str, out: Path, duration: str, slo: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(CLI), "loadtest", "embeddings_cold", "--host", gw.url, "--users", "4", "--spawn-rate", "4",
+            "--duration", duration, "--slo", slo, "--out", str(out)]
+    return subprocess.run(argv, env={"PATH": str(CLI.parent) + ":/usr/bin:/bin", "TRITONSTACK_API_KEY": key},
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def only_run(out: Path) -> Path:
+    (folder,) = out.iterdir()
+    return folder
+
+
+def test_headless_run_passes_reasonable_slo(load_gateway: RunningGateway, gateway_keys: GatewayKeys,
+                                            tmp_path: Path) -> None:
+    proc = loadtest(load_gateway, gateway_keys.user, tmp_path, "6s", "fail_ratio=0,p99_ms=5000,min_requests=20")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    folder = only_run(tmp_path)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["aggregate"]["failures"] == 0, summary["errors"]
+    assert summary["aggregate"]["requests"] >= 20
+    assert (folder / "report.html").stat().st_size > 0
+    assert "Aggregated" in (folder / "stats_stats.csv").read_text()
+    assert "SLOs met" in proc.stdout
+
+
+def test_impossible_slo_fails_the_run(load_gateway: RunningGateway, gateway_keys: GatewayKeys,
+                                      tmp_path: Path) -> None:
+    proc = loadtest(load_gateway, gateway_keys.user, tmp_path, "2s", "p95_ms=0.001,fail_ratio=0")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "SLO missed" in proc.stdout
+
+
+def test_wrong_key_is_aborted_by_watchdog_or_gate(load_gateway: RunningGateway, tmp_path: Path) -> None:
+    proc = loadtest(load_gateway, "sk-wrong", tmp_path, "3s", "fail_ratio=0")
+    assert proc.returncode in (1, 3), proc.stdout + proc.stderr
+    assert json.loads((only_run(tmp_path) / "summary.json").read_text())["aggregate"]["failures"] > 0
+
+
+# --- slo.py ---------------------------------------------------------------------------------------------
+
+
+def summary(**overrides: float) -> RunSummary:
+    values = {"requests": 1000, "failures": 5, "rps": 100.0, "p50_ms": 10.0, "p95_ms": 40.0, "p99_ms": 90.0}
+    values.update(overrides)
+    return RunSummary(**values)  # type: ignore[arg-type]
+
+
+def test_parse_slo() -> None:
+    assert parse_slo("p95_ms=200, p99_ms=500,fail_ratio=0.01,min_rps=50") == {
+        "p95_ms": 200.0, "p99_ms": 500.0, "fail_ratio": 0.01, "min_rps": 50.0}
+    assert parse_slo("") == {}
+    for bad in ("p95=1", "p95_ms", "p95_ms=fast", "fail_ratio=2", "min_rps=-1"):
+        with pytest.raises(SloError):
+            parse_slo(bad)
+
+
+def test_evaluate_passes_and_misses() -> None:
+    assert evaluate(summary(), parse_slo("p95_ms=40,p99_ms=100,fail_ratio=0.005,min_rps=100")).passed
+    verdict = evaluate(summary(), parse_slo("p95_ms=39,fail_ratio=0.001,min_rps=101,p99_ms=100"))
+    assert [c.key for c in verdict.checks if not c.passed] == ["p95_ms", "fail_ratio", "min_rps"]
+    assert not verdict.passed
+
+
+def test_evaluate_empty_or_aborted_run_fails() -> None:
+    assert not evaluate(summary(requests=0, failures=0), {}).passed
+    assert not evaluate(RunSummary(10, 0, 1.0, 1.0, 1.0, 1.0, aborted=True), {}).passed
+
+
+def test_summary_from_json() -> None:
+    data = {"aggregate": {"requests": 10, "failures": 1, "rps": 5.0, "p50_ms": 1, "p95_ms": 2, "p99_ms": 3},
+            "custom": {}, "aborted": False}
+    assert RunSummary.from_json(data).fail_ratio == pytest.approx(0.1)
+
+
+# --- shapes.py and response validation (Locust imported without its monkey patch) --------------------
+
+
+@pytest.fixture
+def unpatched(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCUST_SKIP_MONKEY_PATCH", "1")
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(name)
+
+
+def test_shapes(unpatched: None) -> None:
+    shapes = _module("loadtest.shapes")
+    p = shapes.ShapeParams(users=10, spawn_rate=2, duration=40, steps=4, base=0.2)
+    assert [shapes.target("step", t, p)[0] for t in (0, 10, 20, 39)] == [3, 5, 8, 10]
+    assert [shapes.target("spike", t, p)[0] for t in (0, 16, 23, 24)] == [2, 10, 10, 2]
+    assert shapes.target("spike", 16, p)[1] >= 10  # the spike arrives at once
+    assert shapes.target("soak", 39, p) == (10, 2)
+    assert shapes.target("soak", 40, p) is None
+
+
+def test_response_validation(unpatched: None) -> None:
+    tasks = _module("loadtest.tasks")
+    vec = [0.0] * 384
+    good = {"object": "list", "data": [{"index": i, "embedding": vec} for i in range(2)],
+            "usage": {"prompt_tokens": 7, "total_tokens": 7}}
+    tasks.check_embeddings(good, 2, 384)
+    b64 = {**good, "data": [{"index": 0, "embedding": base64.b64encode(bytes(384 * 4)).decode()}]}
+    tasks.check_embeddings(b64, 1, 384)
+    swapped = {**good, "data": list(reversed(good["data"]))}
+    short = {**good, "data": [{"index": 0, "embedding": vec[:10]}, good["data"][1]]}
+    no_usage = {**good, "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+    for bad in (swapped, short, no_usage, {**good, "data": good["data"][:1]}):
+        with pytest.raises(tasks.InvalidAnswerError):
+            tasks.check_embeddings(bad, 2, 384)
+
+
+def test_parse_sse(unpatched: None) -> None:
+    tasks = _module("loadtest.tasks")
+    lines = ['data: {"choices":[{"delta":{"content":"Hi"}}]}', "", 'data: {"usage":{"completion_tokens":1}}',
+             "data: [DONE]"]
+    chunks, done = tasks.parse_sse(lines)
+    assert done and len(chunks) == 2
+    assert tasks.parse_sse(lines[:2]) == ([{"choices": [{"delta": {"content": "Hi"}}]}], False)
