@@ -1,4 +1,5 @@
-"""Group commit: concurrent submissions share one call (used to send many rate-limit checks in one script call).
+"""Group commit: concurrent submissions share one call (many rate-limit checks, cache claims or publishes in one
+Redis round trip).
 
 A submission made while no call is in flight starts one at once, so nothing waits at low load; submissions made
 while a call is in flight form the next batch, sent as soon as that call returns. Under load the number of

@@ -15,6 +15,7 @@ from limits import RateLimitItemPerMinute
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from deploy.local.process import free_port
+from gateway.batching import GroupCommit
 from gateway.ratelimit import (
     Limits,
     RateLimitDecision,
@@ -24,7 +25,6 @@ from gateway.ratelimit import (
     format_seconds,
     retry_after,
 )
-from gateway.ratelimit.batch import GroupCommit
 from gateway.ratelimit.window import window_keys
 from tests.redis_helpers import Counter, own_redis, unique, wait_until
 

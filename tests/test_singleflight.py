@@ -273,3 +273,19 @@ async def test_locks_are_released_after_redis_lost_its_scripts(redis_client: aio
     assert await redis_client.exists(LOCK_PREFIX + second) == 0
     assert await redis_client.get(second) is not None
     assert errors.calls == []
+
+
+async def test_concurrent_misses_share_round_trips(redis_client: aioredis.Redis) -> None:
+    trips = RoundTrips(redis_client)
+    cache, flight = replica(redis_client)
+    keys = cache.keys(unique("burst"), "1", None, [f"text {i}" for i in range(10)])
+    backend = Backend()
+    tasks = [backend.run(flight, [key]) for key in keys]  # ten requests, each leading its own key
+    await wait_until(lambda: len(backend.calls) == 10)
+    claims = trips.count
+    assert claims <= 2  # the first claim goes alone, the nine made meanwhile share the next call
+    backend.gate.set()
+    assert await asyncio.gather(*tasks) == [[value_for(k)] for k in keys]
+    await flight.wait_idle()
+    assert trips.count - claims <= 2  # likewise the publishes
+    assert await redis_client.exists(*(LOCK_PREFIX + k for k in keys)) == 0

@@ -17,7 +17,8 @@ from gateway.cache.control import CacheMode, cache_status, parse_cache_control
 from gateway.cache.guard import RedisGuard
 from gateway.cache.hooks import CacheHooks
 from gateway.cache.keys import NAMESPACE, CachedItem, make_keys, model_prefix, normalize_params
-from gateway.cache.singleflight import LOCK_PREFIX, ResultStore, SingleFlight
+from gateway.cache.locks import LOCK_PREFIX
+from gateway.cache.singleflight import ResultStore, SingleFlight
 from gateway.cache.store import CacheUnavailableError, EmbeddingCache
 
 __all__ = [

@@ -7,9 +7,8 @@ replica that loses the lock polls the cache for the winner's result (every `poll
 `lock_ms`) and computes the key itself when the lock vanishes without a result or the time is up.
 
 Round trips per batch of misses: one to look the keys up in Redis and lock the ones that are not
-there (one Lua script, `_CLAIM`: a key is locked only when it is absent, atomically), and one after
-the backend answered, off the callers' path, that stores the results and releases the locks (one
-pipeline: the SETs run before the release, so a lock loser never sees the lock gone before the value).
+there, and one after the backend answered, off the callers' path, that stores the results and
+releases the locks (`gateway.cache.locks`; concurrent batches share these calls).
 
 The leader's work runs in its own task: a caller that is cancelled (client gone) neither cancels
 the computation nor the other requests waiting for it.
@@ -25,46 +24,16 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError
 
 from gateway.cache.control import CacheMode
 from gateway.cache.guard import RedisGuard
 from gateway.cache.hooks import CacheHooks
+from gateway.cache.locks import RedisLocks
 
 T = TypeVar("T")
 
 Compute = Callable[[list[int]], Awaitable[Sequence[T]]]
 """Given indices into the `keys` passed to `SingleFlight.run`, return one value per index, in order."""
-
-LOCK_PREFIX = "tritonstack:lock:"
-
-# Per key: its cached value when present, else 1 when we took its lock, 0 when another replica holds it.
-# KEYS: n cache keys, then their n lock keys; ARGV: token, lock ms.
-_CLAIM = """
-local n = #KEYS / 2
-local out = {}
-for i = 1, n do
-  local value = redis.call('get', KEYS[i])
-  if value then
-    out[i] = value
-  elseif redis.call('set', KEYS[n + i], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
-"""
-
-# Delete each lock only if it still holds our token (a lock that expired and was re-taken by
-# another replica is not ours to release).
-_RELEASE = """
-local n = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('get', key) == ARGV[1] then n = n + redis.call('del', key) end
-end
-return n
-"""
 
 
 class ResultStore(Protocol[T]):
@@ -124,8 +93,10 @@ class SingleFlight(Generic[T]):
         self.guard = guard or RedisGuard(timeout_ms=timeout_ms, on_error=self.hooks.redis_error)
         self.lock_ms = int(lock_ms)
         self.poll_s = poll_ms / 1000.0
-        self.claim_script = self.redis.register_script(_CLAIM) if self.redis is not None else None
-        self._release = self.redis.register_script(_RELEASE) if self.redis is not None else None
+        self.locks: RedisLocks[T] | None = (
+            RedisLocks(self.redis, self.guard, lock_ms, store) if self.redis is not None and store is not None
+            else None
+        )
         self._inflight: dict[str, asyncio.Future[T]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -204,22 +175,9 @@ class SingleFlight(Generic[T]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    @property
-    def release_sha(self) -> str:
-        """SHA1 of the lock-release script (for EVALSHA inside a pipeline)."""
-        assert self._release is not None
-        return self._release.sha
-
-    async def release(self, keys: Sequence[str], token: str) -> None:
-        """Release the locks of `keys` still holding `token` (loads the script if Redis lost it)."""
-        script = self._release
-        if script is not None:
-            lock_keys = [LOCK_PREFIX + key for key in keys]
-            await self.guard.call("unlock", lambda: script(keys=lock_keys, args=[token]), None)
-
     def distributed(self, mode: CacheMode) -> bool:
         """Whether runs in `mode` take the cross-replica lock."""
-        return self.redis is not None and mode is CacheMode.DEFAULT
+        return self.locks is not None and mode is CacheMode.DEFAULT
 
 
 class _Leader(Generic[T]):
@@ -277,21 +235,13 @@ class _Leader(Generic[T]):
         self._forget(positions)
 
     async def _publish_remote(self, positions: list[int], values: list[T], *, locked: bool) -> None:
-        """Store `values` in Redis (when the mode stores) and release our locks, in one pipeline."""
+        """Store `values` in Redis (when the mode stores) and release our locks, in one round trip."""
         flight, keys = self.flight, [self.keys[p] for p in positions]
-        store = flight.store if values and self.mode.store else None
-        redis = flight.redis if locked and flight.distributed(self.mode) else None
-        if redis is None:
-            if store is not None:
-                await store.put_remote(keys, values)
-            return
-        pipe = redis.pipeline(transaction=False)
-        if store is not None:
-            store.queue_remote(pipe, keys, values)  # before the release: lock losers poll for the value
-        pipe.evalsha(flight.release_sha, len(keys), *(LOCK_PREFIX + k for k in keys), self.token)
-        results = await flight.guard.call("publish", lambda: pipe.execute(raise_on_error=False), None)
-        if results is not None and isinstance(results[-1], NoScriptError):  # Redis lost its script cache
-            await flight.release(keys, self.token)
+        stored = values if flight.store is not None and self.mode.store else []
+        if locked and flight.locks is not None and flight.distributed(self.mode):
+            await flight.locks.publish(keys, stored, self.token)
+        elif stored and flight.store is not None:
+            await flight.store.put_remote(keys, stored)
 
     # --- cross-replica lock ----------------------------------------------------------------
 
@@ -314,28 +264,17 @@ class _Leader(Generic[T]):
 
     async def _lookup_or_lock(self, store: ResultStore[T], keys: list[str]) -> tuple[list[T | None], list[bool]]:
         """One round trip: each key's cached value, else whether we took its lock."""
-        claim, lock_keys = self.flight.claim_script, [LOCK_PREFIX + key for key in keys]
-        assert claim is not None
-        args = [self.token, self.flight.lock_ms]
-        raw = await self.flight.guard.call("lock", lambda: claim(keys=keys + lock_keys, args=args), None)
+        assert self.flight.locks is not None
+        raw = await self.flight.locks.claim(keys, self.token)
         if raw is None:
             return [None] * len(keys), [True] * len(keys)
         found = store.load_remote(keys, [value if isinstance(value, bytes) else None for value in raw])
         return found, [value != 0 for value in raw]  # a malformed cached value: recompute it ourselves
 
-    async def _locks_held(self, positions: list[int]) -> list[bool]:
-        redis = self.flight.redis
-        assert redis is not None
-        pipe = redis.pipeline(transaction=False)
-        for p in positions:
-            pipe.exists(LOCK_PREFIX + self.keys[p])
-        held = await self.flight.guard.call("poll", pipe.execute, None)
-        return [bool(h) for h in held] if held is not None else [False] * len(positions)
-
     async def _follow(self, positions: list[int]) -> None:
         """Wait for another replica's result for `positions`; compute what never shows up."""
-        store = self.flight.store
-        if not positions or store is None:
+        store, locks = self.flight.store, self.flight.locks
+        if not positions or store is None or locks is None:
             await self._compute(positions, locked=False)
             return
         loop = asyncio.get_running_loop()
@@ -343,7 +282,7 @@ class _Leader(Generic[T]):
         pending, orphaned = positions, []
         while pending and loop.time() < deadline:
             await asyncio.sleep(self.flight.poll_s)
-            held = await self._locks_held(pending)  # before reading: a gone lock means published
+            held = await locks.held([self.keys[p] for p in pending])  # before reading: gone means published
             found = await store.get_keys([self.keys[p] for p in pending])
             hits = [(p, v) for p, v in zip(pending, found, strict=True) if v is not None]
             self._resolve(hits, remote=True)
