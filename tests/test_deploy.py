@@ -1,0 +1,277 @@
+"""Offline validation of the deployment files: docker-compose, Kubernetes (kustomize), Prometheus and Grafana.
+
+Nothing here needs a Docker engine, a cluster or a GPU:
+- the compose file validates with `docker-compose config -q` (Debian's `docker-compose`, `make install`) for every
+  profile, and against the Compose specification (`compose-spec`);
+- every Kubernetes manifest, and both overlays once built with `kubectl kustomize`, validate against the Kubernetes
+  OpenAPI schemas bundled in `kubernetes-validate` (strict: unknown fields fail);
+- every Grafana query names a metric that the gateway, the worker or Triton really exports (the gateway's and
+  Triton's live /metrics, the worker's registry).
+A test is skipped only when its tool is absent, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ("cpu", "gpu")
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "tritonstack.json"
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+K8S_VERSION = "1.31"  # a currently supported Kubernetes minor; the manifests use nothing newer
+
+# Exported only by the official (GPU) Triton image with --allow-gpu-metrics; the CPU Triton of the tests has no GPU,
+# so these names cannot appear on its /metrics. They are Triton's documented GPU metric names.
+GPU_ONLY_METRICS = frozenset({
+    "nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes", "nv_gpu_power_usage",
+})
+METRIC_NAME = re.compile(r"\b((?:gateway|tritonstack|nv)_[a-zA-Z0-9_]+)")
+
+
+# ---------------------------------------------------------------------------------------------- docker-compose
+
+
+def _compose_profiles() -> list[str]:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    return sorted({p for svc in services.values() for p in svc.get("profiles", [])})
+
+
+def _compose_env() -> dict[str, str]:
+    # the file requires the hashed keys (`${…:?}`); any value satisfies the interpolation
+    return {**os.environ, "TRITONSTACK_GATEWAY_API_KEYS": "[]"}
+
+
+def test_compose_profiles_are_the_documented_ones() -> None:
+    assert _compose_profiles() == ["cpu", "gpu", "loadtest"]
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None,
+                    reason="docker-compose not installed (Debian package `docker-compose`, `make install`)")
+@pytest.mark.parametrize("profiles", [(), ("gpu",), ("cpu",), ("gpu", "loadtest"), ("cpu", "loadtest")],
+                         ids=lambda p: "+".join(p) or "default")
+def test_compose_config_validates(profiles: tuple[str, ...]) -> None:
+    argv = ["docker-compose", "-f", str(COMPOSE)]
+    for profile in profiles:
+        argv += ["--profile", profile]
+    done = subprocess.run([*argv, "config", "-q"], cwd=ROOT, env=_compose_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_matches_the_compose_spec() -> None:
+    compose_spec = pytest.importorskip("compose_spec", reason="compose-spec not installed (`make install`)")
+    compose_spec.ComposeSpecification.model_validate(yaml.safe_load(COMPOSE.read_text()))
+
+
+def test_compose_services_are_production_shaped() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    triton = services["triton"]
+    assert triton["profiles"] == ["gpu"]
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
+    assert "--model-control-mode=explicit" in triton["command"]
+    assert any(v.endswith(":/models:ro") for v in triton["volumes"])
+    assert triton["shm_size"]
+    # the GPU image adds tokenizers for the ensemble's python tokenizer step
+    gpu_dockerfile = (ROOT / "deploy" / "docker" / triton["build"]["dockerfile"]).read_text()
+    assert "nvcr.io/nvidia/tritonserver" in gpu_dockerfile and "tokenizers" in gpu_dockerfile
+    cpu = services["triton-cpu"]
+    assert cpu["profiles"] == ["cpu"] and "triton" in cpu["networks"]["default"]["aliases"]
+    assert services["locust"]["profiles"] == ["loadtest"]
+    assert services["gateway"]["deploy"]["replicas"] >= 2
+    redis_cmd = services["redis"]["command"]
+    assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "volatile-lru"  # never evicts the job queue
+    for name in ("gateway", "worker", "triton-cpu"):
+        dockerfile = (ROOT / services[name]["build"]["dockerfile"]).read_text()
+        assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile, name
+    assert "gateway.app:app_from_env" in (ROOT / "deploy" / "docker" / "gateway.Dockerfile").read_text()
+
+
+def test_gateway_factory_named_by_the_image_exists() -> None:
+    from gateway.app import app_from_env
+
+    assert callable(app_from_env)
+
+
+# ---------------------------------------------------------------------------------------------- Kubernetes
+
+
+def _k8s_validate(docs: list[dict[str, Any]], source: str) -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed (`make install`)")
+    assert docs, f"{source}: no documents"
+    for doc in docs:
+        name = f"{source}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        try:
+            kv.validate(doc, K8S_VERSION, strict=True)
+        except kv.ValidationError as exc:
+            pytest.fail(f"{name} is invalid: {exc.message} at {'/'.join(map(str, exc.path))}")
+
+
+def _manifest_files() -> list[Path]:
+    """Every manifest under deploy/k8s: not kustomizations, the files they generate from, or overlay patches."""
+    skip: set[Path] = set()
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        skip.add(kustomization)
+        spec = yaml.safe_load(kustomization.read_text())
+        for generator in spec.get("configMapGenerator", []):
+            skip.update(kustomization.parent / f for f in generator.get("files", []))
+        skip.update(kustomization.parent / p["path"] for p in spec.get("patches", []) if "path" in p)
+    return sorted(p for p in K8S.rglob("*.yaml") if p not in skip)
+
+
+@pytest.mark.parametrize("path", _manifest_files(), ids=lambda p: str(p.relative_to(K8S)))
+def test_k8s_manifest_validates(path: Path) -> None:
+    _k8s_validate([d for d in yaml.safe_load_all(path.read_text()) if d], str(path.relative_to(ROOT)))
+
+
+def _kustomize_available() -> str | None:
+    if shutil.which("kubectl") is None:
+        return "kubectl not installed (it carries kustomize; Debian's kubernetes-client or the upstream binary)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def overlays() -> dict[str, list[dict[str, Any]]]:
+    if reason := _kustomize_available():
+        pytest.skip(reason)
+    built = {}
+    for overlay in OVERLAYS:
+        done = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        built[overlay] = [d for d in yaml.safe_load_all(done.stdout) if d]
+    return built
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_overlay_builds_and_validates(overlays: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    _k8s_validate(overlays[overlay], f"overlays/{overlay}")
+
+
+def _by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_workloads_are_hardened_and_budgeted(overlays: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    docs = overlays[overlay]
+    deployments = _by_kind(docs, "Deployment")
+    assert {"triton", "gateway", "worker"} <= deployments.keys()
+    pdb_selectors = [d["spec"]["selector"]["matchLabels"] for d in _by_kind(docs, "PodDisruptionBudget").values()]
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        for container in pod["containers"]:
+            assert container["resources"]["requests"], f"{name}/{container['name']} has no resource requests"
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        if name != "redis":  # the cpu overlay's dev Redis is a single writer by design
+            labels = deployment["spec"]["selector"]["matchLabels"]
+            assert any(sel.items() <= labels.items() for sel in pdb_selectors), f"{name} has no PDB"
+    triton = deployments["triton"]["spec"]["template"]["spec"]["containers"][0]
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert _by_kind(docs, "HorizontalPodAutoscaler")["gateway"]["spec"]["scaleTargetRef"]["name"] == "gateway"
+    gpu = triton["resources"]["limits"].get("nvidia.com/gpu")
+    assert (gpu == 1) if overlay == "gpu" else gpu is None
+    if overlay == "gpu":
+        assert "--model-control-mode=explicit" in triton["args"]
+        assert triton["image"].startswith("tritonstack/triton-gpu")
+
+
+def test_k8s_routes_configmap_is_a_valid_routes_file(overlays: dict[str, list[dict[str, Any]]]) -> None:
+    from gateway.routing.config import parse_routes
+
+    configmaps = _by_kind(overlays["gpu"], "ConfigMap")
+    routes = next(cm for name, cm in configmaps.items() if name.startswith("tritonstack-routes"))
+    parse_routes(yaml.safe_load(routes["data"]["routes.yaml"]), source="k8s routes ConfigMap", secrets=lambda _: "x")
+    limits = next(cm for name, cm in configmaps.items() if name.startswith("tritonstack-limits"))
+    from gateway.config import GatewaySettings
+    from jobs.config import WorkerConfig
+
+    fields = {f"TRITONSTACK_GATEWAY_{n.upper()}" for n in GatewaySettings.model_fields}
+    fields |= {f"TRITONSTACK_WORKER_{n.upper()}" for n in WorkerConfig.model_fields}
+    assert set(limits["data"]) <= fields, set(limits["data"]) - fields
+
+
+# ---------------------------------------------------------------------------------------------- Prometheus, Grafana
+
+
+def test_prometheus_scrapes_gateway_worker_and_triton() -> None:
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["gateway"]["dns_sd_configs"][0] == {**jobs["gateway"]["dns_sd_configs"][0], "names": ["gateway"],
+                                                     "port": 8080}
+    assert jobs["worker"]["dns_sd_configs"][0]["port"] == 9500
+    assert jobs["triton"]["static_configs"][0]["targets"] == ["triton:8002"]
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def test_dashboard_covers_the_required_panels() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "tritonstack"
+    text = " ".join(expr for _, expr in _dashboard_queries())
+    for needed in ("gateway_requests_total", "gateway_request_duration_seconds_bucket", 'status=~"5.."',
+                   "gateway_cache_items_total", "gateway_chat_fallbacks_total", "gateway_rate_limited_total",
+                   "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
+                   "nv_inference_exec_count", "nv_gpu_utilization", "nv_gpu_memory_used_bytes",
+                   "tritonstack_jobs_queue_depth"):
+        assert needed in text, needed
+    for q in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({q}, sum by (le) (rate(gateway_request_duration_seconds_bucket" in text
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert all(t["datasource"]["uid"] == datasource["uid"] for p in dashboard["panels"] for t in p.get("targets", []))
+
+
+def _exported_names(text: str) -> set[str]:
+    """Sample names a Prometheus scrape of this exposition can hold, including labelled metrics without samples."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        names.update(family.name + s for s in suffixes.get(family.type, ()))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+@pytest.fixture
+def live_metric_names(triton_server: Any, redis_server: Any, gateway_keys: Any,
+                      gateway_factory: Callable[[Any], Any]) -> Iterator[set[str]]:
+    from jobs.metrics import WorkerMetrics
+    from tests.fixtures.gateway import settings_for
+
+    gateway = gateway_factory(settings_for(triton_server, redis_server, gateway_keys,
+                                           routes_file=ROOT / "deploy" / "routes.local.yaml"))
+    gateway_text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    triton_text = httpx.get(f"http://127.0.0.1:{triton_server.opts.metrics_port}/metrics", timeout=10).text
+    worker_text = generate_latest(WorkerMetrics().registry).decode()
+    yield _exported_names(gateway_text) | _exported_names(triton_text) | _exported_names(worker_text)
+
+
+def test_every_dashboard_query_names_an_exported_metric(live_metric_names: set[str]) -> None:
+    assert not GPU_ONLY_METRICS & live_metric_names, "a CPU Triton exporting GPU metrics: revisit the allow-list"
+    missing = []
+    for title, expr in _dashboard_queries():
+        names = set(METRIC_NAME.findall(expr))
+        assert names, f"{title}: query names no metric: {expr}"
+        missing += [f"{title}: {n}" for n in sorted(names - live_metric_names - GPU_ONLY_METRICS)]
+    assert not missing, "dashboard queries name metrics nobody exports:\n" + "\n".join(missing)
