@@ -117,7 +117,7 @@ def summary_table(data: dict[str, Any], verdict: Verdict) -> Table:
     table = Table(title="load test summary")
     for col in ("metric", "requests", "failures", "req/s", "p50 ms", "p95 ms", "p99 ms"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    rows = {"requests (aggregate)": data["aggregate"], **{f"{k} (custom)": v for k, v in data["custom"].items()}}
+    rows = {"all requests": data["aggregate"], **{f"{k} (custom)": v for k, v in data["custom"].items()}}
     for name, row in rows.items():
         table.add_row(name, str(row["requests"]), str(row["failures"]), f"{row['rps']:.1f}",
                       f"{row['p50_ms']:.0f}", f"{row['p95_ms']:.0f}", f"{row['p99_ms']:.0f}")

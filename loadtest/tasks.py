@@ -21,9 +21,19 @@ class InvalidAnswerError(Exception):
     """The answer had the right status but the wrong content."""
 
 
+def _status_error(resp: ResponseContextManager) -> InvalidAnswerError:
+    """`HTTP 429 rate_limit_exceeded`: short and stable, so Locust's error report groups alike failures."""
+    try:
+        error = json.loads(resp.text or "").get("error") or {}
+        detail = error.get("code") or error.get("type") or ""
+    except (ValueError, AttributeError):
+        detail = (resp.text or "")[:80]
+    return InvalidAnswerError(f"HTTP {resp.status_code} {detail}".strip())
+
+
 def _json(resp: ResponseContextManager) -> dict[str, Any]:
     if resp.status_code != 200 and resp.status_code != 202:
-        raise InvalidAnswerError(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
+        raise _status_error(resp)
     try:
         return json.loads(resp.text or "")
     except ValueError as exc:
@@ -138,7 +148,7 @@ def chat_stream(user: FastHttpUser, prompt: str) -> None:
                           name="chat stream", stream=True, catch_response=True) as resp:
         try:
             if resp.status_code != 200:
-                raise InvalidAnswerError(f"HTTP {resp.status_code}")
+                raise _status_error(resp)
             lines, ttft = _read_stream(resp, start)
             resp.request_meta["response_time"] = (time.perf_counter() - start) * 1000  # whole stream
             chunks, done = parse_sse(lines)
