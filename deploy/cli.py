@@ -221,6 +221,29 @@ def bench_llm(
     typer.echo(bench.run(repository, max_tokens, streams, rounds, output, command))
 
 
+@bench_app.command("baseline")
+def bench_baseline(
+    duration: int = typer.Option(5, help="Seconds per measurement."),
+    concurrency: list[int] = typer.Option([1, 8, 32], help="Closed-loop connections (repeatable)."),
+    rounds: int = typer.Option(1, min=1, help="Runs per concurrency (medians are reported)."),
+    output: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('-': print only)."),
+) -> None:
+    """The naive FastAPI + sentence-transformers service (loadtest/baselines/naive_st.py); JSON and plots too."""
+    import shlex
+
+    from loadtest.bench import baseline as bench
+    from loadtest.wrk import WrkMissingError
+
+    command = "tritonstack bench baseline " + shlex.join(
+        [f"--duration={duration}", f"--rounds={rounds}", *[f"--concurrency={c}" for c in concurrency]]
+    )
+    try:
+        typer.echo(bench.run(duration, concurrency, rounds, None if str(output) == "-" else output, command))
+    except WrkMissingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
 # the gateway contributes its own command (gateway/cli.py imports nothing heavy at module level)
 from gateway.cli import gateway as _gateway_command  # noqa: E402
 

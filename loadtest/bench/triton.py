@@ -20,6 +20,7 @@ import numpy as np
 
 from deploy.local.process import free_port
 from deploy.local.triton import TritonOptions, TritonServer
+from loadtest.bench import plots
 from loadtest.bench.report import machine_description, markdown_table, write_section
 from loadtest.wrk import WrkResult, run_wrk
 
@@ -185,4 +186,9 @@ def run(duration_s: int, concurrencies: list[int], tuning: bool, rounds: int, ou
             server.stop()
     markdown = render(runs, {v.name: v.label for v in variants}, ort, rounds, command)
     write_section(output, "triton", markdown)
+    labels = {v.name: v.label for v in variants}
+    img_dir = output.parent / "img"  # raw numbers for the plots (loadtest.bench.plots)
+    plots.save_series(img_dir, "triton", plots.from_wrk_runs({labels[k]: v for k, v in runs.items()}),
+                      {"command": command, "load generator": "wrk"})
+    plots.draw(img_dir)
     return markdown
