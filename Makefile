@@ -24,13 +24,15 @@ $(STAMP): pyproject.toml
 
 # Offline validators for deploy/ (tests/test_deploy.py), no Docker engine or cluster needed:
 # Debian's docker-compose (v1, runs `config -q` without an engine; --no-install-recommends keeps docker.io out),
+# Debian's prometheus (promtool checks config and rules; a real Prometheus scrapes the test gateway and Triton),
 # compose-spec (Compose schema) and kubernetes-validate (Kubernetes schemas, bundled). `kubectl kustomize` builds the
 # overlays: Debian 12's kubernetes-client is kubectl 1.20 (kustomize v2, too old for these kustomizations) and
 # conflicts with an existing kubectl package, so a kubectl ≥ 1.24 (kustomize ≥ 4.5) is expected on PATH (tests skip without one).
 $(DEPLOY_STAMP): $(STAMP)
-	@command -v docker-compose >/dev/null || { echo "installing docker-compose (apt)"; \
-		$(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
+	@missing=""; command -v docker-compose >/dev/null || missing="docker-compose"; \
+		command -v promtool >/dev/null || missing="$$missing prometheus"; \
+		[ -z "$$missing" ] || { echo "installing$$missing (apt)"; $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }
 	$(BIN)/pip install -q 'kubernetes-validate>=1.31' 'compose-spec>=0.2'
 	@touch $(DEPLOY_STAMP)
 

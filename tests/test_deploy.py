@@ -17,7 +17,8 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("cpu", "gpu")
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "tritonstack.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 K8S_VERSION = "1.31"  # a currently supported Kubernetes minor; the manifests use nothing newer
 
 # Exported only by the official (GPU) Triton image with --allow-gpu-metrics; the CPU Triton of the tests has no GPU,
@@ -40,7 +42,7 @@ K8S_VERSION = "1.31"  # a currently supported Kubernetes minor; the manifests us
 GPU_ONLY_METRICS = frozenset({
     "nv_gpu_utilization", "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes", "nv_gpu_power_usage",
 })
-METRIC_NAME = re.compile(r"\b((?:gateway|tritonstack|nv)_[a-zA-Z0-9_]+)")
+METRIC_NAME = re.compile(r"(?<![\w:])((?:gateway|tritonstack|nv)_[a-zA-Z0-9_]+)")  # not recorded names
 
 
 # ---------------------------------------------------------------------------------------------- docker-compose
@@ -253,18 +255,30 @@ def _exported_names(text: str) -> set[str]:
     return names
 
 
-@pytest.fixture
-def live_metric_names(triton_server: Any, redis_server: Any, gateway_keys: Any,
-                      gateway_factory: Callable[[Any], Any]) -> Iterator[set[str]]:
-    from jobs.metrics import WorkerMetrics
-    from tests.fixtures.gateway import settings_for
+@pytest.fixture(scope="module")
+def live_gateway(triton_server: Any, redis_server: Any, gateway_keys: Any) -> Iterator[Any]:
+    """A gateway with the local chat routes (so the chat metrics exist) on the session's Triton and Redis."""
+    from tests.fixtures.gateway import settings_for, start_gateway
 
-    gateway = gateway_factory(settings_for(triton_server, redis_server, gateway_keys,
-                                           routes_file=ROOT / "deploy" / "routes.local.yaml"))
-    gateway_text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    gateway = start_gateway(settings_for(triton_server, redis_server, gateway_keys,
+                                         routes_file=ROOT / "deploy" / "routes.local.yaml"))
+    try:
+        response = httpx.post(f"{gateway.url}/v1/embeddings", json={"model": "minilm", "input": "deploy check"},
+                              headers={"Authorization": f"Bearer {gateway_keys.user}"}, timeout=30)
+        assert response.status_code == 200, response.text
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def live_metric_names(live_gateway: Any, triton_server: Any) -> set[str]:
+    from jobs.metrics import WorkerMetrics
+
+    gateway_text = httpx.get(f"{live_gateway.url}/metrics", timeout=10).text
     triton_text = httpx.get(f"http://127.0.0.1:{triton_server.opts.metrics_port}/metrics", timeout=10).text
     worker_text = generate_latest(WorkerMetrics().registry).decode()
-    yield _exported_names(gateway_text) | _exported_names(triton_text) | _exported_names(worker_text)
+    return _exported_names(gateway_text) | _exported_names(triton_text) | _exported_names(worker_text)
 
 
 def test_every_dashboard_query_names_an_exported_metric(live_metric_names: set[str]) -> None:
@@ -275,3 +289,79 @@ def test_every_dashboard_query_names_an_exported_metric(live_metric_names: set[s
         assert names, f"{title}: query names no metric: {expr}"
         missing += [f"{title}: {n}" for n in sorted(names - live_metric_names - GPU_ONLY_METRICS)]
     assert not missing, "dashboard queries name metrics nobody exports:\n" + "\n".join(missing)
+
+
+def test_every_alert_names_an_exported_metric(live_metric_names: set[str]) -> None:
+    rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+    recorded = {r["record"] for r in rules if "record" in r}
+    missing = []
+    for rule in rules:
+        names = set(METRIC_NAME.findall(rule["expr"]))
+        tokens = set(re.findall(r"[\w:]+", rule["expr"]))
+        assert names or recorded & tokens or "up" in tokens, rule  # `up`: Prometheus' own per-target series
+        missing += [f"{rule.get('alert') or rule['record']}: {n}" for n in sorted(names - live_metric_names)]
+    assert not missing, "alert rules name metrics nobody exports:\n" + "\n".join(missing)
+
+
+PROMTOOL = shutil.which("promtool")
+PROMETHEUS_BIN = shutil.which("prometheus")
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package `prometheus`, `make install`)")
+def test_promtool_checks_config_and_rules(tmp_path: Path) -> None:
+    done = subprocess.run([PROMTOOL, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # the config names the rules file by its path inside the container
+    config = PROMETHEUS.read_text().replace("/etc/prometheus/alerts.yml", str(ALERTS))
+    (tmp_path / "prometheus.yml").write_text(config)
+    done = subprocess.run([PROMTOOL, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(PROMETHEUS_BIN is None, reason="prometheus not installed (Debian package `prometheus`)")
+def test_real_prometheus_scrapes_gateway_and_triton(live_gateway: Any, triton_server: Any, tmp_path: Path) -> None:
+    from deploy.local.process import free_port
+
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ALERTS)],
+        "scrape_configs": [
+            {"job_name": "gateway", "static_configs": [{"targets": [live_gateway.address]}]},
+            {"job_name": "triton", "static_configs": [{"targets": [f"127.0.0.1:{triton_server.opts.metrics_port}"]}]},
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen(
+        [PROMETHEUS_BIN, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
+    queries = {
+        "gateway": 'sum(gateway_requests_total{route="/v1/embeddings"})',
+        "triton": "sum(nv_inference_request_success)",
+        "batch size": "sum(nv_inference_count) / sum(nv_inference_exec_count)",
+    }
+    results: dict[str, float] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while len(results) < len(queries) and time.monotonic() < deadline:
+            for name, query in queries.items():
+                try:
+                    response = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}, timeout=2)
+                except httpx.HTTPError:
+                    break  # not listening yet
+                if response.status_code != 200:
+                    break  # starting: 503 until the TSDB is open
+                body = response.json()
+                if body["data"]["result"]:
+                    results[name] = float(body["data"]["result"][0]["value"][1])
+            time.sleep(0.5)
+        assert results.keys() == queries.keys(), (results, (tmp_path / "prometheus.log").read_text()[-2000:])
+        assert results["gateway"] >= 1 and results["triton"] >= 1 and results["batch size"] >= 1
+        rules = httpx.get(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        unhealthy = [r["name"] for g in rules for r in g["rules"] if r.get("health") == "err"]
+        assert not unhealthy, unhealthy
+    finally:
+        proc.terminate()
+        proc.wait(10)
