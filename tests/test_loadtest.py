@@ -156,3 +156,25 @@ def test_parse_sse(unpatched: None) -> None:
     chunks, done = tasks.parse_sse(lines)
     assert done and len(chunks) == 2
     assert tasks.parse_sse(lines[:2]) == ([{"choices": [{"delta": {"content": "Hi"}}]}], False)
+
+
+# --- bench plots ------------------------------------------------------------------------------------------
+
+
+def test_plots_from_saved_series(tmp_path: Path) -> None:
+    from loadtest.bench import plots
+    from loadtest.wrk import WrkResult
+
+    def result(c: int, rps: float) -> WrkResult:
+        return WrkResult(connections=c, requests=int(rps * 5), duration_s=5.0, errors=0, non2xx=0,
+                         p50_ms=c * 1.0, p95_ms=c * 2.0, p99_ms=c * 3.0)
+
+    runs = {"a": {c: [result(c, 100.0 * c), result(c, 300.0 * c)] for c in (1, 8, 32)}}
+    series = plots.from_wrk_runs(runs)
+    assert [p["rps"] for p in series["a"]] == [200.0, 1600.0, 6400.0]
+    plots.save_series(tmp_path, "one", series)
+    (tmp_path / "unrelated.json").write_text("[1, 2]")
+    assert list(plots.load_all(tmp_path)) == ["one: a"]
+    paths = plots.draw(tmp_path)
+    assert [p.name for p in paths] == ["throughput.png", "latency.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
