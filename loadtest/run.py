@@ -74,9 +74,16 @@ def duration_seconds(text: str) -> int:
 def run_folder(base: Path, scenario: str) -> Path:
     """`base/loadtest-<scenario>-<UTC timestamp>/`, created."""
     stem = Path(scenario).stem.replace("_", "-")
-    folder = base / f"loadtest-{stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    name = f"loadtest-{stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    base.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 100):
+        folder = base / (name if n == 1 else f"{name}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"too many runs named {name} in {base}")
 
 
 def locust_argv(opts: LoadTestOptions, folder: Path) -> list[str]:
