@@ -110,6 +110,99 @@ def test_gateway_factory_named_by_the_image_exists() -> None:
     assert callable(app_from_env)
 
 
+# ---------------------------------------------------------------------------------------------- images
+
+RUNTIME_REQUIREMENTS = ROOT / "deploy" / "docker" / "requirements-runtime.txt"
+_IMPORT_CHECK = """
+import importlib, importlib.abc, importlib.metadata as md, json, sys
+HEAVY = {"torch", "transformers", "sentence_transformers", "onnx", "onnxruntime", "matplotlib", "locust", "gguf",
+         "accelerate", "pytriton"}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in HEAVY:
+            raise ImportError("the gateway/worker image has no " + name)
+sys.meta_path.insert(0, Blocker())
+for module in ("deploy.cli", "gateway.app", "jobs.worker", "jobs.runtime", "jobs.chunking", "jobs.embeddings",
+               "jobs.chat"):
+    importlib.import_module(module)
+from gateway.app import app_from_env
+dists = md.packages_distributions()
+print(json.dumps(sorted({d for m in list(sys.modules) for d in dists.get(m.split(".")[0], [])})))
+"""
+
+
+# imported in the test venv but optional where it is imported (try/except ImportError), so the image may lack it
+OPTIONAL_IMPORTS = {"sniffio": "anyio and httpcore fall back to asyncio without it"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirements(path: Path) -> dict[str, tuple[str, set[str]]]:
+    """name → (pinned version, extras) from a requirements file of `name[extras]==version` lines."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[([a-z0-9,_-]+)\])?==([^\s;]+)", line)
+            assert match, f"{path.name}: not an exact pin: {line}"
+            pins[_norm(match[1])] = (match[3], set(filter(None, (match[2] or "").split(","))))
+    return pins
+
+
+def _closure(roots: dict[str, set[str]]) -> set[str]:
+    """Distributions that pip installs for these requirements (from the installed metadata, markers honoured)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = list(roots.items())
+    while todo:
+        name, extras = todo.pop()
+        if name in seen and not extras:
+            continue
+        seen.add(name)
+        for text in metadata.requires(name) or []:
+            req = Requirement(text)
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in (extras or {""})):
+                todo.append((_norm(req.name), set(req.extras)))
+    return seen
+
+
+def test_runtime_image_needs_no_export_stack_and_its_requirements_cover_every_import() -> None:
+    """The gateway and worker import nothing heavy, and every distribution they import is installed by the image."""
+    from importlib import metadata
+
+    done = subprocess.run([".venv/bin/python" if (ROOT / ".venv").exists() else "python", "-c", _IMPORT_CHECK],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = {_norm(d) for d in json.loads(done.stdout)} - {"tritonstack", "setuptools"} - OPTIONAL_IMPORTS.keys()
+    pins = _requirements(RUNTIME_REQUIREMENTS)
+    installed = _closure({name: extras for name, (_, extras) in pins.items()})
+    assert not imported - installed, f"imported but not installed by the image: {sorted(imported - installed)}"
+    # the pins are what the test suite runs with: a bump of pyproject.toml must bump the images too
+    stale = {n: (v, metadata.version(n)) for n, (v, _) in pins.items() if metadata.version(n) != v}
+    assert not stale, f"requirements-runtime.txt pins differ from the tested versions (pin, tested): {stale}"
+
+
+@pytest.mark.parametrize("dockerfile", sorted((ROOT / "deploy" / "docker").glob("*.Dockerfile")), ids=lambda p: p.name)
+def test_dockerfile_copies_exist_and_final_stage_runs_non_root(dockerfile: Path) -> None:
+    text = dockerfile.read_text()
+    context = ROOT / "deploy" / "docker" if dockerfile.name == "triton-gpu.Dockerfile" else ROOT
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE):
+        for source in line.split()[:-1]:
+            assert (context / source).exists(), f"{dockerfile.name}: COPY {source} does not exist"
+    final = text[text.rindex("\nFROM "):]
+    user = re.findall(r"^USER (\S+)", final, re.MULTILINE)
+    assert user and not user[-1].startswith(("root", "0")), f"{dockerfile.name}: final stage runs as root"
+    if dockerfile.name != "triton-gpu.Dockerfile":  # NVIDIA's image: compose and Kubernetes probe it instead
+        assert "HEALTHCHECK" in final
+        # no compilers or package managers in the runtime stage: wheels only, pip removed in the build stage
+        assert "build-essential" not in final and "gcc" not in final and "pip install" not in final
+
+
 # ---------------------------------------------------------------------------------------------- Kubernetes
 
 
