@@ -126,6 +126,7 @@ for module in ("deploy.cli", "gateway.app", "jobs.worker", "jobs.runtime", "jobs
                "jobs.chat"):
     importlib.import_module(module)
 from gateway.app import app_from_env
+import tokenizers  # jobs/chunking.py imports it inside the function that chunks by tokens
 dists = md.packages_distributions()
 print(json.dumps(sorted({d for m in list(sys.modules) for d in dists.get(m.split(".")[0], [])})))
 """
