@@ -56,6 +56,7 @@ class ServingOptions:
     warmup: bool = True
     intra_op_threads: int = 0
     inter_op_threads: int = 1
+    ort_spinning: bool = False
 
     def batching(self) -> Batching:
         return Batching(
@@ -116,6 +117,7 @@ def text_embedding_cpu(name: str, model: EmbeddingModel, opts: ServingOptions) -
             "ort_batch_size": str(opts.max_batch_size),
             "intra_op_num_threads": str(opts.intra_op_threads),
             "inter_op_num_threads": str(opts.inter_op_threads),
+            "allow_spinning": "1" if opts.ort_spinning else "0",
             "onnx_file": "model.onnx",
             "tokenizer_file": "tokenizer.json",
             "precision": model.precision,
@@ -295,6 +297,7 @@ def generic_onnx(
                 "onnx_file": "model.onnx",
                 "intra_op_num_threads": str(opts.intra_op_threads),
                 "inter_op_num_threads": str(opts.inter_op_threads),
+                "allow_spinning": "1" if opts.ort_spinning else "0",
                 "precision": precision,
             },
             **common,

@@ -61,6 +61,7 @@ def test_cpu_text_embedding_is_a_python_model_with_text_in() -> None:
         "ort_batch_size": "32",
         "intra_op_num_threads": "0",
         "inter_op_num_threads": "1",
+        "allow_spinning": "0",
         "onnx_file": "model.onnx",
         "tokenizer_file": "tokenizer.json",
         "precision": "fp32",

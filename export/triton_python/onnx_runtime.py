@@ -39,6 +39,8 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(_param(config, "intra_op_num_threads", "0"))
         options.inter_op_num_threads = int(_param(config, "inter_op_num_threads", "1"))
+        # spin-waiting threads steal the cores Triton's frontends and the stub need on a small CPU box
+        options.add_session_config_entry("session.intra_op.allow_spinning", _param(config, "allow_spinning", "0"))
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
             device = int(args.get("model_instance_device_id", 0))

@@ -46,6 +46,8 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(_param(config, "intra_op_num_threads", "0"))
         options.inter_op_num_threads = int(_param(config, "inter_op_num_threads", "1"))
+        # spin-waiting threads steal the cores Triton's frontends and the stub need on a small CPU box
+        options.add_session_config_entry("session.intra_op.allow_spinning", _param(config, "allow_spinning", "0"))
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         onnx_path = version_dir / _param(config, "onnx_file", "model.onnx")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])

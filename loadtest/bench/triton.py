@@ -48,6 +48,7 @@ TUNING = (
     ),
     Variant("minilm_delay1ms", "fp32, batching, max_queue_delay 1 ms", ("--max-queue-delay-us", "1000")),
     Variant("minilm_queue256", "fp32, batching, max_queue_size 256", ("--max-queue-size", "256")),
+    Variant("minilm_spinning", "fp32, batching, ORT threads spin-wait", ("--ort-spinning",)),
 )
 
 
