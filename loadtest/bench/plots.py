@@ -89,7 +89,10 @@ def draw(img_dir: Path) -> list[Path]:
 
 
 def _axes(ax: Any, title: str, ylabel: str) -> None:
+    from matplotlib.ticker import FuncFormatter
+
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("concurrency")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
