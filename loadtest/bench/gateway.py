@@ -40,7 +40,7 @@ EMBED_BODY = '{"model":"minilm","input":"{TEXT}","encoding_format":"base64"}'
 HIT_BODY = EMBED_BODY.replace("{TEXT}", "one sentence that every request repeats, so the cache answers it")
 UNLIMITED = {"TRITONSTACK_GATEWAY_REQUESTS_PER_MINUTE": "1000000000",
              "TRITONSTACK_GATEWAY_TOKENS_PER_MINUTE": "1000000000000"}
-HIT_CONCURRENCY = (16, 32, 64)
+HIT_RUNS = ((True, 16), (True, 32), (True, 64), (False, 32))  # (rate limits on, concurrency)
 TARGET_ADDED_P50_MS, TARGET_RATIO, TARGET_HIT_RPS, TARGET_HIT_P99_MS = 1.0, 0.85, 3000, 10.0
 
 
@@ -172,10 +172,16 @@ class Bench:
                 _add(measured[label], result, cpu)
         return measured
 
-    def hits(self, gateway: Gateway, concurrency: int) -> Measured:
-        result, cpu = self.wrk(gateway.url("/v1/embeddings"), HIT_BODY, concurrency, gateway, fixed=True)
-        label = f"cache hit, rate limits {'on' if gateway is self.stack.limited else 'off'}"
-        return _add(Measured(label, [], 0.0), result, cpu)
+    def hits(self, rounds: int) -> list[Measured]:
+        """Cache hits of one process: every (gateway, concurrency) of `HIT_RUNS`, `rounds` times, order reversed
+        each round."""
+        runs = [(self.stack.limited if on else self.stack.unlimited, c) for on, c in HIT_RUNS]
+        measured = [Measured(f"cache hit, rate limits {'on' if on else 'off'}", [], 0.0) for on, _ in HIT_RUNS]
+        for r in range(rounds):
+            for i in (range(len(runs)) if r % 2 == 0 else reversed(range(len(runs)))):
+                gateway, c = runs[i]
+                _add(measured[i], *self.wrk(gateway.url("/v1/embeddings"), HIT_BODY, c, gateway, fixed=True))
+        return measured
 
     def profiled(self, fixed: bool) -> tuple[list[tuple[str, float]], float]:
         """(component shares, gateway CPU µs per request) while wrk runs cache hits or unique misses at c=32."""
@@ -253,8 +259,7 @@ def measure(bench: Bench, rounds: int, with_profile: bool) -> Results:
     errors_before = stack.limited.redis_errors() + stack.unlimited.redis_errors()
     bench.warm_up()
     c1, c32 = bench.cold(1, rounds), bench.cold(32, rounds)
-    hits = [bench.hits(gw, c) for gw, cs in ((stack.limited, HIT_CONCURRENCY), (stack.unlimited, (32, 64)))
-            for c in cs]
+    hits = bench.hits(max(1, rounds - 1))
     profiles: dict[str, tuple[list[tuple[str, float]], float]] = {}
     if with_profile:
         try:
@@ -270,6 +275,10 @@ def _row(m: Measured, concurrency: int) -> list[str]:
     cpu = f"{m.cpu_us:.0f}" if m.cpu_us is not None else "—"
     return [m.path, str(concurrency), f"{m.rps:.0f}", f"{m.pct('p50_ms'):.2f}", f"{m.pct('p95_ms'):.2f}",
             f"{m.pct('p99_ms'):.2f}", cpu, str(m.errors)]
+
+
+def _rounds(n: int) -> str:
+    return f"{n} round{'s' if n != 1 else ''}"
 
 
 def _verdict(ok: bool) -> str:
@@ -306,7 +315,7 @@ def _targets(res: Results) -> list[list[str]]:
 
 def _profile_text(res: Results) -> list[str]:
     if not res.profiles:
-        return ["(No profile: py-spy is not installed; `.venv/bin/pip install py-spy` and rerun.)"]
+        return ["(No profile in this run: `--no-profile`, or py-spy is missing — `.venv/bin/pip install py-spy`.)"]
     parts = []
     for label, (shares, cpu_us) in res.profiles.items():
         rows = [[name, f"{100 * share:.0f}%", f"{share * cpu_us:.0f}"] for name, share in shares if share >= 0.005]
@@ -322,23 +331,24 @@ def render(res: Results, command: str) -> str:
     rounds = len(next(iter(res.c1.values())).runs)
     on, off = (next(h for h in res.hits if h.runs[0].connections == 32 and h.path.endswith(state))
                for state in ("on", "off"))
+    cost_ratio = _paired(on, off, lambda x, y: x.rps / y.rps)
     limit_cost = (on.cpu_us or 0.0) - (off.cpu_us or 0.0)
     return "\n\n".join([
         "## Gateway: overhead vs direct Triton, cache-hit throughput, cost of rate limiting (MiniLM, CPU)",
         f"Command: `{command}`  \nMachine: {machine_description()}  \n"
         "Load: `wrk` (1 thread, closed loop). Cache-cold rows: one unique ~20-token sentence per request; "
         f"direct Triton gets the KServe v2 JSON body, the gateway the OpenAI body with `encoding_format: base64` "
-        f"(gRPC to Triton) or the same v2 body on its passthrough; {rounds} rounds per concurrency, the order "
+        f"(gRPC to Triton) or the same v2 body on its passthrough; {_rounds(rounds)} per concurrency, the order "
         "reversed each round; cells are medians over rounds, each ratio and latency difference the median of "
-        "per-round values (pairs measured back to back). Cache-hit rows: one fixed sentence, one "
-        "gateway process. Gateway settings: rate limits on (limits too high to refuse) unless stated, Redis and "
-        "Triton on loopback; Triton, Redis, the gateway and wrk share the machine's CPUs. `CPU µs/req`: the "
+        "per-round values (pairs measured back to back). Cache-hit rows: one fixed sentence, one gateway process, "
+        f"{_rounds(len(on.runs))}. Gateway settings: rate limits on (limits too high to refuse) unless stated, "
+        "Redis and Triton on loopback; Triton, Redis, the gateway and wrk share the machine's CPUs. `CPU µs/req`: the "
         "gateway process's user+system time divided by the requests it served.",
         markdown_table(["path", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "CPU µs/req", "errors"],
                        rows),
         markdown_table(["measure", "measured", "target", ""], _targets(res)),
-        f"Rate limiting costs {limit_cost:.0f} µs of gateway CPU per cache hit "
-        f"({on.rps:.0f} vs {off.rps:.0f} req/s at c=32). Redis errors (timeouts) during the run: "
+        f"Rate limiting costs {limit_cost:.0f} µs of gateway CPU per cache hit (at c=32, throughput with limits "
+        f"on / off: {cost_ratio:.2f}×, median of rounds). Redis errors (timeouts) during the run: "
         f"{res.redis_errors:.0f}. In a closed loop the mean latency is concurrency / throughput, so p99 ≤ 10 ms "
         "at c=32 needs well over 3,200 req/s and at c=64 over 6,400 req/s; the c=16 row is where both cache-hit "
         "targets can hold together.",
