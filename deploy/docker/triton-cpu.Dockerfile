@@ -39,7 +39,8 @@ VOLUME ["/models"]
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=2s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2).status != 200)"]
-# `tritonstack triton` runs tritonserver in the foreground and forwards SIGTERM (graceful unload);
+# `tritonstack triton` supervises tritonserver and stops it on SIGTERM (Triton unloads models, ending their stubs);
+# the server's own log is /var/lib/tritonstack/triton.log (an emptyDir in Kubernetes), not stdout;
 # extra flags after the image name replace these (e.g. `--model minilm` to load one model only)
 ENTRYPOINT ["tritonstack", "triton", "--host", "0.0.0.0", "--repository", "/models", "--state-dir", "/var/lib/tritonstack"]
 CMD ["--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002"]
