@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from locust import LoadTestShape
 
+DEFAULT_DURATION_S = 300.0
+
 
 @dataclass(frozen=True)
 class ShapeParams:
@@ -61,7 +63,9 @@ class ConfiguredShape(LoadTestShape):
 
     def _params(self) -> tuple[str, ShapeParams]:
         o = self.runner.environment.parsed_options
-        duration = float(getattr(o, "run_time", None) or 60)
+        name = getattr(o, "shape", "soak")
+        # no --run-time (e.g. the web UI): soak runs until stopped, step and spike take 5 minutes
+        duration = float(getattr(o, "run_time", None) or (math.inf if name == "soak" else DEFAULT_DURATION_S))
         params = ShapeParams(
             users=int(getattr(o, "num_users", None) or 1),
             spawn_rate=float(getattr(o, "spawn_rate", None) or 1),
@@ -69,7 +73,7 @@ class ConfiguredShape(LoadTestShape):
             steps=int(getattr(o, "shape_steps", 4)),
             base=float(getattr(o, "shape_base", 0.2)),
         )
-        return getattr(o, "shape", "soak"), params
+        return name, params
 
     def tick(self) -> tuple[int, float] | None:
         name, params = self._params()

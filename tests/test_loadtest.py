@@ -178,3 +178,33 @@ def test_plots_from_saved_series(tmp_path: Path) -> None:
     paths = plots.draw(tmp_path)
     assert [p.name for p in paths] == ["throughput.png", "latency.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
+# --- the CLI layer without running Locust ---------------------------------------------------------------
+
+
+def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deploy.cli import app
+
+    runner = CliRunner()
+    for args in (["embeddings_cold", "--slo", "p95=1"], ["no_such_scenario"], ["mix", "--duration", "soon"],
+                 ["mix", "--shape", "wave"]):
+        result = runner.invoke(app, ["loadtest", *args, "--out", str(tmp_path)])
+        assert result.exit_code == 2, (args, result.output)
+    assert not list(tmp_path.iterdir())
+
+
+def test_locust_command_line(tmp_path: Path) -> None:
+    from loadtest.run import LoadTestOptions, duration_seconds, locust_argv, run_folder, scenario_names
+
+    assert {"embeddings_cold", "embeddings_hot", "embeddings_batches", "chat", "jobs", "mix"} <= set(scenario_names())
+    assert [duration_seconds(t) for t in ("90", "90s", "2m", "1h30m")] == [90, 90, 120, 5400]
+    opts = LoadTestOptions("embeddings-hot", "http://h:1", 3, 1.5, "1m", tmp_path, api_key="sk-secret", shape="spike")
+    argv = locust_argv(opts, tmp_path)
+    assert argv[argv.index("-f") + 1].endswith("scenarios/embeddings_hot.py," + str(Path("loadtest/shapes.py")
+                                                                                    .resolve()))
+    assert argv[argv.index("-t") + 1] == "60s" and argv[-2:] == ["--shape", "spike"]
+    assert "sk-secret" not in " ".join(argv)
+    assert run_folder(tmp_path, "mix") != run_folder(tmp_path, "mix")
