@@ -227,6 +227,8 @@ def bench_baseline(
     concurrency: list[int] = typer.Option([1, 8, 32], help="Closed-loop connections (repeatable)."),
     rounds: int = typer.Option(1, min=1, help="Runs per concurrency (medians are reported)."),
     output: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('-': print only)."),
+    gateway: str | None = typer.Option(None, help="Also measure this running gateway (URL), interleaved."),
+    api_key: str = typer.Option("", envvar="TRITONSTACK_API_KEY", help="The gateway's API key."),
 ) -> None:
     """The naive FastAPI + sentence-transformers service (loadtest/baselines/naive_st.py); JSON and plots too."""
     import shlex
@@ -235,10 +237,12 @@ def bench_baseline(
     from loadtest.wrk import WrkMissingError
 
     command = "tritonstack bench baseline " + shlex.join(
-        [f"--duration={duration}", f"--rounds={rounds}", *[f"--concurrency={c}" for c in concurrency]]
+        [f"--duration={duration}", f"--rounds={rounds}", *[f"--concurrency={c}" for c in concurrency],
+         *([f"--gateway={gateway}"] if gateway else [])]
     )
     try:
-        typer.echo(bench.run(duration, concurrency, rounds, None if str(output) == "-" else output, command))
+        out = None if str(output) == "-" else output
+        typer.echo(bench.run(duration, concurrency, rounds, out, command, gateway, api_key or None))
     except WrkMissingError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
