@@ -275,10 +275,10 @@ def smollm2(
     weights: Annotated[
         str,
         typer.Option(
-            help="fp32 (dequantised), or packed: the GGUF's own 4-bit blocks as ONNX Runtime MatMulNBits "
-            "(lossless, fp32 compute; same parity gate)."
+            help="mixed: fp32 graph + the GGUF's own 4-bit blocks (ONNX Runtime MatMulNBits, lossless, fp32 "
+            "compute) for single-row decode steps; fp32; or packed (4-bit blocks for every step). Same parity gate."
         ),
-    ] = "fp32",
+    ] = "mixed",
     max_batch_rows: Annotated[
         int, typer.Option("--max-batch-rows", min=1, help="Requests generated together (running + waiting).")
     ] = 8,
@@ -289,6 +289,9 @@ def smollm2(
         ),
     ] = 16384,
     max_context: Annotated[int, typer.Option("--max-context", min=1, help="Prompt + max_tokens limit.")] = 2048,
+    prefix_cache_tokens: Annotated[
+        int, typer.Option("--prefix-cache-tokens", min=0, help="Token slots of recent prompts kept for prefix reuse.")
+    ] = 4096,
     intra_op_threads: IntraOpt = 0,
     inter_op_threads: InterOpt = 1,
     version_policy: PolicyOpt = "latest:1",
@@ -308,6 +311,7 @@ def smollm2(
         max_batch_rows=max_batch_rows,
         max_kv_tokens=max_kv_tokens,
         max_context=max_context,
+        prefix_cache_tokens=prefix_cache_tokens,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
         version_policy=version_policy,

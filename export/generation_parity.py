@@ -4,8 +4,9 @@ Checks on a fixed prompt set (chat template applied by the tokenizer, as served)
 - single: each prompt alone through `llm_engine.greedy_generate` must produce exactly the tokens of
   transformers `generate(do_sample=False)`; the max abs logit difference is reported for the prefill step
   and for the decode steps (up to the first differing token) and gated on `atol`;
-- batched: all prompts prefilled one by one, merged into one left-padded batch and decoded together (rows leave
-  when they finish), as the served scheduler does, must produce the same tokens as the single runs;
+- batched: all prompts prefilled one by one (the system prompt they share reused from the prefix cache), merged
+  into one left-padded batch and decoded together (rows leave when they finish), as the served scheduler does,
+  must produce the same tokens as the single runs;
 - template: the served prompt builder (`llm_text.PromptBuilder`: jinja + tokenizers, no transformers) must give
   the same prompt ids as transformers' `apply_chat_template`.
 """
@@ -73,8 +74,8 @@ class GenerationParity:
             f"{'PASS' if self.passed else 'FAIL'}",
             f"  token-for-token vs transformers generate: {len(self.prompts) - len(self.mismatches)}"
             f"/{len(self.prompts)} equal",
-            f"  batched (left-padded, continuous) vs single: {len(self.prompts) - len(self.batch_mismatches)}"
-            f"/{len(self.prompts)} equal",
+            f"  batched (prefix reuse, left padding, continuous) vs single: "
+            f"{len(self.prompts) - len(self.batch_mismatches)}/{len(self.prompts)} equal",
             f"  served chat template vs transformers apply_chat_template: "
             f"{len(self.prompts) - len(self.template_mismatches)}/{len(self.prompts)} equal",
             f"  max abs logit diff: prefill {self.prefill_max_abs_diff:.3e}, decode {self.decode_max_abs_diff:.3e}"
@@ -110,13 +111,17 @@ def reference_generate(model, ids: list[int], max_new_tokens: int) -> tuple[list
 
 
 def batched_greedy(decoder, prompts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy decoding of all prompts as one continuous batch: prefill each, merge, decode together."""
+    """Greedy decoding of all prompts as one continuous batch: prefill each (reusing shared prefixes), merge, decode
+    together."""
+    from export.triton_python.llm_engine import PrefixCache
+
     eos = set(decoder.info.eos_token_ids)
     outputs: list[list[int]] = [[] for _ in prompts]
     rows: list[int] = []
     batch = None
+    prefixes = PrefixCache(max_tokens=4096)  # the prompts share the chat template's system prompt
     for i, ids in enumerate(prompts):
-        logits, row = decoder.prefill(ids)
+        logits, row = decoder.prefill(ids, prefixes)
         outputs[i].append(int(np.argmax(logits)))
         if outputs[i][-1] not in eos and max_new_tokens > 1:
             batch = row if batch is None else batch.merged(row)

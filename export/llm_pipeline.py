@@ -19,6 +19,8 @@ from export.pipeline import ExportResult, Quiet, Reporter, _skip_if_present, _ti
 from export.repack import repack
 from export.repository import resolve_version, write_version
 
+WEIGHTS = ("mixed", "fp32", "packed")
+
 
 @dataclass(frozen=True)
 class Smollm2Request:
@@ -28,7 +30,9 @@ class Smollm2Request:
     name: str = "smollm2"
     target: str = "cpu"
     serving: GenerationServing = field(default_factory=GenerationServing)
-    weights: str = "fp32"  # fp32 | packed (the GGUF's 4-bit blocks as MatMulNBits, see export.repack)
+    # fp32 | packed (the GGUF's 4-bit blocks as MatMulNBits, see export.repack) | mixed (packed for single-row
+    # decode steps, fp32 for the rest: see llm_engine.Decoder)
+    weights: str = "mixed"
     atol: float = 1e-2
     max_new_tokens: int = 24
     version: int | None = None
@@ -55,39 +59,41 @@ def validate_smollm2(req: Smollm2Request) -> None:
             f"--max-kv-tokens ({s.max_kv_tokens}) must be at least --max-context ({s.max_context}), "
             "or a request using the full context could never be admitted"
         )
-    if req.weights not in ("fp32", "packed"):
-        raise OptionError(f"--weights {req.weights!r}: expected fp32 or packed")
+    if req.weights not in WEIGHTS:
+        raise OptionError(f"--weights {req.weights!r}: expected one of {', '.join(WEIGHTS)}")
     if req.atol <= 0 or req.max_new_tokens < 1:
         raise OptionError("--atol must be > 0 and --parity-tokens >= 1")
 
 
 def _build(req: Smollm2Request, model, tokenizer, work: Path, result: ExportResult,
-           reporter: Reporter) -> tuple[Path, dict[str, Path]]:
-    """The served ONNX decoder (fp32 or packed) and the tokenizer assets, in `work`."""
+           reporter: Reporter) -> tuple[Path, Path | None, dict[str, Path]]:
+    """The served ONNX decoder(s) and the tokenizer assets, in `work`: (main graph, single-row graph, assets)."""
     from export import smollm2
 
     onnx_path = work / "model.onnx"
     with _timed(reporter, result, "export ONNX decoder with KV cache (torch.onnx, opset 17)"):
         smollm2.export_onnx(model, onnx_path)
         assets = smollm2.write_assets(model, tokenizer, work / "assets")
+    if req.weights == "fp32":
+        return onnx_path, None, assets
+    packed = work / "model.packed.onnx"
+    with _timed(reporter, result, "repack GGUF 4-bit blocks as MatMulNBits (lossless)"):
+        reporter.note(repack(onnx_path, packed).describe())
     if req.weights == "packed":
-        with _timed(reporter, result, "repack GGUF 4-bit blocks as MatMulNBits (lossless)"):
-            packed = work / "model.packed.onnx"
-            reporter.note(repack(onnx_path, packed).describe())
-            onnx_path.unlink()
-            onnx_path = packed
-    return onnx_path, assets
+        onnx_path.unlink()
+        return packed, None, assets
+    return onnx_path, packed, assets
 
 
-def _check(req: Smollm2Request, model, tokenizer, onnx_path: Path, assets: dict[str, Path], result: ExportResult,
-           reporter: Reporter) -> None:
+def _check(req: Smollm2Request, model, tokenizer, graphs: tuple[Path, Path | None], assets: dict[str, Path],
+           result: ExportResult, reporter: Reporter) -> None:
     """Generation parity of the served decoder and prompt builder; ParityError (nothing written) on failure."""
     from export import generation_parity
     from export.triton_python.llm_engine import Decoder, ModelInfo
     from export.triton_python.llm_text import PromptBuilder
 
     with _timed(reporter, result, "parity: greedy ONNX vs transformers generate"):
-        decoder = Decoder(onnx_path, ModelInfo.load(assets["generation.json"]))
+        decoder = Decoder(graphs[0], ModelInfo.load(assets["generation.json"]), single_row_path=graphs[1])
         served = PromptBuilder(assets["tokenizer.json"], assets["chat_template.jinja"],
                                tokenizer.bos_token or "", tokenizer.eos_token or "")
         report = generation_parity.check(model, tokenizer, decoder, served, atol=req.atol,
@@ -113,9 +119,9 @@ def export_smollm2(req: Smollm2Request, reporter: Reporter | None = None) -> Exp
         tokenizer = smollm2.load_tokenizer(source)
         model = smollm2.load_model(source)
     with tempfile.TemporaryDirectory(prefix="tritonstack-export-") as tmp:
-        onnx_path, assets = _build(req, model, tokenizer, Path(tmp), result, reporter)
-        _check(req, model, tokenizer, onnx_path, assets, result, reporter)
-        files = text_generation_cpu(req.name, onnx_path, assets, req.serving, req.weights)
+        onnx_path, single_row, assets = _build(req, model, tokenizer, Path(tmp), result, reporter)
+        _check(req, model, tokenizer, (onnx_path, single_row), assets, result, reporter)
+        files = text_generation_cpu(req.name, onnx_path, assets, req.serving, req.weights, single_row)
         with _timed(reporter, result, f"write version {version} to {req.repository}"):
             result.paths = write_version(req.repository, [files], version, force=req.force)
     return result

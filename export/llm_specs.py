@@ -42,13 +42,14 @@ class GenerationServing:
     max_batch_rows: int = 8
     max_kv_tokens: int = 16384
     max_context: int = 2048
+    prefix_cache_tokens: int = 4096
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     version_policy: str = "latest:1"
 
 
 def text_generation_cpu(name: str, onnx_file: Path, assets: dict[str, Path], opts: GenerationServing,
-                        weights: str = "fp32") -> ModelFiles:
+                        weights: str = "fp32", single_row_file: Path | None = None) -> ModelFiles:
     """The decoupled generation model: model.py + its helper modules + ONNX decoder + tokenizer assets."""
     spec = ModelSpec(
         name=name,
@@ -69,11 +70,15 @@ def text_generation_cpu(name: str, onnx_file: Path, assets: dict[str, Path], opt
             "max_batch_rows": str(opts.max_batch_rows),
             "max_kv_tokens": str(opts.max_kv_tokens),
             "max_context": str(opts.max_context),
+            "prefix_cache_tokens": str(opts.prefix_cache_tokens),
             "intra_op_num_threads": str(opts.intra_op_threads),
             "inter_op_num_threads": str(opts.inter_op_threads),
-            "weights": weights,  # informational: fp32 or packed (export.repack)
+            "weights": weights,  # informational: fp32, packed or mixed (export.llm_pipeline)
+            "single_row_onnx_file": "model.packed.onnx" if single_row_file is not None else "",
         },
     )
     files = {"model.py": TRITON_PYTHON / "generation.py", "model.onnx": onnx_file, **assets}
     files.update({module: TRITON_PYTHON / module for module in MODEL_CODE})
+    if single_row_file is not None:
+        files["model.packed.onnx"] = single_row_file
     return ModelFiles(name=name, config_text=render_spec(spec), files=files)

@@ -14,7 +14,7 @@ from export.errors import OptionError, ParityError
 from export.generation_parity import GenerationParity, enforce
 from export.llm_pipeline import Smollm2Request, validate_smollm2
 from export.llm_specs import GenerationServing
-from export.triton_python.llm_engine import KVBatch
+from export.triton_python.llm_engine import KVBatch, PrefixCache
 from export.triton_python.llm_text import SamplingParams, TextStream, sample
 
 TRITON_PYTHON = Path(__file__).parents[1] / "export" / "triton_python"
@@ -69,6 +69,19 @@ def test_kv_batch_merges_left_padded_and_trims_when_rows_leave() -> None:
     assert kept.mask.tolist() == [[0, 1, 1], [1, 1, 1]] and kept.cache[0].shape == (2, 1, 3, 1)
 
 
+def test_prefix_cache_reuses_the_longest_shared_prefix() -> None:
+    prefixes = PrefixCache(max_tokens=20, min_tokens=3)
+    system = list(range(10))
+    prefixes.store([*system, 50, 51], _batch([12]))
+    assert prefixes.lookup([*system[:2], 99]) == (0, None)  # shorter than min_tokens
+    reused, cache = prefixes.lookup([*system, 60, 61, 62])
+    assert reused == 10 and cache is not None and cache[0].shape == (1, 1, 10, 1) and cache[0].flags.c_contiguous
+    reused, _ = prefixes.lookup([*system, 50, 51])  # the same prompt again: all but its last token
+    assert reused == 11 and prefixes.hits == 2
+    prefixes.store(list(range(100, 112)), _batch([12]))  # 24 tokens > 20: the oldest entry goes
+    assert prefixes.tokens == 12 and prefixes.lookup([*system, 1])[1] is None
+
+
 class FakeDecoder:
     """Logits that always pick token (last + 1); counts forward passes and their batch sizes."""
 
@@ -80,7 +93,7 @@ class FakeDecoder:
         out[(last + 1) % 16] = 1.0
         return out
 
-    def prefill(self, ids: list[int]):
+    def prefill(self, ids: list[int], prefixes=None):
         self.batches.append(1)
         return self._logits(ids[-1]), _batch([len(ids)])
 

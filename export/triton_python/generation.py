@@ -130,16 +130,19 @@ class TritonPythonModel:
             generation.get("bos_token", ""),
             generation.get("eos_token", ""),
         )
+        single_row = _param(config, "single_row_onnx_file", "")
         decoder = Decoder(
             version_dir / _param(config, "onnx_file", "model.onnx"),
             info,
             intra_op_threads=int(_param(config, "intra_op_num_threads", "0")),
             inter_op_threads=int(_param(config, "inter_op_num_threads", "1")),
+            single_row_path=version_dir / single_row if single_row else None,
         )
         self.limits = Limits(
             max_batch_size=int(_param(config, "max_batch_rows", "8")),
             max_kv_tokens=int(_param(config, "max_kv_tokens", "16384")),
             max_context=int(_param(config, "max_context", str(info.defaults.get("max_context", 2048)))),
+            prefix_cache_tokens=int(_param(config, "prefix_cache_tokens", "4096")),
         )
         _, warm = decoder.prefill(self.prompts.encode("Hello"))  # first ORT runs allocate; do it before traffic
         decoder.decode([0], warm)

@@ -13,6 +13,7 @@ graph, so padding never shifts a row's positions.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,15 +52,28 @@ class ModelInfo:
         return 2 * self.layers * self.kv_heads * self.head_dim * 4
 
 
-class Decoder:
-    """One ONNX Runtime session of the exported decoder step."""
+def _session(onnx_path: Path, intra_op_threads: int, inter_op_threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
-    def __init__(self, onnx_path: Path, info: ModelInfo, *, intra_op_threads: int = 0, inter_op_threads: int = 1):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+class Decoder:
+    """ONNX Runtime sessions of the exported decoder step.
+
+    With `single_row_path`, a second graph of the same decoder (the GGUF's 4-bit blocks, `export.repack`) runs the
+    steps that compute one token of one row: there the step is bound by reading the weights, which the 4-bit
+    blocks make 5× smaller; every wider step (prefill, batched decode) runs the fp32 graph, whose GEMMs are faster
+    once there are several rows. Both graphs take and return the same cache, so a batch moves between them freely.
+    """
+
+    def __init__(self, onnx_path: Path, info: ModelInfo, *, intra_op_threads: int = 0, inter_op_threads: int = 1,
+                 single_row_path: Path | None = None):
+        self.session = _session(onnx_path, intra_op_threads, inter_op_threads)
+        self.single_row = (_session(single_row_path, intra_op_threads, inter_op_threads)
+                           if single_row_path is not None else None)
         self.info = info
         self.past_names = [f"past.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
         self.output_names = ["logits"] + [f"present.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
@@ -75,15 +89,27 @@ class Decoder:
         """One step: ids [B, S], mask [B, past + S], cache → (last-position logits [B, V], present cache)."""
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         feeds.update(zip(self.past_names, cache, strict=True))
-        outputs = self.session.run(self.output_names, feeds)
+        session = self.single_row if self.single_row is not None and input_ids.size == 1 else self.session
+        outputs = session.run(self.output_names, feeds)
         return outputs[0], outputs[1:]
 
-    def prefill(self, token_ids: Sequence[int]) -> tuple[np.ndarray, KVBatch]:
-        """Run a whole prompt as one row: (logits [V], the row's cache)."""
+    def prefill(self, token_ids: Sequence[int], prefixes: PrefixCache | None = None) -> tuple[np.ndarray, KVBatch]:
+        """Run a prompt as one row: (logits [V], the row's cache).
+
+        With `prefixes`, the longest cached prefix of the prompt is reused and only the rest is computed; the
+        prompt's cache is then stored for later prompts that start the same way (system prompt, earlier turns).
+        """
         ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
         mask = np.ones_like(ids)
-        logits, cache = self.run(ids, mask, self.empty_cache(1))
-        return logits[0], KVBatch(mask, cache)
+        reused, past = prefixes.lookup(token_ids) if prefixes is not None else (0, None)
+        if past is None:
+            logits, cache = self.run(ids, mask, self.empty_cache(1))
+        else:
+            logits, cache = self.run(ids[:, reused:], mask, past)
+        row = KVBatch(mask, cache)
+        if prefixes is not None:
+            prefixes.store(token_ids, row)
+        return logits[0], row
 
     def decode(self, last_tokens: Sequence[int], batch: KVBatch) -> tuple[np.ndarray, KVBatch]:
         """One token per row of `batch`: (logits [B, V], the batch's cache one column wider)."""
@@ -136,6 +162,56 @@ class KVBatch:
     def nbytes(self) -> int:
         """Bytes held by the cache tensors."""
         return sum(t.nbytes for t in self.cache)
+
+
+class PrefixCache:
+    """Caches of recent prompts (one unpadded row each), reused by prompts that share a prefix with them.
+
+    Bounded by `max_tokens` cached token slots (least recently used entries go first); a prefix is reused from
+    `min_tokens` tokens on, and never the prompt's last token (its logits are needed).
+    """
+
+    def __init__(self, max_tokens: int, min_tokens: int = 8) -> None:
+        self.max_tokens, self.min_tokens = max_tokens, min_tokens
+        self.entries: OrderedDict[tuple[int, ...], KVBatch] = OrderedDict()
+        self.tokens = 0
+        self.hits = 0
+        self.reused_tokens = 0
+
+    def lookup(self, token_ids: Sequence[int]) -> tuple[int, list[np.ndarray] | None]:
+        """(tokens reused, their cache as contiguous [1, heads, n, dim] tensors) or (0, None)."""
+        ids = tuple(token_ids)
+        best, best_key = 0, None
+        for key in self.entries:
+            n = _common_prefix(key, ids)
+            if n > best:
+                best, best_key = n, key
+        best = min(best, len(ids) - 1)
+        if best_key is None or best < self.min_tokens:
+            return 0, None
+        self.entries.move_to_end(best_key)
+        self.hits += 1
+        self.reused_tokens += best
+        return best, [np.ascontiguousarray(t[:, :, :best]) for t in self.entries[best_key].cache]
+
+    def store(self, token_ids: Sequence[int], row: KVBatch) -> None:
+        """Keep `row` (the cache of exactly `token_ids`), evicting the oldest entries beyond the budget."""
+        key = tuple(token_ids)
+        if len(key) > self.max_tokens or key in self.entries:
+            return
+        self.entries[key] = row
+        self.tokens += len(key)
+        while self.tokens > self.max_tokens:
+            old, _ = self.entries.popitem(last=False)
+            self.tokens -= len(old)
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def greedy_generate(decoder: Decoder, prompt: Sequence[int], max_new_tokens: int) -> tuple[list[int], list[np.ndarray]]:

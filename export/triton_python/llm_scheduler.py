@@ -1,8 +1,9 @@
 """Iteration-level (continuous) batching of generation requests on one decoder, in a background thread.
 
 Each loop iteration:
-1. admits every waiting request: its prompt is prefilled on its own (batch 1), its first token sampled and sent,
-   and its cache merged into the running batch (left padding, see `llm_engine.KVBatch`);
+1. admits every waiting request: its prompt is prefilled on its own (batch 1; the longest prefix it shares with a
+   recent prompt is reused from `llm_engine.PrefixCache`), its first token sampled and sent, and its cache merged
+   into the running batch (left padding, see `llm_engine.KVBatch`);
 2. runs one decode step for all running rows together — one forward pass, one new token per row;
 3. sends each row its text delta; rows that finished (eos, stop string, max_tokens, context) or were cancelled
    get their final response and leave the batch before the next step.
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from llm_engine import Decoder, KVBatch
+from llm_engine import Decoder, KVBatch, PrefixCache
 from llm_text import SamplingParams, TextStream, sample
 
 log = logging.getLogger("tritonstack.generation")
@@ -63,6 +64,7 @@ class Limits:
     max_batch_size: int = 8
     max_kv_tokens: int = 16384
     max_context: int = 2048
+    prefix_cache_tokens: int = 4096  # token slots of recent prompts kept for prefix reuse (0 = off)
 
 
 @dataclass
@@ -112,6 +114,7 @@ class Scheduler:
         self.limits = limits
         self.eos = frozenset(eos_token_ids)
         self.stats = Stats()
+        self.prefixes = PrefixCache(limits.prefix_cache_tokens) if limits.prefix_cache_tokens > 0 else None
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._batch: KVBatch | None = None
@@ -187,7 +190,7 @@ class Scheduler:
         if seq.sink.cancelled():
             seq.close("request cancelled")
             return
-        logits, row = self.decoder.prefill(seq.prompt)
+        logits, row = self.decoder.prefill(seq.prompt, self.prefixes)
         self._observed(1, decode=False)
         if self._advance(seq, logits, StepInfo(self.stats.forward_passes, 1, len(seq.prompt), 1)):
             return
