@@ -1,10 +1,11 @@
 """Where a server process spends its CPU: `py-spy` samples grouped into the gateway's components.
 
 `record` samples a running process (py-spy, raw collapsed stacks, idle excluded); `breakdown` assigns each sample
-to the first component whose pattern occurs in its stack (most specific first), so a Redis call made by the rate
-limiter counts as rate limiting, a gRPC call made by the single-flight leader as the Triton client, and a socket
-write of a response as response sending. Samples are wall time while the thread is busy (on a shared machine
-that includes time it was runnable but waiting for a CPU), so shares are indicative.
+to the first subsystem whose pattern occurs anywhere in its stack (most specific first), so a Redis call made by
+the rate limiter counts as rate limiting, a gRPC call made by the single-flight leader as the Triton client, and a
+socket write of a response as response sending; what no subsystem claims goes by the file of its innermost frame
+(framework, gateway glue, or the event loop and the rest). Samples are wall time while the thread is busy (on a
+shared machine that includes time it was runnable but waiting for a CPU), so shares are indicative.
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("API key check", ("gateway/auth.py",)),
     ("response write (socket send)", ("RequestResponseCycle.send",)),
     ("HTTP parsing, connection handling (uvicorn, httptools)", ("HttpToolsProtocol.",)),
-    ("FastAPI/Starlette routing, dependencies, middleware", ("fastapi/", "starlette/", "gateway/", "uvicorn/")),
 )
-OTHER = "event loop and other"
+# by the innermost frame, for samples no subsystem above claims
+LEAF_COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("FastAPI/Starlette (routing, middleware, request/response objects)", ("fastapi/", "starlette/", "uvicorn/")),
+    ("gateway glue (middleware, auth/limit dependencies, service, keys)", ("gateway/",)),
+)
+OTHER = "event loop, asyncio and other"
 
 
 class ProfilerMissingError(RuntimeError):
@@ -68,7 +73,8 @@ def component(frames: list[str]) -> str:
     for name, patterns in COMPONENTS:
         if any(p in frame for frame in frames for p in patterns):
             return name
-    return OTHER
+    leaf = frames[-1] if frames else ""
+    return next((name for name, patterns in LEAF_COMPONENTS if any(p in leaf for p in patterns)), OTHER)
 
 
 def breakdown(stacks: list[tuple[list[str], int]]) -> list[tuple[str, float]]:
