@@ -319,7 +319,8 @@ def _profile_text(res: Results) -> list[str]:
     parts = []
     for label, (shares, cpu_us) in res.profiles.items():
         rows = [[name, f"{100 * share:.0f}%", f"{share * cpu_us:.0f}"] for name, share in shares if share >= 0.005]
-        parts.append(f"**{label}**: {cpu_us:.0f} µs of gateway CPU per request (py-spy samples, idle excluded).")
+        parts.append(f"**{label}**: {cpu_us:.0f} µs of gateway CPU per request (/proc), split by py-spy's samples "
+                     "of that run (idle excluded).")
         parts.append(markdown_table(["component", "share", "µs/request"], rows))
     return parts
 
