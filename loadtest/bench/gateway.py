@@ -344,7 +344,8 @@ def render(res: Results, command: str) -> str:
         "per-round values (pairs measured back to back). Cache-hit rows: one fixed sentence, one gateway process, "
         f"{_rounds(len(on.runs))}. Gateway settings: rate limits on (limits too high to refuse) unless stated, "
         "Redis and Triton on loopback; Triton, Redis, the gateway and wrk share the machine's CPUs. `CPU µs/req`: the "
-        "gateway process's user+system time divided by the requests it served.",
+        "gateway process's user+system time divided by the requests it served (at c=1 mostly the cost of waking "
+        "from idle at every Redis and Triton round trip, which is high on this VM: compare the c=32 rows).",
         markdown_table(["path", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "CPU µs/req", "errors"],
                        rows),
         markdown_table(["measure", "measured", "target", ""], _targets(res)),
