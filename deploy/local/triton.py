@@ -103,7 +103,6 @@ def server_environment(dist: TritonDistribution) -> dict[str, str]:
         libdirs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = ":".join(libdirs)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # serving must not write __pycache__ into the model repository
     return env
 
 
