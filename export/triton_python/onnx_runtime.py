@@ -10,6 +10,7 @@ Parameters: `onnx_file`, `intra_op_num_threads`, `inter_op_num_threads`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,15 @@ def _invalid(message: str) -> pb_utils.InferenceResponse:
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
+def _intra_op_threads(config: dict) -> int:
+    """The configured count; 0 (auto) splits the cores between this model's instances instead of oversubscribing."""
+    threads = int(_param(config, "intra_op_num_threads", "0"))
+    if threads > 0:
+        return threads
+    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+    return max(1, (os.cpu_count() or 1) // instances)
+
+
 class TritonPythonModel:
     """One ORT session per model instance."""
 
@@ -37,7 +47,7 @@ class TritonPythonModel:
         self.inputs = {i["name"]: pb_utils.triton_string_to_numpy(i["data_type"]) for i in config["input"]}
         self.outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(_param(config, "intra_op_num_threads", "0"))
+        options.intra_op_num_threads = _intra_op_threads(config)
         options.inter_op_num_threads = int(_param(config, "inter_op_num_threads", "1"))
         # spin-waiting threads steal the cores Triton's frontends and the stub need on a small CPU box
         options.add_session_config_entry("session.intra_op.allow_spinning", _param(config, "allow_spinning", "0"))

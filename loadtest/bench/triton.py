@@ -38,14 +38,12 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("minilm_unbatched", "fp32, no dynamic batching", ("--no-dynamic-batching",)),
-    Variant("minilm", "fp32, dynamic batching (default config)", ()),
+    Variant("minilm_unbatched", "fp32, no dynamic batching (2 instances)", ("--no-dynamic-batching",)),
+    Variant("minilm", "fp32, dynamic batching (default: 2 instances × 1 core)", ()),
     Variant("minilm_int8", "int8, dynamic batching", ("--precision", "int8")),
 )
 TUNING = (
-    Variant(
-        "minilm_2x1", "fp32, batching, 2 instances × 1 ORT thread", ("--instances", "2", "--intra-op-threads", "1")
-    ),
+    Variant("minilm_1x", "fp32, batching, 1 instance × all cores", ("--instances", "1")),
     Variant("minilm_delay1ms", "fp32, batching, max_queue_delay 1 ms", ("--max-queue-delay-us", "1000")),
     Variant("minilm_queue256", "fp32, batching, max_queue_size 256", ("--max-queue-size", "256")),
     Variant("minilm_spinning", "fp32, batching, ORT threads spin-wait", ("--ort-spinning",)),
@@ -189,7 +187,11 @@ def run(duration_s: int, concurrencies: list[int], tuning: bool, rounds: int, ou
     write_section(output, "triton", markdown)
     labels = {v.name: v.label for v in variants}
     img_dir = output.parent / "img"  # raw numbers for the plots (loadtest.bench.plots)
-    plots.save_series(img_dir, "triton", plots.from_wrk_runs({labels[k]: v for k, v in runs.items()}),
-                      {"command": command, "load generator": "wrk"})
+    plots.save_series(
+        img_dir,
+        "triton",
+        plots.from_wrk_runs({labels[k]: v for k, v in runs.items()}),
+        {"command": command, "load generator": "wrk"},
+    )
     plots.draw(img_dir)
     return markdown
