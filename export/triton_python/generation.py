@@ -175,7 +175,7 @@ class TritonPythonModel:
         if not ids:
             raise RequestError("the prompt is empty")
         params = self._params(request, len(ids))
-        rng = np.random.default_rng(params.seed)
+        rng = np.random.default_rng(None if params.seed is None else params.seed & 0xFFFFFFFFFFFFFFFF)  # any int64
         return Sequence(ids, params, sink, TextStream(self.prompts.tokenizer, params.stop), rng)
 
     def _params(self, request, prompt_tokens: int):
@@ -216,6 +216,8 @@ class TritonPythonModel:
                 sender.send(_error(f"overloaded: {exc}", "UNAVAILABLE"), flags=FINAL)
             except (ValueError, UnicodeDecodeError) as exc:
                 sender.send(_error(f"invalid request: {exc}", "INVALID_ARG"), flags=FINAL)
+            except Exception as exc:  # e.g. a chat template error: this request fails, never hangs
+                sender.send(_error(f"request failed: {exc}", "INTERNAL"), flags=FINAL)
         return None
 
     def finalize(self) -> None:
