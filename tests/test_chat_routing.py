@@ -183,16 +183,20 @@ def test_only_deployment_is_never_ejected(chat_gateway: Callable[..., RunningGat
 def test_overflow_goes_to_next_at_once(chat_gateway: Callable[..., RunningGateway], fake_llm: FakeUpstream,
                                        gateway_keys: GatewayKeys) -> None:
     gw = chat_gateway(two_deployments(fake_llm, primary={"max_in_flight": 1}))
-    fake_llm.state.fault("up-primary", Fault(delay_s=0.5))
+    # the primary's one slot stays busy long enough for the others to arrive, however loaded the machine is
+    fake_llm.state.fault("up-primary", Fault(delay_s=0.8))
     results: list[str] = []
 
     def call() -> None:
         results.append(served_by(gw, gateway_keys.user))
 
     threads = [threading.Thread(target=call) for _ in range(3)]
-    for t in threads:
+    threads[0].start()
+    deadline = time.monotonic() + 10
+    while not fake_llm.state.calls("up-primary") and time.monotonic() < deadline:
+        time.sleep(0.01)  # poll until the first request holds the primary's only slot
+    for t in threads[1:]:
         t.start()
-        time.sleep(0.05)
     for t in threads:
         t.join()
     assert sorted(results) == ["primary", "secondary", "secondary"]
