@@ -223,6 +223,7 @@ class Results:
     hits: list[Measured]
     profiles: dict[str, tuple[list[tuple[str, float]], float]]
     redis_errors: float
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end (other users)
 
 
 def run(duration_s: int, rounds: int, with_profile: bool, output: Path | None, command: str) -> str:
@@ -256,6 +257,7 @@ def run(duration_s: int, rounds: int, with_profile: bool, output: Path | None, c
 
 def measure(bench: Bench, rounds: int, with_profile: bool) -> Results:
     stack = bench.stack
+    load_before = os.getloadavg()[0]
     errors_before = stack.limited.redis_errors() + stack.unlimited.redis_errors()
     bench.warm_up()
     c1, c32 = bench.cold(1, rounds), bench.cold(32, rounds)
@@ -268,7 +270,7 @@ def measure(bench: Bench, rounds: int, with_profile: bool) -> Results:
         except profile.ProfilerMissingError as exc:
             print(f"note: no profile: {exc}", file=sys.stderr)
     errors = stack.limited.redis_errors() + stack.unlimited.redis_errors() - errors_before
-    return Results(c1, c32, hits, profiles, errors)
+    return Results(c1, c32, hits, profiles, errors, (load_before, os.getloadavg()[0]))
 
 
 def _row(m: Measured, concurrency: int) -> list[str]:
@@ -336,7 +338,8 @@ def render(res: Results, command: str) -> str:
     limit_cost = (on.cpu_us or 0.0) - (off.cpu_us or 0.0)
     return "\n\n".join([
         "## Gateway: overhead vs direct Triton, cache-hit throughput, cost of rate limiting (MiniLM, CPU)",
-        f"Command: `{command}`  \nMachine: {machine_description()}  \n"
+        f"Command: `{command}`  \nMachine: {machine_description()}; 1-minute load average {res.load[0]:.1f} at the "
+        f"start, {res.load[1]:.1f} at the end (the machine is shared)  \n"
         "Load: `wrk` (1 thread, closed loop). Cache-cold rows: one unique ~20-token sentence per request; "
         f"direct Triton gets the KServe v2 JSON body, the gateway the OpenAI body with `encoding_format: base64` "
         f"(gRPC to Triton) or the same v2 body on its passthrough; {_rounds(rounds)} per concurrency, the order "
@@ -358,6 +361,8 @@ def render(res: Results, command: str) -> str:
         "Redis round trips per request: a cache hit makes one (the rate-limit script: both windows read, the "
         "request counted, the header figures returned); a miss adds one before Triton (the cache lookup and the "
         "cross-replica lock in one script) and one after, off the response path (stores and unlock in one "
-        "pipeline). Token usage is debited in one call per key every 50 ms, not per request.",
+        "pipeline). Token usage is debited in one call per key every 50 ms, not per request. Native code has no "
+        "Python frame of its own and shows under the event loop: uvloop's socket I/O and, on misses, the Cython core "
+        "of the gRPC client.",
         *_profile_text(res),
     ])
