@@ -77,8 +77,9 @@ class ModelEntry:
 class Backend(Protocol):
     """An inference server the gateway fronts."""
 
-    async def embed(self, model: str, texts: Sequence[str]) -> EmbedResult:
-        """Embed `texts` with `model`; splits into batches the model accepts."""
+    async def embed(self, model: str, texts: Sequence[str], *, version: str = "") -> EmbedResult:
+        """Embed `texts` with `model` (a pinned `version`, or "" for the server's choice); splits into batches
+        the model accepts."""
         ...
 
     async def model_info(self, model: str) -> ModelInfo:

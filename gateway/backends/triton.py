@@ -169,8 +169,10 @@ class TritonBackend:
             platform=meta.platform or config.backend,
         )
 
-    async def embed(self, model: str, texts: Sequence[str]) -> EmbedResult:
-        """Embed texts with a text-in model (`text` → `embedding`, `token_count`), split by max_batch_size."""
+    async def embed(self, model: str, texts: Sequence[str], *, version: str = "") -> EmbedResult:
+        """Embed texts with a text-in model (`text` → `embedding`, `token_count`), split by max_batch_size.
+
+        `version` pins a Triton model version ("" = Triton's choice under the model's version policy)."""
         info = await self.model_info(model)
         if info.output(EMBEDDING_OUTPUT) is None:
             raise InvalidRequestError(f"The model '{model}' is not an embedding model", param="model",
@@ -178,8 +180,9 @@ class TritonBackend:
         step = info.max_batch_size if info.max_batch_size > 0 else len(texts)
         chunks = [texts[i : i + step] for i in range(0, len(texts), step)]
         if len(chunks) == 1:
-            return await self._embed_chunk(model, chunks[0])
-        results = await asyncio.gather(*(self._embed_chunk(model, c) for c in chunks), return_exceptions=True)
+            return await self._embed_chunk(model, chunks[0], version)
+        results = await asyncio.gather(*(self._embed_chunk(model, c, version) for c in chunks),
+                                       return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -191,12 +194,13 @@ class TritonBackend:
             model_version=versions.pop() if len(versions) == 1 else "",
         )
 
-    async def _embed_chunk(self, model: str, texts: Sequence[str]) -> EmbedResult:
+    async def _embed_chunk(self, model: str, texts: Sequence[str], version: str = "") -> EmbedResult:
         data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
         tensor = InferInput(TEXT_INPUT, list(data.shape), "BYTES")
         tensor.set_data_from_numpy(data)
         try:
-            result: InferResult = await self._client.infer(model, [tensor], client_timeout=self._timeout_s)
+            result: InferResult = await self._client.infer(model, [tensor], model_version=version,
+                                                            client_timeout=self._timeout_s)
         except InferenceServerException as exc:
             raise self._fail(exc, model) from None
         vectors = result.as_numpy(EMBEDDING_OUTPUT)
