@@ -95,7 +95,8 @@ def _jobs(settings: GatewaySettings, metrics: GatewayMetrics, embeddings: Embedd
 def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewayState:
     """Create every client and service (must run inside the event loop: gRPC and Redis bind to it)."""
     backend = TritonBackend(settings.triton_grpc_url, timeout_s=settings.backend_timeout_s,
-                            model_info_ttl_s=settings.model_info_ttl_s, metrics=metrics)
+                            model_info_ttl_s=settings.model_info_ttl_s, metrics=metrics,
+                            coalesce_in_flight=settings.embed_coalesce_in_flight)
     redis = _redis(settings)
     cache, flights = _cache(settings, redis, metrics)
     limiter = build_limiter(settings, redis, metrics)

@@ -74,6 +74,8 @@ class GatewaySettings(BaseSettings):
     backend_timeout_s: float = Field(default=30.0, gt=0)
     model_info_ttl_s: float = Field(default=2.0, ge=0)
     passthrough_max_connections: int = Field(default=256, ge=1)
+    # concurrent embedding calls share Triton requests, at most this many in flight per model version (0 = off)
+    embed_coalesce_in_flight: int = Field(default=4, ge=0)
 
     # redis (shared state: cache, rate limits)
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -20,6 +21,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from gateway.backends.base import EmbedResult, ModelEntry, ModelInfo, TensorInfo
+from gateway.backends.coalesce import EmbedCoalescer
 from gateway.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
@@ -88,8 +90,14 @@ class TritonBackend:
         timeout_s: float,
         model_info_ttl_s: float,
         metrics: GatewayMetrics | None = None,
+        coalesce_in_flight: int = 0,
+        channel_args: list[tuple[str, Any]] | None = None,
     ) -> None:
-        self._client = InferenceServerClient(url)
+        """`coalesce_in_flight` > 0 merges concurrent embedding calls per model (`EmbedCoalescer`), with at most
+        that many requests per model and version in flight; 0 sends every call as it comes."""
+        self._client = InferenceServerClient(url, channel_args=channel_args)
+        self.coalescer = (EmbedCoalescer(self._send_embed, max_in_flight=coalesce_in_flight)
+                          if coalesce_in_flight > 0 else None)
         self._timeout_s = timeout_s
         self._ttl_s = model_info_ttl_s
         self._metrics = metrics
@@ -97,7 +105,9 @@ class TritonBackend:
         self._info_locks: dict[str, asyncio.Lock] = {}
 
     async def close(self) -> None:
-        """Close the gRPC channel."""
+        """Finish coalesced requests in flight, then close the gRPC channel."""
+        if self.coalescer is not None:
+            await self.coalescer.aclose()
         await self._client.close()
 
     def _fail(self, exc: InferenceServerException, model: str) -> GatewayError:
@@ -106,10 +116,10 @@ class TritonBackend:
             self._metrics.backend_errors.labels(reason).inc()
         return error
 
-    async def ready(self) -> bool:
-        """True when Triton answers `ServerReady` with true within a second."""
+    async def ready(self, timeout_s: float = 1.0) -> bool:
+        """True when Triton answers `ServerReady` with true within `timeout_s`."""
         try:
-            return bool(await self._client.is_server_ready(client_timeout=1.0))
+            return bool(await self._client.is_server_ready(client_timeout=timeout_s))
         except (InferenceServerException, OSError):
             return False
 
@@ -178,10 +188,12 @@ class TritonBackend:
             raise InvalidRequestError(f"The model '{model}' is not an embedding model", param="model",
                                       code="not_an_embedding_model")
         step = info.max_batch_size if info.max_batch_size > 0 else len(texts)
+        if info.max_batch_size <= 0:  # the model's shapes are its own: never merge callers into one request
+            return await self._send_embed(model, version, texts)
         chunks = [texts[i : i + step] for i in range(0, len(texts), step)]
         if len(chunks) == 1:
-            return await self._embed_chunk(model, chunks[0], version)
-        results = await asyncio.gather(*(self._embed_chunk(model, c, version) for c in chunks),
+            return await self._embed_chunk(model, chunks[0], version, step)
+        results = await asyncio.gather(*(self._embed_chunk(model, c, version, step) for c in chunks),
                                        return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
@@ -194,8 +206,17 @@ class TritonBackend:
             model_version=versions.pop() if len(versions) == 1 else "",
         )
 
-    async def _embed_chunk(self, model: str, texts: Sequence[str], version: str = "") -> EmbedResult:
-        data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
+    async def _embed_chunk(self, model: str, texts: Sequence[str], version: str, max_items: int) -> EmbedResult:
+        if self.coalescer is None:
+            return await self._send_embed(model, version, texts)
+        return await self.coalescer.embed(model, version, texts, max_items)
+
+    async def _send_embed(self, model: str, version: str, texts: Sequence[str]) -> EmbedResult:
+        try:
+            data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON but not UTF-8
+            raise InvalidRequestError("'input' contains invalid Unicode (an unpaired surrogate)", param="input",
+                                      code="invalid_input") from None
         tensor = InferInput(TEXT_INPUT, list(data.shape), "BYTES")
         tensor.set_data_from_numpy(data)
         try:
