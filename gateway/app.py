@@ -18,7 +18,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from gateway.admission import AdmissionMiddleware
 from gateway.auth import Authenticator
-from gateway.backends.triton import TritonBackend
+from gateway.backends.pool import TritonPool, build_triton
 from gateway.cache import CachedItem, CacheHooks, EmbeddingCache, SingleFlight
 from gateway.chat.factory import build_chat
 from gateway.chat.router import admin as chat_admin
@@ -94,9 +94,11 @@ def _jobs(settings: GatewaySettings, metrics: GatewayMetrics, embeddings: Embedd
 
 def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewayState:
     """Create every client and service (must run inside the event loop: gRPC and Redis bind to it)."""
-    backend = TritonBackend(settings.triton_grpc_url, timeout_s=settings.backend_timeout_s,
-                            model_info_ttl_s=settings.model_info_ttl_s, metrics=metrics,
-                            coalesce_in_flight=settings.embed_coalesce_in_flight)
+    backend = build_triton(settings.triton_grpc_urls, timeout_s=settings.backend_timeout_s,
+                           model_info_ttl_s=settings.model_info_ttl_s, metrics=metrics,
+                           health_interval_s=settings.triton_health_interval_s,
+                           health_timeout_s=settings.triton_health_timeout_s,
+                           coalesce_in_flight=settings.embed_coalesce_in_flight)
     redis = _redis(settings)
     cache, flights = _cache(settings, redis, metrics)
     limiter = build_limiter(settings, redis, metrics)
@@ -113,7 +115,7 @@ def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewaySt
         embeddings=embeddings,
         models=ModelService(backend, started_at=int(time.time())),
         kserve=KServeProxy(triton_http_session(settings.passthrough_max_connections, settings.backend_timeout_s),
-                           settings.triton_http_url),
+                           settings.triton_http_urls, backend if isinstance(backend, TritonPool) else None),
         cache=cache,
         limiter=limiter,
         chat=chat,

@@ -8,13 +8,14 @@ Only sha256 hex digests of keys are ever configured; `hash_api_key` computes one
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -22,6 +23,20 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 def hash_api_key(key: str) -> str:
     """The sha256 hex digest under which an API key is configured."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def parse_url_list(value: Any) -> Any:
+    """A list of addresses from a JSON list (`'["a:8001", "b:8001"]'`) or a comma-separated string."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+# a list setting given as JSON or comma-separated in the environment
+UrlList = Annotated[list[str], NoDecode]
 
 
 def read_secret(env_var: str) -> str | None:
@@ -71,6 +86,12 @@ class GatewaySettings(BaseSettings):
     # backends
     triton_grpc_url: str = "127.0.0.1:8001"
     triton_http_url: str = "127.0.0.1:8000"
+    # several Triton servers (gateway.backends.pool): one gRPC and one HTTP address each, same order; empty = the
+    # single URLs above. JSON list or comma-separated.
+    triton_grpc_urls: UrlList = Field(default_factory=list)
+    triton_http_urls: UrlList = Field(default_factory=list)
+    triton_health_interval_s: float = Field(default=1.0, gt=0)
+    triton_health_timeout_s: float = Field(default=1.0, gt=0)
     backend_timeout_s: float = Field(default=30.0, gt=0)
     model_info_ttl_s: float = Field(default=2.0, ge=0)
     passthrough_max_connections: int = Field(default=256, ge=1)
@@ -124,6 +145,24 @@ class GatewaySettings(BaseSettings):
     # operations
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     expose_metrics: bool = True
+
+    @field_validator("triton_grpc_urls", "triton_http_urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        return parse_url_list(value)
+
+    @model_validator(mode="after")
+    def _triton_endpoints(self) -> GatewaySettings:
+        grpc = self.triton_grpc_urls or [self.triton_grpc_url]
+        http = self.triton_http_urls or ([self.triton_http_url] if len(grpc) == 1 else [])
+        if len(http) != len(grpc):
+            raise ValueError("triton_http_urls needs one HTTP address per gRPC address in triton_grpc_urls "
+                             f"(same order): got {len(http)} for {len(grpc)}")
+        if len(set(grpc)) != len(grpc):
+            raise ValueError("triton_grpc_urls lists an address twice")
+        object.__setattr__(self, "triton_grpc_urls", grpc)  # frozen model: fill the defaults once, here
+        object.__setattr__(self, "triton_http_urls", http)
+        return self
 
     @model_validator(mode="after")
     def _auth_is_explicit(self) -> GatewaySettings:

@@ -62,6 +62,19 @@ class GatewayMetrics:
             "gateway_embedding_items", "Items embedded by the backend (cache misses).", ["model"], registry=r,
         )
         self.tokens = Counter("gateway_tokens", "Prompt tokens served.", ["model"], registry=r)
+        # several Triton endpoints (gateway.backends.pool); the label is the configured gRPC URL
+        self.triton_endpoint_in_flight = Gauge(
+            "gateway_triton_endpoint_in_flight", "Requests in flight to each Triton endpoint.", ["endpoint"],
+            registry=r,
+        )
+        self.triton_endpoint_healthy = Gauge(
+            "gateway_triton_endpoint_healthy", "1 while a Triton endpoint is in rotation, 0 while ejected.",
+            ["endpoint"], registry=r,
+        )
+        self.triton_endpoint_ejections = Counter(
+            "gateway_triton_endpoint_ejections", "Triton endpoints taken out of rotation, by cause.",
+            ["endpoint", "reason"], registry=r,
+        )
 
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

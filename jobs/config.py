@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from gateway.config import UrlList, parse_url_list
 
 if TYPE_CHECKING:
     from gateway.config import GatewaySettings
@@ -31,6 +33,10 @@ class WorkerConfig(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: float = Field(default=10.0, gt=0)
     triton_grpc_url: str = "127.0.0.1:8001"
+    # several Triton servers (JSON list or comma-separated; empty = `triton_grpc_url`): the worker balances over
+    # them like the gateway (gateway.backends.pool)
+    triton_grpc_urls: UrlList = Field(default_factory=list)
+    triton_health_interval_s: float = Field(default=1.0, gt=0)
     backend_timeout_s: float = Field(default=120.0, gt=0)
     # where `<model>/<version>/tokenizer.json` is found for token chunking (else: character windows)
     model_repository: Path | None = Path("model_repository")
@@ -67,6 +73,16 @@ class WorkerConfig(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9500, ge=0, le=65535, description="Prometheus endpoint; 0 disables.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("triton_grpc_urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        return parse_url_list(value)
+
+    @property
+    def grpc_urls(self) -> list[str]:
+        """Every Triton gRPC address the worker uses."""
+        return self.triton_grpc_urls or [self.triton_grpc_url]
 
     @property
     def lease_ms(self) -> int:

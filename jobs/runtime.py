@@ -1,7 +1,8 @@
 """The worker's clients and services, created in arq's `on_startup` and closed in `on_shutdown`.
 
 Job functions find them in `ctx`: `ctx["runtime"]` (this object), `ctx["triton"]` (the gateway's
-`TritonBackend`), `ctx["store"]` (the `JobStore` on its own Redis client) and arq's own `ctx["redis"]`.
+`TritonBackend`, or a `TritonPool` over several Triton servers), `ctx["store"]` (the `JobStore` on its own Redis
+client) and arq's own `ctx["redis"]`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 
+from gateway.backends.pool import TritonPool, build_triton
 from gateway.backends.triton import TritonBackend
 from gateway.cache import EmbeddingCache
 from gateway.chat.service import ChatService
@@ -36,7 +38,7 @@ class Runtime:
     config: WorkerConfig
     redis: aioredis.Redis
     store: JobStore
-    backend: TritonBackend
+    backend: TritonBackend | TritonPool
     arq: ArqRedis
     http: aiohttp.ClientSession
     chunkers: ChunkerCache
@@ -62,7 +64,7 @@ def _cache(config: WorkerConfig, redis: aioredis.Redis) -> EmbeddingCache | None
                           timeout_ms=config.redis_timeout_s * 1000)
 
 
-def _chat(redis: aioredis.Redis, backend: TritonBackend) -> ChatService | None:
+def _chat(redis: aioredis.Redis, backend: TritonBackend | TritonPool) -> ChatService | None:
     """The gateway's chat routing (routes file, fallback, budgets) when its settings are in the environment."""
     settings = gateway_settings()
     if settings is None or settings.routes_file is None:
@@ -76,7 +78,8 @@ def _chat(redis: aioredis.Redis, backend: TritonBackend) -> ChatService | None:
 def build_runtime(config: WorkerConfig, arq: ArqRedis) -> Runtime:
     """Create the clients (inside the worker's event loop: gRPC and Redis bind to it)."""
     redis = _redis(config)
-    backend = TritonBackend(config.triton_grpc_url, timeout_s=config.backend_timeout_s, model_info_ttl_s=5.0)
+    backend = build_triton(config.grpc_urls, timeout_s=config.backend_timeout_s, model_info_ttl_s=5.0,
+                           health_interval_s=config.triton_health_interval_s)
     metrics = WorkerMetrics()
     rt = Runtime(
         config=config, redis=redis, store=JobStore(redis, queue_name=config.queue_name), backend=backend, arq=arq,

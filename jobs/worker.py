@@ -38,7 +38,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     ctx["triton"] = rt.backend
     ctx["store"] = rt.store
     rt.tasks.append(asyncio.create_task(Reaper(rt).run_forever(), name="jobs-reaper"))
-    log.info("worker %s on queue %s (Triton %s, chat %s)", rt.worker_id, config.queue_name, config.triton_grpc_url,
+    log.info("worker %s on queue %s (Triton %s, chat %s)", rt.worker_id, config.queue_name, config.grpc_urls,
              "on" if rt.chat is not None else "off")
 
 

@@ -7,6 +7,10 @@ small (`BUFFER_LIMIT`; a streamed response costs per-response tasks in Starlette
 credentials are not forwarded, and nothing is added: Triton compresses a response only when the caller asked
 for it. No FastAPI here.
 
+With several Triton servers (`TritonPool`), each request goes to the HTTP address paired with the gRPC endpoint
+the pool chooses (same index in the settings' lists); a connection failure ejects that endpoint and the request
+is sent once more to another healthy one (every forwarded request is a read or an idempotent inference).
+
 The client is one `aiohttp.ClientSession` created by the lifespan (`triton_http_session`): measured on this
 machine it costs about half the client CPU per request of httpx, whose pool scans every connection per request.
 """
@@ -15,12 +19,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
 
 from gateway.backends.base import valid_model_name
+from gateway.backends.pool import TritonPool
 from gateway.errors import BackendTimeoutError, BackendUnavailableError, NotFoundError
 
 FORWARD_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "content-encoding",
@@ -94,11 +99,18 @@ def triton_http_session(max_connections: int, timeout_s: float) -> aiohttp.Clien
 
 
 class KServeProxy:
-    """Forwards KServe v2 requests to one Triton HTTP endpoint (`host:port`)."""
+    """Forwards KServe v2 requests to a Triton HTTP endpoint (`host:port`), or to one of several paired with a
+    `TritonPool`'s gRPC endpoints (`addresses[i]` is the HTTP address of `pool.endpoints[i]`)."""
 
-    def __init__(self, session: aiohttp.ClientSession, address: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, addresses: str | Sequence[str],
+                 pool: TritonPool | None = None) -> None:
+        addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+        if pool is not None and len(addresses) != len(pool.endpoints):
+            raise ValueError("one HTTP address per Triton gRPC endpoint is needed")
         self.session = session
-        self.base_url = f"http://{address}"
+        self.base_urls = [f"http://{a}" for a in addresses]
+        self.base_url = self.base_urls[0]
+        self._pool = pool
 
     async def forward(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes | None = None
@@ -106,17 +118,26 @@ class KServeProxy:
         """Send one request upstream; BackendUnavailable/BackendTimeout when Triton does not answer."""
         sent = {k: v for k in FORWARD_REQUEST_HEADERS if (v := headers.get(k)) is not None}
         started = time.perf_counter()
-        try:
-            upstream = await self.session.request(method, self.base_url + path, headers=sent, data=body)
-        except TimeoutError:
-            raise BackendTimeoutError("The inference server did not answer in time") from None
-        except aiohttp.ClientError:
-            raise BackendUnavailableError("The inference server is unavailable") from None
+        if self._pool is None:
+            upstream = await self._open(self.base_url, method, path, sent, body)
+        else:
+            upstream = await self._pool.run(
+                lambda ep: self._open(self.base_urls[ep.index], method, path, sent, body))
         kept = {k: v for k in FORWARD_RESPONSE_HEADERS if (v := upstream.headers.get(k)) is not None}
         elapsed = time.perf_counter() - started  # until Triton's headers: the backend's share
         length = kept.get("content-length", "")
         content = await _read(upstream) if length.isdigit() and int(length) <= BUFFER_LIMIT else None
         return ProxiedResponse(upstream.status, kept, content, upstream, elapsed)
+
+    async def _open(self, base_url: str, method: str, path: str, headers: dict[str, str],
+                    body: bytes | None) -> aiohttp.ClientResponse:
+        """Send the request; Triton's response once its headers arrived."""
+        try:
+            return await self.session.request(method, base_url + path, headers=headers, data=body)
+        except TimeoutError:
+            raise BackendTimeoutError("The inference server did not answer in time") from None
+        except aiohttp.ClientError:
+            raise BackendUnavailableError("The inference server is unavailable") from None
 
     async def aclose(self) -> None:
         """Close the session and its connections."""
