@@ -253,6 +253,11 @@ from gateway.cli import gateway as _gateway_command  # noqa: E402
 
 app.command("gateway")(_gateway_command)
 
+# model version rollouts (deploy/model_cli.py imports nothing heavy at module level)
+from deploy import model_cli as _model_cli  # noqa: E402
+
+app.add_typer(_model_cli.app, name="model")
+
 # background jobs: the arq worker (jobs/cli.py imports nothing heavy at module level)
 from jobs.cli import worker as _worker_command  # noqa: E402
 

@@ -42,6 +42,8 @@ from gateway.models.service import ModelService
 from gateway.ops.router import PROBE_PATHS, admin
 from gateway.ops.router import router as ops_router
 from gateway.responses import OrjsonResponse
+from gateway.rollout.router import admin as rollout_admin
+from gateway.rollout.service import RolloutMetrics, RolloutService
 from jobs.store import JobStore
 
 log = logging.getLogger("gateway")
@@ -104,8 +106,10 @@ def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewaySt
     limiter = build_limiter(settings, redis, metrics)
     policy = EmbeddingPolicy(max_items=settings.max_input_items, max_chars=settings.max_input_chars)
     chat = build_chat(settings, metrics, redis, backend, limiter)
+    rollouts = RolloutService(settings.rollouts_file, metrics=RolloutMetrics(metrics.registry),
+                              check_interval_s=settings.rollouts_check_interval_s)
     embeddings = EmbeddingService(backend, metrics=metrics, policy=policy, cache=cache, flights=flights,
-                                  ledger=TokenLedger(limiter) if limiter is not None else None)
+                                  ledger=TokenLedger(limiter) if limiter is not None else None, rollouts=rollouts)
     return GatewayState(
         settings=settings,
         metrics=metrics,
@@ -120,6 +124,7 @@ def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewaySt
         limiter=limiter,
         chat=chat,
         jobs=_jobs(settings, metrics, embeddings, chat),
+        rollouts=rollouts,
     )
 
 
@@ -161,7 +166,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     app.router.routes.append(embeddings_route)  # the hot route, ahead of the routers (see gateway.embeddings.router)
     for router in (embeddings_router, chat_router, models_router, kserve_router, ops_router, admin, chat_admin,
-                   jobs_router):
+                   rollout_admin, jobs_router):
         app.include_router(router)
     app.add_middleware(AdmissionMiddleware, max_in_flight=settings.max_in_flight,
                        max_body_bytes=settings.max_body_bytes, retry_after_s=settings.overload_retry_after_s,

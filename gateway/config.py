@@ -128,6 +128,11 @@ class GatewaySettings(BaseSettings):
     # chat completions: routes YAML (public model -> deployments); None = no chat routes
     routes_file: Path | None = None
 
+    # model version rollouts: public model -> Triton versions with weights (gateway.rollout); None = Triton's
+    # version policy for every model. Re-read when it changes (checked at most every rollouts_check_interval_s)
+    rollouts_file: Path | None = None
+    rollouts_check_interval_s: float = Field(default=1.0, gt=0)
+
     # background jobs (/v1/jobs; the worker's settings are jobs.config.WorkerConfig: same queue name)
     jobs_enabled: bool = True
     jobs_queue_name: str = "tritonstack:jobs:queue"

@@ -20,6 +20,7 @@ from gateway.limiting import admit
 from gateway.metrics import GatewayMetrics
 from gateway.models.service import ModelService
 from gateway.ratelimit import RateLimiter
+from gateway.rollout.service import RolloutService
 
 
 @dataclass
@@ -38,6 +39,7 @@ class GatewayState:
     limiter: RateLimiter | None = None
     chat: ChatService | None = None
     jobs: JobsService | None = None
+    rollouts: RolloutService | None = None
 
 
 def state_of(request: Request) -> GatewayState:

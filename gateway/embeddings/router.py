@@ -20,16 +20,19 @@ from gateway.embeddings.protocol import EmbeddingRequest, EmbeddingResponse
 from gateway.errors import parse_body
 from gateway.limiting import spend_tokens
 from gateway.responses import dumps
+from gateway.rollout.service import VERSION_HEADER, parse_pin
 
 PATH = "/v1/embeddings"
 
 
 async def respond(request: Request) -> Response:
-    """Create embeddings (OpenAI contract); honours `Cache-Control: no-cache | no-store`."""
+    """Create embeddings (OpenAI contract); honours `Cache-Control: no-cache | no-store` and
+    `x-tritonstack-model-version: N` (pin a model version); the served version comes back in that header."""
     call = await embeddings_call(request)
     body = parse_body(EmbeddingRequest, await request.body())
     mode = parse_cache_control(request.headers.get("cache-control"))
-    outcome = await call.service.create(body, mode, call.principal)
+    pin = parse_pin(request.headers.get(VERSION_HEADER))
+    outcome = await call.service.create(body, mode, call.principal, pin)
     request.state.model = body.model
     request.state.backend_s = outcome.backend_s
     spend_tokens(getattr(request.state, "response_headers", {}), outcome.prompt_tokens)

@@ -1,7 +1,9 @@
 """Embeddings: validation, per-item cache, single-flight, backend call, token accounting, encoding.
 
 Per request: the texts are checked against the length policy; the model's metadata (cached) gives its
-dimension and newest version; each item is looked up in the cache under (model, version, params, text); the
+dimension and served versions; the version is chosen (`gateway.rollout`: a pin header, the model's rollout
+weights sticky per caller, or Triton's version policy with the newest version in the cache key); each item is
+looked up in the cache under (model, chosen version, params, text); the
 misses go through single-flight (identical in-flight items are shared, in this process and across replicas)
 to the backend in one batch; hits and fresh results are stitched back in input order. `usage` counts the
 tokens the model really embedded (stored alongside cached vectors). No FastAPI here: errors are typed.
@@ -25,9 +27,10 @@ from gateway.cache.singleflight import SingleFlight
 from gateway.cache.store import EmbeddingCache
 from gateway.embeddings.encoding import embedding_payload
 from gateway.embeddings.protocol import EmbeddingRequest
-from gateway.errors import InvalidRequestError
+from gateway.errors import BackendUnavailableError, InvalidRequestError, NotFoundError
 from gateway.limiting import TokenLedger
 from gateway.metrics import GatewayMetrics
+from gateway.rollout.service import VERSION_HEADER, Choice, RolloutService, pinned
 
 # the cached vector depends on nothing but model, version and text (dimensions must equal the model's)
 CACHE_PARAMS = "embed:v1"
@@ -99,8 +102,10 @@ class EmbeddingService:
         cache: EmbeddingCache | None = None,
         flights: SingleFlight[CachedItem] | None = None,
         ledger: TokenLedger | None = None,
+        rollouts: RolloutService | None = None,
     ) -> None:
         self.backend = backend
+        self.rollouts = rollouts
         self.metrics = metrics
         self.policy = policy
         self.cache = cache
@@ -120,21 +125,58 @@ class EmbeddingService:
         return await self.backend.model_info(name)
 
     async def create(
-        self, request: EmbeddingRequest, mode: CacheMode = CacheMode.DEFAULT, principal: Principal | None = None
+        self, request: EmbeddingRequest, mode: CacheMode = CacheMode.DEFAULT, principal: Principal | None = None,
+        pin: str | None = None,
     ) -> EmbeddingOutcome:
-        """Embed the request's texts; the returned payload is the OpenAI response object."""
+        """Embed the request's texts with the version chosen for `principal` (or `pin`, a version number);
+        the returned payload is the OpenAI response object, `headers` name the served version."""
         texts = request_texts(request, self.policy)
         info = await self.model(request.model)
         check_dimensions(request, info)
         if self.cache is None:
             mode = CacheMode.BYPASS
-        result = await self._vectors(info, texts, mode)
+        identity = principal.identity if principal is not None else ""
+        info, choice = await self._choose(info, identity, pin)
+        try:
+            result = await self._vectors(info, choice, texts, mode)
+        except (NotFoundError, BackendUnavailableError) as exc:
+            info, choice = await self._rechoose(info, identity, choice, exc)
+            result = await self._vectors(info, choice, texts, mode)
+        if self.rollouts is not None:
+            self.rollouts.metrics.served(info.name, choice)
         status = "bypass" if mode is CacheMode.BYPASS else cache_status(result.hits, len(texts))
         self._count(info.name, status, result, len(texts))
         if self.ledger is not None and principal is not None:
             self.ledger.add(principal, result.tokens)  # debited off the request path
         payload = embedding_payload(request.model, result.matrix, request.encoding_format, result.tokens)
-        return EmbeddingOutcome(payload, status, result.backend_s, result.tokens)
+        return EmbeddingOutcome(payload, status, result.backend_s, result.tokens, {VERSION_HEADER: choice.version})
+
+    def _route(self, info: ModelInfo, identity: str, pin: str | None) -> Choice:
+        if self.rollouts is not None:
+            return self.rollouts.choose(info.name, identity, info.versions, info.version, pin)
+        return pinned(info.name, pin, info.versions) if pin is not None else Choice(info.version, "", "default")
+
+    async def _choose(self, info: ModelInfo, identity: str, pin: str | None) -> tuple[ModelInfo, Choice]:
+        """The version for this request; a pin of a version missing from cached metadata refreshes it first."""
+        if pin is not None and pin not in info.versions:
+            self.backend.invalidate(info.name)  # loaded since the metadata was cached?
+            info = await self.model(info.name)
+        return info, self._route(info, identity, pin)
+
+    async def _rechoose(self, info: ModelInfo, identity: str, failed: Choice, error: Exception
+                        ) -> tuple[ModelInfo, Choice]:
+        """After a routed version failed as missing or unavailable (unloaded by a rollback): fresh metadata and
+        rollout table, and another version if they now choose one; otherwise the original error."""
+        overloaded = isinstance(error, BackendUnavailableError) and error.code == "backend_overloaded"
+        if not failed.routed or self.rollouts is None or overloaded:
+            raise error
+        self.backend.invalidate(info.name)
+        self.rollouts.refresh(force=True)
+        fresh = await self.model(info.name)
+        choice = self._route(fresh, identity, None)
+        if choice.version == failed.version:
+            raise error
+        return fresh, choice
 
     def _count(self, model: str, status: str, result: _Vectors, n: int) -> None:
         m = self.metrics
@@ -148,10 +190,10 @@ class EmbeddingService:
         if result.backend_s is not None:
             m.child(m.backend_latency, model).observe(result.backend_s)
 
-    async def _vectors(self, info: ModelInfo, texts: Sequence[str], mode: CacheMode) -> _Vectors:
+    async def _vectors(self, info: ModelInfo, choice: Choice, texts: Sequence[str], mode: CacheMode) -> _Vectors:
         """L1 hits at once; the rest through single-flight, which looks them up in Redis (taking the
         cross-replica lock in the same round trip) and computes only what is cached nowhere."""
-        keys = EmbeddingCache.keys(info.name, info.version, CACHE_PARAMS, texts)
+        keys = EmbeddingCache.keys(info.name, choice.version, CACHE_PARAMS, texts)
         found: list[CachedItem | None] = (
             self.cache.peek_keys(keys) if self.cache is not None and mode.lookup else [None] * len(texts)
         )
@@ -160,7 +202,7 @@ class EmbeddingService:
         if missing:
             started = time.perf_counter()
             fetched = await self.flights.get(
-                [keys[i] for i in missing], self._computer(info, [texts[i] for i in missing]), mode=mode
+                [keys[i] for i in missing], self._computer(info, choice, [texts[i] for i in missing]), mode=mode
             )
             if fetched.cached < len(missing):
                 backend_s = time.perf_counter() - started
@@ -173,11 +215,11 @@ class EmbeddingService:
         return _Vectors(matrix, tokens, hits, backend_s)
 
     def _computer(
-        self, info: ModelInfo, texts: Sequence[str]
+        self, info: ModelInfo, choice: Choice, texts: Sequence[str]
     ) -> Callable[[list[int]], Awaitable[list[CachedItem]]]:
         async def compute(indices: list[int]) -> list[CachedItem]:
-            result = await self.backend.embed(info.name, [texts[i] for i in indices])
-            if result.model_version != info.version:
+            result = await self.backend.embed(info.name, [texts[i] for i in indices], version=choice.backend_version)
+            if not choice.backend_version and result.model_version != info.version:
                 self.backend.invalidate(info.name)  # a new version is being served: refresh metadata
             self.metrics.embedded_items.labels(info.name).inc(len(indices))
             return [
