@@ -47,9 +47,12 @@ test: install $(DEPLOY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+# Every standard comparison (loadtest/bench/suite.py) → docs/BENCHMARKS.md and docs/img/; about 25 minutes.
 bench: install
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null; }
-	$(BIN)/tritonstack bench triton --tuning
+	$(BIN)/tritonstack export minilm --if-missing
+	$(BIN)/tritonstack export smollm2 --if-missing
+	$(BIN)/tritonstack bench
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

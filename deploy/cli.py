@@ -130,8 +130,51 @@ def loadtest(
     raise typer.Exit(execute(opts, gate))
 
 
-bench_app = typer.Typer(help="Benchmarks (not tests): ratios measured in one run, written to docs/BENCHMARKS.md.")
+bench_app = typer.Typer(help="Benchmarks (not tests): ratios measured in one run, written to docs/BENCHMARKS.md. "
+                        "Without a step, runs every step (the standard comparisons).", invoke_without_command=True)
 app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback()
+def bench_all(
+    ctx: typer.Context,
+    host: str | None = typer.Option(None, help="Measure this running gateway (URL) instead of starting a stack."),
+    api_key: str = typer.Option("", envvar="TRITONSTACK_API_KEY", help="The --host gateway's API key."),
+    concurrency: list[int] = typer.Option([1, 8, 32, 64], help="Closed-loop connections (repeatable)."),
+    duration: int = typer.Option(5, min=1, help="Seconds per measurement."),
+    rounds: int = typer.Option(2, min=1, help="Interleaved rounds; medians are reported."),
+    only: list[str] = typer.Option(list(("triton", "baseline", "gateway", "jobs", "llm")),
+                                   help="Steps to run (repeatable): triton, baseline, gateway, jobs, llm."),
+    repository: Path = typer.Option(Path("model_repository"), help="Repository with the exported models."),
+    output: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update."),
+) -> None:
+    """Every standard comparison (`loadtest/bench/suite.py`): Triton, naive baseline vs gateway, gateway
+    overhead and cache hits, jobs, local LLM; writes docs/BENCHMARKS.md and the plots under docs/img/."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import shlex
+    import shutil
+
+    from loadtest.bench import suite
+    from loadtest.wrk import WrkMissingError
+
+    unknown = set(only) - set(suite.STEPS)
+    if unknown:
+        raise typer.BadParameter(f"unknown step(s) {sorted(unknown)}; choose from {', '.join(suite.STEPS)}")
+    args = [f"--duration={duration}", f"--rounds={rounds}", *[f"--concurrency={c}" for c in concurrency],
+            *([f"--host={host}"] if host else []),
+            *([f"--only={s}" for s in only] if set(only) != set(suite.STEPS) else [])]
+    opts = suite.SuiteOptions(command="tritonstack bench " + shlex.join(args), output=output, repository=repository,
+                              host=host, api_key=api_key or None, concurrency=tuple(concurrency),
+                              duration_s=duration, rounds=rounds, only=tuple(only))
+    if shutil.which("wrk") is None:
+        typer.echo(f"error: {WrkMissingError.__doc__} `sudo apt-get install wrk` (make bench does this)", err=True)
+        raise typer.Exit(1)
+    report = suite.run(opts, progress=typer.echo)
+    failed = [s.name for s in report.steps if s.status.startswith("failed")]
+    if failed:
+        typer.echo(f"failed steps: {', '.join(failed)} (see above)", err=True)
+        raise typer.Exit(1)
 
 
 @bench_app.command("triton")
@@ -242,7 +285,8 @@ def bench_baseline(
     )
     try:
         out = None if str(output) == "-" else output
-        typer.echo(bench.run(duration, concurrency, rounds, out, command, gateway, api_key or None))
+        targets = bench.gateway_targets(gateway, api_key or None) if gateway else []
+        typer.echo(bench.run(duration, concurrency, rounds, out, command, targets))
     except WrkMissingError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -9,6 +9,7 @@ bench JSON there (with Triton's series when `bench triton` saved one, the sectio
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import statistics
 import subprocess
@@ -53,38 +54,63 @@ GATEWAY = "gateway /v1/embeddings (cache-cold)"
 
 @dataclass(frozen=True)
 class Target:
-    """A service under test: its embeddings URL and the bearer token it needs."""
+    """A service under test: its URL, the bearer token it needs, the body and the wrk script that sends it
+    (`unique_text.lua`: a new sentence per request; `fixed_text.lua`: the body as is, cache-warm)."""
 
     label: str
     url: str
     auth: str | None = None
+    body: str = EMBED_BODY
+    script: str = "unique_text.lua"
 
 
 def measure(targets: list[Target], concurrencies: list[int], duration_s: int, rounds: int) -> Runs:
     """Targets interleaved run by run at each concurrency; every run has its own salt (no sentence repeats)."""
     for t in targets:  # warm-up, discarded
-        run_wrk(t.url, EMBED_BODY, connections=4, duration_s=2, auth=t.auth, salt=secrets.token_hex(4))
+        run_wrk(t.url, t.body, connections=4, duration_s=2, auth=t.auth, script=t.script, salt=secrets.token_hex(4))
     runs: Runs = {t.label: {c: [] for c in concurrencies} for t in targets}
     for c in concurrencies:
-        for _ in range(rounds):
-            for t in targets:
-                result = run_wrk(t.url, EMBED_BODY, connections=c, duration_s=duration_s, auth=t.auth,
+        for r in range(rounds):
+            for t in (targets if r % 2 == 0 else list(reversed(targets))):
+                result = run_wrk(t.url, t.body, connections=c, duration_s=duration_s, auth=t.auth, script=t.script,
                                  salt=secrets.token_hex(4))
                 runs[t.label][c].append(result)
     return runs
 
 
+# (numerator, denominator, target at c=32): ratios stated when both series were measured
+RATIOS = (
+    ("gateway /v1/embeddings (cache-cold)", NAIVE, "≥ 7×"),
+    ("gateway /v1/embeddings (cache-cold)", "Triton direct (KServe v2 JSON, batched)", "≥ 0.85×"),
+    ("gateway /v1/embeddings (cache-warm, one repeated sentence)", NAIVE, ""),
+)
+
+
 def paired_ratios(runs: Runs) -> list[list[str]]:
-    """Gateway / naive throughput per concurrency: median of per-round ratios (runs back to back)."""
-    if GATEWAY not in runs:
-        return []
+    """Throughput ratios per concurrency: median of per-round ratios (the two runs back to back)."""
     rows = []
-    for c, naive in runs[NAIVE].items():
-        ratios = [g.rps / n.rps for g, n in zip(runs[GATEWAY][c], naive, strict=True) if n.rps]
-        if ratios:
-            rows.append([f"gateway cache-cold / naive, c={c}", f"{statistics.median(ratios):.1f}×",
-                         "≥ 7× at c=32" if c == 32 else ""])
+    for num, den, target in RATIOS:
+        if num not in runs or den not in runs:
+            continue
+        for c, below in runs[den].items():
+            ratios = [a.rps / b.rps for a, b in zip(runs[num][c], below, strict=True) if b.rps]
+            if ratios:
+                rows.append([f"{_short(num)} / {_short(den)}, c={c}", f"{statistics.median(ratios):.2f}×",
+                             f"{target} at c=32" if c == 32 and target else ""])
     return rows
+
+
+def _short(label: str) -> str:
+    return label.split(" (")[0] + (" cache-cold" if "cache-cold" in label else " cache-warm" if "warm" in label else "")
+
+
+def gateway_targets(url: str, api_key: str | None) -> list[Target]:
+    """A running gateway's cache-cold (unique sentences) and cache-warm (one repeated sentence) series."""
+    base = url.rstrip("/") + "/v1/embeddings"
+    warm_body = EMBED_BODY.replace("{TEXT}", "one sentence that every request repeats, so the cache answers it")
+    return [Target(GATEWAY, base, api_key),
+            Target("gateway /v1/embeddings (cache-warm, one repeated sentence)", base, api_key, warm_body,
+                   "fixed_text.lua")]
 
 
 def _triton_ratio(img_dir: Path, naive: list[dict[str, float]]) -> str:
@@ -107,43 +133,51 @@ def render(s: plots.Series, ratios: list[list[str]], command: str, duration_s: i
     rows = [[label, str(int(p["concurrency"])), f"{p['rps']:.0f}", f"{p['p50_ms']:.1f}", f"{p['p95_ms']:.1f}",
              f"{p['p99_ms']:.1f}", str(int(p["errors"]))] for label, points in s.items() for p in points]
     rel = img_dir.name
-    gateway = (" The gateway (`--gateway`) ran in the same run, interleaved run by run with the baseline, on the "
-               "same machine." if ratios else "")
+    others = [label for label in s if label != NAIVE]
+    together = (f" {', '.join(others)}: measured in the same run, interleaved run by run with the baseline (the "
+                "order reversed every round), on the same machine." if others else "")
     return "\n\n".join(filter(None, [
-        "## Naive baseline: FastAPI + sentence-transformers per request (MiniLM, CPU)",
-        f"Command: `{command}`  \nMachine: {machine_description()}  \n"
-        "Service: `loadtest/baselines/naive_st.py` — one uvicorn process, sync endpoint, `SentenceTransformer."
+        "## Naive baseline vs Triton and the gateway (MiniLM, CPU)",
+        f"Command: `{command}`  \nMachine: {machine_description()}; 1-minute load average "
+        f"{os.getloadavg()[0]:.1f} at the end  \n"
+        "Baseline: `loadtest/baselines/naive_st.py` — one uvicorn process, sync endpoint, `SentenceTransformer."
         "encode` per request, no batching across requests, no cache. Load: `wrk` (1 thread, closed loop), one "
-        f"unique ~20-token sentence per request, OpenAI `/v1/embeddings` body (base64). {duration_s} s per run, "
-        f"median of {rounds} run(s) per concurrency.{gateway}",
+        "unique ~20-token sentence per request (the cache-warm series repeats one sentence), OpenAI "
+        "`/v1/embeddings` body (base64; Triton direct gets the same sentence as a KServe v2 JSON body). "
+        f"{duration_s} s per run, median of {rounds} run(s) per concurrency.{together}",
         markdown_table(["service", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"], rows),
-        markdown_table(["ratio", "measured", "target"], ratios) if ratios else "",
+        markdown_table(["ratio (same run)", "measured", "target"], ratios) if ratios else "",
+        _errors_note(s),
         extra,
         f"Plots of every series saved under `docs/{rel}/` (raw numbers: `docs/{rel}/*.json`):\n\n"
         f"![throughput vs concurrency]({rel}/throughput.png)\n\n![latency percentiles]({rel}/latency.png)",
     ]))
 
 
+def _errors_note(s: plots.Series) -> str:
+    bad = [label for label, points in s.items() if any(p["errors"] for p in points)]
+    return (f"**Errors in {', '.join(bad)}: those rows and their ratios are not valid measurements.**"
+            if bad else "")
+
+
 def run(duration_s: int, concurrencies: list[int], rounds: int, output: Path | None, command: str,
-        gateway: str | None = None, api_key: str | None = None) -> str:
-    """Start the baseline, measure (with a running gateway when given), save JSON and plots, write the section."""
+        targets: list[Target] | None = None) -> str:
+    """Start the baseline, measure it with `targets` interleaved, save JSON and plots, write the section."""
     port = free_port()
     img_dir = (output.parent if output else Path("docs")) / "img"
     log = Path("runs") / f"naive-baseline-{port}.log"
     log.parent.mkdir(exist_ok=True)
-    targets = [Target(NAIVE, f"http://127.0.0.1:{port}/v1/embeddings")]
-    if gateway:
-        targets.append(Target(GATEWAY, gateway.rstrip("/") + "/v1/embeddings", api_key))
+    everything = [Target(NAIVE, f"http://127.0.0.1:{port}/v1/embeddings"), *(targets or [])]
     proc = start_baseline(port, log)
     try:
-        runs = measure(targets, sorted(concurrencies), duration_s, rounds)
+        runs = measure(everything, sorted(concurrencies), duration_s, rounds)
     finally:
         proc.terminate()
         proc.wait(30)
     s = plots.from_wrk_runs(runs)
     plots.save_series(img_dir, "baseline", s, {"command": command, "load generator": "wrk"})
     plots.draw(img_dir)
-    extra = _triton_ratio(img_dir, s[NAIVE])
+    extra = "" if len(everything) > 2 else _triton_ratio(img_dir, s[NAIVE])
     markdown = render(s, paired_ratios(runs), command, duration_s, rounds, img_dir, extra)
     if output:
         write_section(output, "baseline", markdown)
