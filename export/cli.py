@@ -176,6 +176,14 @@ def minilm(
     timing_cache: Annotated[
         Path, typer.Option("--timing-cache", help="TensorRT timing cache file (reused across builds).")
     ] = Path(".tritonstack/tensorrt.timing.cache"),
+    drift_reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--drift-reference",
+            help="Texts (one per line) whose mean embedding and token lengths the gateway's drift gauges compare "
+            "traffic with; default: the parity sentences. Use a sample of real traffic (docs/deploy.md).",
+        ),
+    ] = None,
     version: VersionOpt = None,
     force: ForceOpt = False,
     if_missing: IfMissingOpt = False,
@@ -209,6 +217,7 @@ def minilm(
         if_missing=if_missing,
         pad_to_multiple_of=pad_to_multiple_of,
         timing_cache=timing_cache,
+        drift_reference=drift_reference,
     )
     _run(export_minilm, request)
 

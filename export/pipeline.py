@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from export import specs
+from export import drift_reference, specs
 from export.config import ConfigError, parse_version_policy
 from export.errors import OptionError
 from export.parity import DEFAULT_MIN_COSINE, EmbeddingParity, TensorParity, enforce
@@ -67,6 +67,7 @@ class MinilmRequest:
     if_missing: bool = False
     pad_to_multiple_of: int = 16
     timing_cache: Path = Path(".tritonstack/tensorrt.timing.cache")
+    drift_reference: Path | None = None  # texts for the drift centroid; None = the parity sentences
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ def validate_minilm(req: MinilmRequest) -> None:
     validate_serving(req.serving)
     if req.pad_to_multiple_of < 1:
         raise OptionError("--pad-to-multiple-of must be >= 1")
+    drift_reference.reference_texts(req.drift_reference)  # a missing or too short file fails before any work
     if req.format == "tensorrt":
         from export.tensorrt import require_tensorrt
 
@@ -211,6 +213,19 @@ def _build_plan(req: MinilmRequest, onnx_path: Path, source: Path, result: Expor
     return plan, *tensorrt.plan_io(plan)
 
 
+def _drift_parameters(req: MinilmRequest, onnx_path: Path, source: Path, result: ExportResult,
+                      reporter: Reporter) -> dict[str, str]:
+    """The drift reference (export/drift_reference.py) of the model as served (int8 weights for int8)."""
+    from export import minilm
+
+    texts, label = drift_reference.reference_texts(req.drift_reference)
+    with _timed(reporter, result, f"drift reference: centroid of {len(texts)} texts ({label})"):
+        reference = drift_reference.compute(
+            minilm.ort_runner(onnx_path), source / "tokenizer.json", minilm.max_seq_length(source), texts, label
+        )
+    return reference.parameters()
+
+
 def _minilm_files(
     req: MinilmRequest, onnx_path: Path, source: Path, result: ExportResult, reporter: Reporter
 ) -> list[ModelFiles]:
@@ -222,6 +237,7 @@ def _minilm_files(
         max_seq_length=minilm.max_seq_length(source),
         dim=minilm.EMBEDDING_DIM,
         precision=req.precision,
+        extra_parameters=_drift_parameters(req, onnx_path, source, result, reporter),
     )
     if req.target == "cpu":
         return [specs.text_embedding_cpu(req.name, model, req.serving)]

@@ -145,6 +145,7 @@ def _ensemble(name: str, model: EmbeddingModel, opts: ServingOptions) -> ModelFi
         outputs=[Tensor("embedding", "TYPE_FP32", (model.dim,)), TOKEN_COUNT],
         batching=None,
         version_policy=opts.version_policy,
+        parameters=dict(model.extra_parameters),  # the drift reference: clients (the gateway) read this config
     )
     cfg = build(spec)
     add_ensemble_steps(

@@ -35,6 +35,7 @@ OVERLAYS = ("cpu", "gpu")
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "tritonstack.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+ALERTS_TEST = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 K8S_VERSION = "1.31"  # a currently supported Kubernetes minor; the manifests use nothing newer
 
 # Exported only by the official (GPU) Triton image with --allow-gpu-metrics; the CPU Triton of the tests has no GPU,
@@ -329,7 +330,8 @@ def test_dashboard_covers_the_required_panels() -> None:
                    "gateway_cache_items_total", "gateway_chat_fallbacks_total", "gateway_rate_limited_total",
                    "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
                    "nv_inference_exec_count", "nv_gpu_utilization", "nv_gpu_memory_used_bytes",
-                   "tritonstack_jobs_queue_depth"):
+                   "tritonstack_jobs_queue_depth", "gateway_embedding_drift_cosine",
+                   "gateway_embedding_input_tokens_bucket", "gateway_budget_used_ratio"):
         assert needed in text, needed
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le) (rate(gateway_request_duration_seconds_bucket" in text
@@ -410,6 +412,17 @@ def test_promtool_checks_config_and_rules(tmp_path: Path) -> None:
     (tmp_path / "prometheus.yml").write_text(config)
     done = subprocess.run([PROMTOOL, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
                           text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package `prometheus`, `make install`)")
+def test_promtool_unit_tests_of_the_alerts() -> None:
+    """deploy/prometheus/alerts_test.yml: budget 80 % and the drift alerts fire (and stay quiet) as documented."""
+    tested = {t["alertname"] for group in yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+              for t in group.get("alert_rule_test", [])}
+    assert {"BudgetAlmostSpent", "EmbeddingDriftFromReference", "EmbeddingDriftShift"} <= tested
+    done = subprocess.run([PROMTOOL, "test", "rules", str(ALERTS_TEST)], cwd=ALERTS_TEST.parent, capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

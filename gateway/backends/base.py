@@ -50,7 +50,7 @@ class ModelInfo:
     inputs: tuple[TensorInfo, ...] = ()
     outputs: tuple[TensorInfo, ...] = ()
     platform: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)  # the model config's `parameters` (string values)
 
     def output(self, name: str) -> TensorInfo | None:
         """The output called `name`, if the model has one."""

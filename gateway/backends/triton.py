@@ -177,6 +177,7 @@ class TritonBackend:
             inputs=_tensors(meta.inputs, batched),
             outputs=_tensors(meta.outputs, batched),
             platform=meta.platform or config.backend,
+            extra={key: value.string_value for key, value in config.parameters.items()},  # e.g. the drift reference
         )
 
     async def embed(self, model: str, texts: Sequence[str], *, version: str = "") -> EmbedResult:

@@ -72,7 +72,8 @@ def build_chat(settings: GatewaySettings, metrics: GatewayMetrics, redis: aiored
     table = build_table(config, backend_for, breaker_for)
     ttls = [r.policy.cache_ttl_s for r in config.routes.values() if r.policy.cache_ttl_s > 0]
     cache = ChatCache(redis, guard, l1_size=_L1_SIZE, ttl_s=min(ttls)) if ttls else None
-    accounting = Accounting(metrics=chat_metrics, budgets=BudgetLedger(redis, guard, settings),
+    budgets = BudgetLedger(redis, guard, settings, registry=metrics.registry)  # + gateway_budget_used_ratio
+    accounting = Accounting(metrics=chat_metrics, budgets=budgets,
                             usage=UsageTotals(redis, guard, chat_metrics),
                             audit=AuditLog(include_prompts=config.audit.include_prompts), cache=cache,
                             ledger=TokenLedger(limiter) if limiter is not None else None)

@@ -25,6 +25,7 @@ from gateway.cache.control import CacheMode, cache_status
 from gateway.cache.keys import CachedItem
 from gateway.cache.singleflight import SingleFlight
 from gateway.cache.store import EmbeddingCache
+from gateway.drift import DriftMonitor
 from gateway.embeddings.encoding import embedding_payload
 from gateway.embeddings.protocol import EmbeddingRequest
 from gateway.errors import BackendUnavailableError, InvalidRequestError, NotFoundError
@@ -111,6 +112,7 @@ class EmbeddingService:
         self.cache = cache
         self.flights = flights if flights is not None else SingleFlight(cache)
         self.ledger = ledger
+        self.drift = DriftMonitor(metrics.registry)  # gateway/drift.py: the drift gauges
 
     async def drain(self) -> None:
         """Finish background work (cache publishing, pending token debits); call at shutdown."""
@@ -211,6 +213,7 @@ class EmbeddingService:
                 found[i] = item
         items: list[CachedItem] = found  # type: ignore[assignment]
         matrix = np.frombuffer(b"".join(item.vector for item in items), dtype="<f4").reshape(len(items), -1)
+        self.drift.observe(info.name, info.extra, matrix, items)  # cache hits too: drift is about what is served
         tokens = sum(item.tokens for item in items)
         return _Vectors(matrix, tokens, hits, backend_s)
 

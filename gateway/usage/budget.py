@@ -9,6 +9,11 @@ upstream call was billed. Amounts are integers: micro-USD (a price per 1M tokens
 
 Redis unreachable → requests of keys that have a budget are refused with 503 (`budget_unavailable`): a spending
 cap that cannot be checked is not silently lifted. Keys without a budget never touch this module.
+
+`gateway_budget_used_ratio{key, period}` (`BudgetUsage`) exports, per configured budget, the spend-plus-reservations
+Redis last returned to this process over the cap (the larger of the USD and token ratios); it is updated on every
+reserve, settle and `/admin/budgets` read, and drops to 0 when its period (UTC day or month) has rolled over.
+Replicas each export what they last saw: aggregate with `max by (key, period)`.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from __future__ import annotations
 import calendar
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway.auth import Principal
 from gateway.cache.guard import RedisGuard
@@ -64,6 +71,59 @@ def period_window(period: str, now: float) -> tuple[str, float]:
     return time.strftime("%Y-%m", t), calendar.timegm((year, month, 1, 0, 0, 0))
 
 
+def used_ratio(budget: KeyBudget, usd_micro: int, tokens: int) -> float:
+    """Spend over cap, the larger of the USD and token ratios (only the caps the budget sets)."""
+    ratios = [usd_micro / (budget.usd * 1_000_000)] if budget.usd is not None else []
+    if budget.tokens is not None:
+        ratios.append(tokens / budget.tokens)
+    return max(ratios)
+
+
+class BudgetUsage:
+    """Prometheus collector of `gateway_budget_used_ratio{key, period}` for the configured budgets only."""
+
+    def __init__(self, budgets: dict[str, KeyBudget], clock: Callable[[], float] = time.time,
+                 registry: CollectorRegistry | None = None) -> None:
+        self._budgets = budgets
+        self._clock = clock
+        self._seen: dict[str, tuple[str, float]] = {}  # key name → (period id, ratio)
+        if registry is not None:
+            registry.register(self)
+
+    def record(self, name: str, period_id: str, usd_micro: int, tokens: int) -> None:
+        """Remember what Redis said the key has spent or reserved in `period_id`."""
+        budget = self._budgets.get(name)
+        if budget is not None:
+            self._seen[name] = (period_id, used_ratio(budget, usd_micro, tokens))
+
+    def ratio(self, name: str) -> float | None:
+        """The exported value for `name` (None before anything was recorded)."""
+        seen = self._seen.get(name)
+        if seen is None:
+            return None
+        current, _ = period_window(self._budgets[name].period, self._clock())
+        return seen[1] if seen[0] == current else 0.0  # a new period starts with nothing spent
+
+    def describe(self) -> Iterator[Metric]:
+        """The family without samples."""
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per configured budget that this process has seen a spend for."""
+        family = self._family()
+        for name in sorted(self._seen):
+            value = self.ratio(name)
+            if value is not None:
+                family.add_metric([name, self._budgets[name].period], value)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily("gateway_budget_used_ratio", "Budget spent or reserved in the current period "
+                                 "over its cap (larger of USD and tokens), as this process last read it.",
+                                 labels=["key", "period"])
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """What one request holds against its key's budget until it settles."""
@@ -78,12 +138,13 @@ class BudgetLedger:
     """Reserves and settles chat spend per API key (see module docstring)."""
 
     def __init__(self, redis: aioredis.Redis, guard: RedisGuard, settings: GatewaySettings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, registry: CollectorRegistry | None = None) -> None:
         self.redis = redis
         self.guard = guard
         self._budgets = {k.name: k.budget for k in settings.api_keys if k.budget is not None}
         self._reserve = redis.register_script(RESERVE)
         self._clock = clock
+        self.usage = BudgetUsage(self._budgets, clock, registry)
 
     def budget_for(self, principal: Principal) -> KeyBudget | None:
         """The caller's budget (None: no cap; anonymous callers have none)."""
@@ -112,6 +173,7 @@ class BudgetLedger:
             raise BackendUnavailableError("The budget store is unreachable; requests of keys with a budget are "
                                           "refused until it is back", code="budget_unavailable")
         ok, spent_usd, spent_tok = (int(x) for x in result)  # type: ignore[union-attr]
+        self.usage.record(principal.name, _period_of(key), spent_usd, spent_tok)
         if not ok:
             raise over_budget(principal.name, budget, usd_micro, tokens, int(spent_usd), int(spent_tok), ends)
         return Reservation(key, principal.name, usd_micro, tokens)
@@ -128,7 +190,8 @@ class BudgetLedger:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hincrby(reservation.redis_key, "usd", d_usd)
                 pipe.hincrby(reservation.redis_key, "tokens", d_tok)
-                await pipe.execute()
+                spent_usd, spent_tok = await pipe.execute()
+            self.usage.record(reservation.key_name, _period_of(reservation.redis_key), int(spent_usd), int(spent_tok))
 
         await self.guard.call("budget_settle", apply, None)
 
@@ -139,10 +202,17 @@ class BudgetLedger:
             key, ends = self._key(name, budget)
             raw = await self.guard.call("budget_get", lambda k=key: self.redis.hgetall(k), None)
             spent = {k.decode(): int(v) for k, v in (raw or {}).items()}
+            if raw is not None:
+                self.usage.record(name, _period_of(key), spent.get("usd", 0), spent.get("tokens", 0))
             out[name] = {"period": budget.period, "resets_at": int(ends), "usd_limit": budget.usd,
                          "tokens_limit": budget.tokens, "usd_spent": spent.get("usd", 0) / 1_000_000,
                          "tokens_spent": spent.get("tokens", 0), "available": raw is not None}
         return out
+
+
+def _period_of(redis_key: str) -> str:
+    """The period id at the end of a budget key (`…:{name}:{period}`)."""
+    return redis_key.rsplit(":", 1)[1]
 
 
 def over_budget(name: str, budget: KeyBudget, usd_micro: int, tokens: int, spent_usd: int, spent_tok: int,
