@@ -22,11 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.process import free_port
 from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
+from deploy.local.triton import TritonOptions, TritonServer
 from gateway.config import GatewaySettings
 from jobs.config import WorkerConfig
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
-from tests.fixtures.servers import start_triton
 
 MODEL = "minilm"
 CLIENTS = 8
@@ -121,8 +120,15 @@ async def steady_load(gw: RunningGateway, key: str, stop: asyncio.Event, load: L
 @pytest.fixture(scope="module")
 def tritons(minilm_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[TritonServer]]:
     """Two tritonservers on the session's repository (the list's entries are replaced when a test restarts one)."""
-    servers = [start_triton(minilm_repository, tmp_path_factory.mktemp(f"pool-triton-{i}")) for i in range(2)]
+    servers = []
+    for i in range(2):  # started together, waited for together: model loading overlaps
+        state = tmp_path_factory.mktemp(f"pool-triton-{i}")
+        opts = TritonOptions(repository=minilm_repository, http_port=free_port(), grpc_port=free_port(),
+                             metrics_port=free_port())
+        servers.append(TritonServer(opts, state_dir=state, log_path=state / "triton.log").start())
     try:
+        for server in servers:
+            server.wait_ready(server.ready, timeout=180, interval=0.1)
         yield servers
     finally:
         for server in servers:
@@ -179,10 +185,13 @@ def test_load_spreads_over_both_tritons(
     assert all(g > 0 for g in grown), f"executions per Triton: {grown}"
 
 
-def test_killed_triton_fails_no_request_and_is_readmitted_after_restart(
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_stopped_triton_fails_no_request_and_is_readmitted_after_restart(
     tritons: list[TritonServer], pooled_gateway: RunningGateway, gateway_keys: GatewayKeys,
-    tmp_path: Path,
+    tmp_path: Path, how: str,
 ) -> None:
+    """SIGKILL: the process group dies at once. SIGTERM: Triton's graceful shutdown, what Kubernetes sends a pod
+    first (rolling update, drain)."""
     victim = tritons[1]
     load = Load()
 
@@ -191,7 +200,10 @@ def test_killed_triton_fails_no_request_and_is_readmitted_after_restart(
         runner = asyncio.create_task(steady_load(pooled_gateway, gateway_keys.user, stop, load))
         try:
             await load.served(40, "a steady load before the kill")
-            victim.signal(signal.SIGKILL)  # the whole process group: server and python-backend stubs
+            if how == "SIGKILL":
+                victim.signal(signal.SIGKILL)  # the whole process group: server and python-backend stubs
+            else:
+                await asyncio.to_thread(victim.stop)  # SIGTERM, waits for the exit; the load runs meanwhile
             killed_at = load.ok
             await load.served(killed_at + 80, "requests served after the kill")
         finally:
@@ -242,3 +254,38 @@ def test_every_endpoint_down_is_a_prompt_503(
     assert passthrough.status_code == 503
     assert time.monotonic() - started < 10
     wait_for(lambda: httpx.get(f"{gw.url}/readyz", timeout=10).status_code == 503, 10, "/readyz to report 503")
+
+
+def test_k8s_gpu_pool_overlay_lists_every_triton_pod() -> None:
+    """overlays/gpu-pool builds, validates, and gives gateway and worker one address per StatefulSet pod."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from tests.test_deploy import K8S, _by_kind, _k8s_validate
+
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not installed (it carries kustomize; Debian's kubernetes-client)")
+    done = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / "gpu-pool")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    _k8s_validate(docs, "overlays/gpu-pool")
+    assert "triton" not in _by_kind(docs, "Deployment")
+    triton = _by_kind(docs, "StatefulSet")["triton"]
+    headless = _by_kind(docs, "Service")[triton["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert {p["name"] for p in headless["spec"]["ports"]} >= {"http", "grpc"}
+
+    def env(name: str) -> dict[str, str]:
+        container = _by_kind(docs, "Deployment")[name]["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+    gateway = GatewaySettings(auth_disabled=True,
+                              triton_grpc_urls=env("gateway")["TRITONSTACK_GATEWAY_TRITON_GRPC_URLS"],
+                              triton_http_urls=env("gateway")["TRITONSTACK_GATEWAY_TRITON_HTTP_URLS"])
+    worker = WorkerConfig(triton_grpc_urls=env("worker")["TRITONSTACK_WORKER_TRITON_GRPC_URLS"])
+    pods = [f"triton-{i}.{headless['metadata']['name']}" for i in range(3)]
+    assert gateway.triton_grpc_urls == [f"{p}:8001" for p in pods] == worker.grpc_urls
+    assert gateway.triton_http_urls == [f"{p}:8000" for p in pods]

@@ -16,7 +16,8 @@ ClusterIP Service (an L4 balancer) pins each gateway replica to one Triton pod. 
   the `BackendUnavailableError` (503 with `retry-after`).
 
 gRPC channels back off exponentially between reconnection attempts (up to 2 minutes by default), which would
-delay readmission of a restarted Triton: the pool's channels cap that backoff at `MAX_RECONNECT_BACKOFF_MS`.
+delay readmission of a restarted Triton, and re-resolve a name at most every 30 s: the pool's channels cap the
+backoff at `MAX_RECONNECT_BACKOFF_MS` and the DNS refresh at `DNS_MIN_REFRESH_MS`.
 
 With one URL, `build_triton` returns a plain `TritonBackend`: the pool costs nothing there.
 """
@@ -46,10 +47,11 @@ T = TypeVar("T")
 
 INITIAL_RECONNECT_BACKOFF_MS = 100
 MAX_RECONNECT_BACKOFF_MS = 1000
+DNS_MIN_REFRESH_MS = 1000
 
 
 def channel_args(max_reconnect_backoff_ms: int = MAX_RECONNECT_BACKOFF_MS) -> list[tuple[str, Any]]:
-    """tritonclient's default channel options plus a short reconnection backoff."""
+    """tritonclient's default channel options plus a short reconnection backoff and DNS refresh."""
     keepalive = KeepAliveOptions()
     return [
         ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
@@ -61,6 +63,8 @@ def channel_args(max_reconnect_backoff_ms: int = MAX_RECONNECT_BACKOFF_MS) -> li
         ("grpc.initial_reconnect_backoff_ms", min(INITIAL_RECONNECT_BACKOFF_MS, max_reconnect_backoff_ms)),
         ("grpc.min_reconnect_backoff_ms", min(INITIAL_RECONNECT_BACKOFF_MS, max_reconnect_backoff_ms)),
         ("grpc.max_reconnect_backoff_ms", max_reconnect_backoff_ms),
+        # a rescheduled pod keeps its DNS name but not its IP: re-resolve soon after a connection fails
+        ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_REFRESH_MS),
     ]
 
 
