@@ -1,0 +1,145 @@
+"""Steady concurrent load for the fault-injection tests: N async clients in a background thread.
+
+Each client posts to the gateway in a loop until `stop()` and records one `Outcome` per request (status,
+latency, `retry-after`, the error envelope's type and code, or the client-side exception when no response came
+back). The load runs in its own thread and event loop so that the test's main thread can kill and restart
+servers (blocking calls) while requests keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+ENVELOPE_KEYS = {"message", "type", "param", "code"}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One request: when it started and ended (monotonic), what came back."""
+
+    started: float
+    ended: float
+    status: int | None  # None: no response (client timeout or connection error)
+    retry_after: str | None = None
+    error_type: str | None = None
+    error_code: str | None = None
+    envelope_ok: bool = True
+    exception: str | None = None
+    headers: dict[str, str] | None = None
+
+    @property
+    def latency(self) -> float:
+        """Seconds from send to answer."""
+        return self.ended - self.started
+
+
+def outcome_of(started: float, response: httpx.Response) -> Outcome:
+    """Record a response: for errors, whether the body is the OpenAI envelope."""
+    ended = time.monotonic()
+    headers = {k.lower(): v for k, v in response.headers.items()}
+    if response.status_code < 400:
+        return Outcome(started, ended, response.status_code, headers=headers)
+    try:
+        error = response.json()["error"]
+        ok = isinstance(error, dict) and set(error) == ENVELOPE_KEYS and isinstance(error["message"], str)
+    except (ValueError, KeyError, TypeError):
+        error, ok = {}, False
+    return Outcome(started, ended, response.status_code, headers.get("retry-after"),
+                   error.get("type") if ok else None, error.get("code") if ok else None, ok, headers=headers)
+
+
+def unique_embeddings_body(model: str = "minilm") -> Callable[[int], dict[str, Any]]:
+    """Bodies with a fresh sentence each (never a cache hit)."""
+    tag = uuid.uuid4().hex[:8]
+    return lambda i: {"model": model, "input": f"steady load {tag} request {i}: the quick brown fox"}
+
+
+class SteadyLoad:
+    """`clients` concurrent loops of `POST url/path` with `body(i)` until stopped."""
+
+    def __init__(self, url: str, headers: dict[str, str], *, clients: int = 8, timeout_s: float = 15.0,
+                 path: str = "/v1/embeddings", body: Callable[[int], dict[str, Any]] | None = None,
+                 pause_after_error_s: float = 0.05) -> None:
+        """`pause_after_error_s`: a client waits that long after an error (a refusal must not turn into a spin)."""
+        self.url = url
+        self.headers = headers
+        self.clients = clients
+        self.timeout_s = timeout_s
+        self.path = path
+        self.body = body or unique_embeddings_body()
+        self.pause_after_error_s = pause_after_error_s
+        self.outcomes: list[Outcome] = []
+        self._counter = itertools.count()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="steady-load", daemon=True)
+
+    def __enter__(self) -> SteadyLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> list[Outcome]:
+        """Stop sending, wait for the requests in flight (each bounded by the client timeout)."""
+        self._stopping.set()
+        self._thread.join(self.timeout_s + 10)
+        assert not self._thread.is_alive(), "the load thread did not stop"
+        return list(self.outcomes)
+
+    def count(self, status: int | None = 200, since: float = -math.inf) -> int:
+        """Responses with `status` that ended after `since`."""
+        return sum(1 for o in list(self.outcomes) if o.status == status and o.ended > since)
+
+    def wait_for(self, condition: Callable[[], bool], within_s: float, what: str) -> None:
+        """Poll `condition` (e.g. enough 200s) with a deadline."""
+        deadline = time.monotonic() + within_s
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}; outcomes: {summary(self.outcomes)}"
+            time.sleep(0.02)
+
+    async def _main(self) -> None:
+        limits = httpx.Limits(max_connections=self.clients, max_keepalive_connections=self.clients)
+        async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout_s,
+                                     limits=limits) as client:
+            await asyncio.gather(*(self._client(client) for _ in range(self.clients)))
+
+    async def _client(self, client: httpx.AsyncClient) -> None:
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                response = await client.post(self.path, json=self.body(next(self._counter)))
+                self.outcomes.append(outcome_of(started, response))
+                failed = response.status_code >= 400
+            except httpx.HTTPError as exc:
+                self.outcomes.append(Outcome(started, time.monotonic(), None, exception=type(exc).__name__))
+                failed = True
+            if failed:
+                await asyncio.sleep(self.pause_after_error_s)
+
+
+def summary(outcomes: list[Outcome]) -> dict[str, int]:
+    """Counts per status ("none" = no response)."""
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        key = str(o.status) if o.status is not None else f"none:{o.exception}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) by the nearest-rank method; nan for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
