@@ -113,6 +113,9 @@ class GatewaySettings(BaseSettings):
     requests_per_minute: int = Field(default=600, ge=1)
     tokens_per_minute: int = Field(default=1_000_000, ge=1)
     rate_limit_fail_open: bool = True
+    # a busy key leases requests for this long (gateway.ratelimit.lease: ≤ 1 % of its budget); 0 = every request
+    # is checked in Redis
+    rate_limit_lease_ms: int = Field(default=100, ge=0, le=1000)
 
     # auth
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)

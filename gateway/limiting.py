@@ -49,6 +49,7 @@ def build_limiter(settings: GatewaySettings, redis: aioredis.Redis, metrics: Gat
         overrides=overrides,
         fail_open=settings.rate_limit_fail_open,
         timeout_ms=settings.redis_timeout_ms,
+        lease_ms=settings.rate_limit_lease_ms,
         metrics=hooks,
         connection_pool=redis.connection_pool,
     )

@@ -253,3 +253,57 @@ async def test_group_commit_failure_reaches_the_whole_batch() -> None:
     group = GroupCommit(flush)
     outcomes = await asyncio.gather(*(group.submit(i) for i in range(3)), return_exceptions=True)
     assert all(isinstance(o, ValueError) for o in outcomes)
+
+
+async def test_a_busy_key_leases_requests_and_headers_stay_exact(limiter_factory, redis_server) -> None:
+    limiter, who = limiter_factory(Limits(requests_per_min=100_000)), unique("id")
+    await limiter.check(unique("warm"))
+    client = aioredis.from_url(redis_server.url)
+    calls_before = await evalsha_calls(client)
+    decisions = [await limiter.check(who) for _ in range(300)]
+    calls = await evalsha_calls(client) - calls_before
+    await client.aclose()
+    assert all(d.allowed for d in decisions)
+    # remaining counts down one per request, as if every request had been checked in Redis
+    assert [d.remaining_requests for d in decisions] == list(range(99_999, 99_999 - 300, -1))
+    assert calls < 40, f"300 checks of one busy key took {calls} Redis calls"
+
+
+async def test_leases_never_admit_more_than_the_limit_across_processes(limiter_factory) -> None:
+    limits, who = Limits(requests_per_min=1000), unique("id")
+    first, second = limiter_factory(limits), limiter_factory(limits)
+
+    async def admitted(limiter: RateLimiter) -> int:
+        n = 0
+        while (await limiter.check(who)).allowed:
+            n += 1
+        return n
+
+    counts = await asyncio.gather(admitted(first), admitted(second))
+    cap = 1000 // 100  # the largest lease: a lease left unused when the window ran out is the only waste
+    assert 1000 - 2 * cap <= sum(counts) <= 1000, counts
+    assert min(counts) > 0  # both processes drew on the shared budget
+
+
+async def test_leases_off_checks_every_request(limiter_factory, redis_server) -> None:
+    limiter, who = limiter_factory(Limits(requests_per_min=100_000), lease_ms=0), unique("id")
+    await limiter.check(unique("warm"))
+    client = aioredis.from_url(redis_server.url)
+    calls_before = await evalsha_calls(client)
+    for _ in range(20):
+        await limiter.check(who)
+    assert await evalsha_calls(client) - calls_before == 20
+    await client.aclose()
+
+
+async def test_a_low_token_budget_is_checked_exactly(limiter_factory) -> None:
+    limiter, who = limiter_factory(Limits(requests_per_min=100_000, tokens_per_min=1000)), unique("id")
+    for _ in range(50):
+        await limiter.check(who)
+    assert limiter.leases.planned(who, limiter.limits_for(who)) > 1  # busy: leasing
+    await limiter.debit_tokens(who, 950)  # 5 % left: below the 10 % where leases stop
+    decision = await limiter.check(who, cost_tokens_estimate=40)
+    assert decision.allowed and decision.remaining_tokens == 50  # read from Redis, not from a lease
+    assert limiter.leases.planned(who, limiter.limits_for(who)) == 1
+    await limiter.debit_tokens(who, 50)
+    assert_refused(await limiter.check(who), "tokens")

@@ -4,7 +4,9 @@ Built on the `limits` library's async Redis storage (redis-py implementation) an
 counters. An admission check is at most one Redis round trip: one Lua script (`gateway.ratelimit.window.CHECK`) reads
 both windows, counts the request and returns what the headers need — the library's strategy API would take
 three round trips (two window reads and the hit). Checks made while a script call is in flight go together in
-the next call (`GroupCommit`), so under load many requests share a round trip. Token debits, off the request
+the next call (`GroupCommit`), so under load many requests share a round trip, and a busy key leases a few
+requests at a time (`gateway.ratelimit.lease`: bounded, adaptive, never more than the limit), so most of its
+requests need no round trip at all. Token debits, off the request
 path, use the library's `SlidingWindowCounterRateLimiter` on the same keys.
 """
 
@@ -24,6 +26,7 @@ from limits.util import WindowStats
 from gateway.batching import GroupCommit
 from gateway.cache.guard import RedisGuard
 from gateway.ratelimit.decision import Limits, RateLimitDecision, retry_after
+from gateway.ratelimit.lease import Leases
 from gateway.ratelimit.window import CHECK, FIGURES, REQUESTS_SPENT, TOKENS_SPENT, Window, window_keys
 
 KEY_PREFIX = "tritonstack:rl"
@@ -78,6 +81,7 @@ class RateLimiter:
         metrics: RateLimitHooks | None = None,
         key_prefix: str = KEY_PREFIX,
         breaker_cooldown_s: float = 1.0,
+        lease_ms: float = 100.0,
         **storage_options: float | str | bool | object,
     ) -> None:
         self.default = default
@@ -95,7 +99,8 @@ class RateLimiter:
         self.strategy = SlidingWindowCounterRateLimiter(self.storage)
         self._check_script = self.storage.bridge.get_connection().register_script(CHECK)
         self._keys: dict[tuple[str, Limits], list[str]] = {}
-        self._checks: GroupCommit[_Check, RateLimitDecision | None] = GroupCommit(self._flush)
+        self._checks: GroupCommit[_Check, tuple[RateLimitDecision, int] | None] = GroupCommit(self._flush)
+        self.leases = Leases(ttl_s=lease_ms / 1000.0)
 
     # --- configuration -----------------------------------------------------------------
 
@@ -124,8 +129,20 @@ class RateLimiter:
             return RateLimitDecision(allowed=True)
         if not self.guard.available:
             return self._unavailable()
-        decision = await self._checks.submit(_Check(identity, limits, cost_tokens_estimate))
-        return decision if decision is not None else self._unavailable()
+        leased = self.leases.take(identity, limits)
+        if leased is not None:
+            return leased
+        want = self.leases.want(identity, limits)
+        try:
+            result = await self._checks.submit(_Check(identity, limits, cost_tokens_estimate, want))
+        finally:
+            if want > 1:
+                self.leases.settled(identity, limits)
+        if result is None:
+            return self._unavailable()
+        decision, granted = result
+        self.leases.grant(identity, limits, decision, granted)
+        return decision
 
     async def debit_tokens(self, identity: str, n: int) -> None:
         """Record `n` tokens actually used by `identity`. Usage beyond the remaining budget is capped
@@ -133,6 +150,7 @@ class RateLimiter:
         limit = self.limits_for(identity).tokens_per_min
         if limit is None or n <= 0:
             return
+        self.leases.spend_tokens(identity, self.limits_for(identity), n)
         item = RateLimitItemPerMinute(limit, namespace="tokens")
         await self.guard.call("debit", lambda: self._debit(item, identity, n), None)
 
@@ -148,21 +166,25 @@ class RateLimiter:
 
     # --- internals -------------------------------------------------------------------------
 
-    async def _flush(self, checks: list[_Check]) -> list[RateLimitDecision | None]:
-        """One script call for a batch of checks; None for each when Redis failed."""
+    async def _flush(self, checks: list[_Check]) -> list[tuple[RateLimitDecision, int] | None]:
+        """One script call for a batch of checks: (decision, requests granted) each; None for each when Redis
+        failed."""
         keys: list[str] = []
         args: list[int] = [PERIOD_MS]
         for check in checks:
             req, tok = _items(check.limits)
             keys += self._window_keys(check.identity, check.limits)
             args += [req.amount if req else 0, tok.amount if tok else 0,
-                     min(max(1, check.cost), tok.amount) if tok else 0]
+                     min(max(1, check.cost), tok.amount) if tok else 0, check.want]
         raw = await self.guard.call("check", lambda: self._check_script(keys=keys, args=args), None)
         if raw is None:
             return [None] * len(checks)
         now = time.time()
-        return [_decide(check.limits, [int(x) for x in raw[i * FIGURES : (i + 1) * FIGURES]], now)
-                for i, check in enumerate(checks)]
+        out: list[tuple[RateLimitDecision, int] | None] = []
+        for i, check in enumerate(checks):
+            figures = [int(x) for x in raw[i * FIGURES : (i + 1) * FIGURES]]
+            out.append((_decide(check.limits, figures, now), figures[9]))
+        return out
 
     def _window_keys(self, identity: str, limits: Limits) -> list[str]:
         """The script's four keys (an unlimited dimension's pair is never touched: placeholders)."""
@@ -195,6 +217,7 @@ class _Check:
     identity: str
     limits: Limits
     cost: int
+    want: int = 1
 
 
 def _decide(limits: Limits, figures: list[int], now: float) -> RateLimitDecision:

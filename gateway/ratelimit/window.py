@@ -25,9 +25,11 @@ from limits.util import WindowStats
 
 # A batch of checks, each as if made alone, in order (a later check of the same identity sees the earlier hit).
 # KEYS: 4 per check: requests previous, requests current, tokens previous, tokens current
-# ARGV: period ms, then 3 per check: requests limit (0: unlimited), tokens limit (0: unlimited), tokens needed
-# returns 9 numbers per check: verdict (0 allowed, 1 requests spent, 2 tokens spent), then the windows before
-#   the check: requests previous count, previous ttl ms, current count, current ttl ms, and the same for tokens
+# ARGV: period ms, then 4 per check: requests limit (0: unlimited), tokens limit (0: unlimited), tokens needed,
+#   requests wanted (a lease, `gateway.ratelimit.lease`: 1 for a plain check)
+# returns 10 numbers per check: verdict (0 allowed, 1 requests spent, 2 tokens spent), then the windows before
+#   the check: requests previous count, previous ttl ms, current count, current ttl ms, and the same for tokens,
+#   then the requests granted (counted): at most the wanted number and what the window has left, 0 if refused
 CHECK = """
 local function window(previous, current, period)
   local ttl = tonumber(redis.call('pttl', current))
@@ -46,28 +48,33 @@ end
 local period = tonumber(ARGV[1])
 local out = {}
 for c = 0, #KEYS / 4 - 1 do
-  local k, a = c * 4, c * 3 + 1
+  local k, a = c * 4, c * 4 + 1
   local req_limit, tok_limit, needed = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local wanted = tonumber(ARGV[a + 4])
   local rpc, rpt, rcc, rct, tpc, tpt, tcc, tct = 0, 0, 0, 0, 0, 0, 0, 0
   if req_limit > 0 then rpc, rpt, rcc, rct = window(KEYS[k + 1], KEYS[k + 2], period) end
   if tok_limit > 0 then tpc, tpt, tcc, tct = window(KEYS[k + 3], KEYS[k + 4], period) end
-  local verdict = 0
+  local verdict, granted = 0, 1
   if tok_limit > 0 and tok_limit - weighted(tpc, tpt, tcc, period) < needed then
-    verdict = 2
+    verdict, granted = 2, 0
   elseif req_limit > 0 then
-    if weighted(rpc, rpt, rcc, period) + 1 > req_limit then
-      verdict = 1
-    elseif redis.call('exists', KEYS[k + 2]) == 1 then
-      redis.call('incrby', KEYS[k + 2], 1)
+    local left = req_limit - weighted(rpc, rpt, rcc, period)
+    if left < 1 then
+      verdict, granted = 1, 0
     else
-      redis.call('set', KEYS[k + 2], 1, 'PX', period * 2)
+      granted = math.min(wanted, left)
+      if redis.call('exists', KEYS[k + 2]) == 1 then
+        redis.call('incrby', KEYS[k + 2], granted)
+      else
+        redis.call('set', KEYS[k + 2], granted, 'PX', period * 2)
+      end
     end
   end
-  for _, v in ipairs({verdict, rpc, rpt, rcc, rct, tpc, tpt, tcc, tct}) do out[#out + 1] = v end
+  for _, v in ipairs({verdict, rpc, rpt, rcc, rct, tpc, tpt, tcc, tct, granted}) do out[#out + 1] = v end
 end
 return out
 """
-FIGURES = 9  # numbers the script returns per check
+FIGURES = 10  # numbers the script returns per check
 
 ALLOWED, REQUESTS_SPENT, TOKENS_SPENT = 0, 1, 2
 
