@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import tritonclient.http as triton_http
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from deploy.local.process import free_port
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonOptions, TritonServer
+from gateway.backends.pool import TritonPool
 from gateway.config import GatewaySettings
 from jobs.config import WorkerConfig
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
@@ -132,6 +134,7 @@ def tritons(minilm_repository: Path, tmp_path_factory: pytest.TempPathFactory) -
         yield servers
     finally:
         for server in servers:
+            server.signal(signal.SIGKILL)  # no graceful shutdown to wait for: the module is done with them
             server.stop()
 
 
@@ -235,6 +238,26 @@ def test_stopped_triton_fails_no_request_and_is_readmitted_after_restart(
         return executions(revived) > before
 
     wait_for(revived_serves, 10, "the restarted Triton to execute requests again")
+
+
+def test_stream_infer_moves_to_a_live_endpoint_before_the_first_response(tritons: list[TritonServer]) -> None:
+    """The pool's gRPC stream (chat's path) on a dead and a live endpoint: every call answers, the dead one is
+    ejected by the failed call itself (no health-check task here)."""
+
+    async def scenario() -> list[int]:
+        pool = TritonPool([f"127.0.0.1:{free_port()}", tritons[0].grpc_url], timeout_s=30, model_info_ttl_s=1)
+        try:
+            sizes = []
+            for i in range(2):  # round robin: one of the two calls starts on the dead endpoint
+                text = np.array([[f"stream {i}".encode()]], dtype=np.object_)
+                async for outputs in pool.stream_infer(MODEL, {"text": text}, timeout_s=30):
+                    sizes.append(int(outputs["embedding"].shape[-1]))
+            assert [ep.healthy for ep in pool.endpoints] == [False, True]
+            return sizes
+        finally:
+            await pool.close()
+
+    assert asyncio.run(scenario()) == [384, 384]
 
 
 def test_every_endpoint_down_is_a_prompt_503(

@@ -10,7 +10,9 @@ ClusterIP Service (an L4 balancer) pins each gateway replica to one Triton pod. 
   `health_timeout_s`); a failing endpoint is ejected, a passing one readmitted.
 - **passive ejection**: a request failing with a connection-level `BackendUnavailableError` (Triton unreachable,
   not a full queue, not a model error) ejects its endpoint at once and is retried once on another healthy
-  endpoint (inference is idempotent). A stream is retried only when nothing was yielded yet.
+  endpoint (inference is idempotent). A "model not found" is retried once elsewhere too, without ejection: a
+  Triton that received SIGTERM unloads its models at once and answers so until it exits. A stream is retried
+  only when nothing was yielded yet.
 - **all ejected**: requests go to the least recently failed endpoint instead of failing untried (a lone
   restarted Triton answers the next request, and a success readmits it); when that fails too, the caller gets
   the `BackendUnavailableError` (503 with `retry-after`).
@@ -38,7 +40,7 @@ from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
 
 from gateway.backends.base import EmbedResult, ModelEntry, ModelInfo
 from gateway.backends.triton import TritonBackend
-from gateway.errors import BackendUnavailableError, GatewayError
+from gateway.errors import BackendUnavailableError, GatewayError, NotFoundError
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("gateway.backends.pool")
@@ -69,8 +71,14 @@ def channel_args(max_reconnect_backoff_ms: int = MAX_RECONNECT_BACKOFF_MS) -> li
 
 
 def connection_error(exc: BaseException) -> bool:
-    """True for a failure to reach the server (worth another endpoint), not a full queue or a model error."""
+    """True for a failure to reach the server (ejects it), not a full queue or a model error."""
     return isinstance(exc, BackendUnavailableError) and exc.code == BackendUnavailableError.default_code
+
+
+def retryable(exc: BaseException) -> bool:
+    """Worth one more try on another endpoint: unreachable, or the model unknown there (a Triton shutting down
+    unloads its models at once and answers "not found" for a few seconds before it closes its ports)."""
+    return connection_error(exc) or isinstance(exc, NotFoundError)
 
 
 @dataclass(eq=False)
@@ -162,13 +170,13 @@ class TritonPool:
     # --- requests --------------------------------------------------------------------------------------------
 
     async def run(self, fn: Callable[[Endpoint], Awaitable[T]], *, rotate: bool = True) -> T:
-        """`fn(endpoint)` on the chosen endpoint; once more on another healthy one after a connection failure
-        (a `BackendUnavailableError` with the default code), which also ejects the first."""
+        """`fn(endpoint)` on the chosen endpoint; once more on another healthy one when the first is unreachable
+        (which also ejects it) or does not know the model (`retryable`)."""
         ep = self.first_choice(rotate=rotate)
         try:
             return await self._on(ep, fn)
         except GatewayError as exc:
-            retry = self.choose(exclude=ep) if connection_error(exc) else None
+            retry = self.choose(exclude=ep) if retryable(exc) else None
             if retry is None:
                 raise
         return await self._on(retry, fn)
@@ -212,9 +220,8 @@ class TritonPool:
     async def stream_infer(self, model: str, inputs: Mapping[str, np.ndarray], *, timeout_s: float,
                            request_id: str = "") -> AsyncIterator[dict[str, np.ndarray]]:
         """`TritonBackend.stream_infer` on the chosen endpoint; retried elsewhere only before the first response."""
-        ep: Endpoint | None = self.first_choice()
-        retried = False
-        while ep is not None:
+        ep = self.first_choice()
+        for attempt in (1, 2):
             yielded = False
             ep.in_flight += 1
             try:
@@ -226,17 +233,14 @@ class TritonPool:
                 self.readmit(ep)
                 return
             except GatewayError as exc:
-                if not connection_error(exc):
-                    raise
-                self.eject(ep, "request")
-                if yielded or retried:
+                if connection_error(exc):
+                    self.eject(ep, "request")
+                retry = self.choose(exclude=ep) if retryable(exc) and not yielded and attempt == 1 else None
+                if retry is None:
                     raise
             finally:
                 ep.in_flight -= 1
-            retried = True
-            ep = self.choose(exclude=ep)
-            if ep is None:
-                raise BackendUnavailableError("The inference server is unavailable")
+            ep = retry
 
     # --- health checks ---------------------------------------------------------------------------------------
 
