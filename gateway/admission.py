@@ -4,8 +4,11 @@ Policy (documented choice): beyond `max_in_flight` concurrent requests this proc
 **503** `overloaded` and `retry-after` — the refusal is about server capacity, not the caller's quota, so the
 SDKs' default retry with backoff is the right client reaction (a 429 is reserved for per-key rate limits).
 Bodies larger than `max_body_bytes` get **413**: at once from `Content-Length`, or, for chunked uploads, as
-soon as the streamed bytes pass the limit. Health, readiness and metrics routes bypass the in-flight bound so
-probes keep answering under load.
+soon as the streamed bytes pass the limit. A body sent to an OpenAI-style route (`POST /v1/...`) must declare
+a JSON media type (`application/json`, `application/*+json`, or JSONL for job uploads): a missing, `text/plain`,
+form or multipart `Content-Type` gets **415** before the body is read (the `/v2` passthrough is exempt: the
+binary tensor extension is not JSON, and Triton judges its own bodies). Health, readiness and metrics routes
+bypass the in-flight bound so probes keep answering under load.
 """
 
 from __future__ import annotations
@@ -15,11 +18,22 @@ from collections.abc import Iterable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import OverloadedError, PayloadTooLargeError, error_response
+from gateway.errors import OverloadedError, PayloadTooLargeError, UnsupportedMediaTypeError, error_response
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import header
 
 _CONTENT_LENGTH = b"content-length"
+_CONTENT_TYPE = b"content-type"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+JSON_PREFIXES = ("/v1/",)
+JSONL_TYPES = (b"application/x-ndjson", b"application/jsonl", b"application/json-lines", b"application/x-jsonlines")
+
+
+def json_media_type(content_type: bytes | None) -> bool:
+    """True for `application/json`, `application/<x>+json` (any parameters) and the JSONL types."""
+    media = (content_type or b"").split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media in JSONL_TYPES or (
+        media.startswith(b"application/") and media.endswith(b"+json"))
 
 
 def body_too_large(limit: int) -> str:
@@ -39,6 +53,7 @@ class AdmissionMiddleware:
         retry_after_s: int,
         metrics: GatewayMetrics,
         exempt_paths: Iterable[str] = (),
+        json_prefixes: tuple[str, ...] = JSON_PREFIXES,
     ) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
@@ -46,6 +61,7 @@ class AdmissionMiddleware:
         self.retry_after_s = retry_after_s
         self.metrics = metrics
         self.exempt = frozenset(exempt_paths)
+        self.json_prefixes = json_prefixes
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -56,6 +72,11 @@ class AdmissionMiddleware:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
             await self._refuse(scope, receive, send, PayloadTooLargeError(body_too_large(self.max_body_bytes)),
                                "body_too_large")
+            return
+        if (scope["method"] in _BODY_METHODS and scope["path"].startswith(self.json_prefixes)
+                and not json_media_type(header(scope, _CONTENT_TYPE))):
+            await self._refuse(scope, receive, send, UnsupportedMediaTypeError(
+                "Content-Type must be application/json", param="Content-Type"), "media_type")
             return
         if self.in_flight >= self.max_in_flight:
             error = OverloadedError("This gateway process is at capacity; retry shortly",
@@ -89,5 +110,5 @@ class AdmissionMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: Exception, reason: str) -> None:
         self.metrics.rejected.labels(reason).inc()
-        assert isinstance(error, (OverloadedError, PayloadTooLargeError))
+        assert isinstance(error, (OverloadedError, PayloadTooLargeError, UnsupportedMediaTypeError))
         await error_response(error)(scope, receive, send)

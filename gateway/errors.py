@@ -81,6 +81,12 @@ class PayloadTooLargeError(GatewayError):
     default_code = "payload_too_large"
 
 
+class UnsupportedMediaTypeError(GatewayError):
+    """The request body's declared media type is not one the route reads (415), e.g. text/plain or a form."""
+
+    default_code = "unsupported_media_type"
+
+
 class RateLimitedError(GatewayError):
     """A rate limit or quota refused the request (429); `quota=True` tells SDKs not to retry."""
 
@@ -133,6 +139,7 @@ ERROR_TABLE: dict[type[GatewayError], ErrorKind] = {
     MethodNotAllowedError: ErrorKind(405, "invalid_request_error"),
     ConflictError: ErrorKind(409, "conflict_error"),
     PayloadTooLargeError: ErrorKind(413, "invalid_request_error"),
+    UnsupportedMediaTypeError: ErrorKind(415, "invalid_request_error"),
     RateLimitedError: ErrorKind(429, "rate_limit_error"),
     InternalError: ErrorKind(500, "server_error"),
     OverloadedError: ErrorKind(503, "overloaded_error", retry_after_s=1),

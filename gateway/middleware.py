@@ -22,7 +22,7 @@ from gateway.metrics import GatewayMetrics
 log = logging.getLogger("gateway.requests")
 
 REQUEST_ID_HEADER = b"x-request-id"
-_SAFE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+_SAFE_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")  # fullmatch: `$` would accept a trailing "\n"
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -45,7 +45,7 @@ def new_request_id() -> str:
 
 def request_id_from(value: bytes | None) -> str:
     """Keep a caller's id when it is short and made of safe characters; otherwise make a new one."""
-    if value is not None and _SAFE_ID.match(value):
+    if value is not None and _SAFE_ID.fullmatch(value):
         return value.decode("ascii")
     return new_request_id()
 

@@ -18,18 +18,14 @@ from gateway.chat.service import ChatService, ChatStream
 from gateway.deps import ChatCall, chat_call, get_chat_service, require_admin
 from gateway.errors import parse_body
 from gateway.limiting import spend_tokens
+from gateway.openapi import json_request_body
 from gateway.responses import dumps
 
 router = APIRouter(tags=["chat"])
 admin = APIRouter(tags=["admin"])
 
 
-_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}},
-    }
-}
+_REQUEST_BODY = json_request_body(ChatCompletionRequest.model_json_schema())
 
 
 class SSEResponse(StreamingResponse):

@@ -22,6 +22,7 @@ from gateway.deps import get_jobs_service, get_principal, rate_limited_principal
 from gateway.errors import InvalidRequestError, validation_error
 from gateway.jobs_api.protocol import JobObject, JobRequest
 from gateway.jobs_api.service import JobsService
+from gateway.openapi import inline_defs
 from gateway.responses import dumps
 
 router = APIRouter(tags=["jobs"])
@@ -31,7 +32,7 @@ _JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-l
 _MAX_IDEMPOTENCY_KEY = 255
 _JSON_BODY = {
     "requestBody": {"required": True, "content": {
-        "application/json": {"schema": _REQUEST.json_schema()},
+        "application/json": {"schema": inline_defs(_REQUEST.json_schema())},
         "application/x-ndjson": {"schema": {"type": "string", "description": "one item per line"}}}}
 }
 

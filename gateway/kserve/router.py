@@ -6,6 +6,7 @@ caller's request limit.
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
@@ -29,9 +30,25 @@ async def _relay(
     if model is not None and upstream.status < 400:
         request.state.model = model
     if upstream.content is not None:
+        if upstream.status >= 400:
+            return kserve_error(upstream.status, upstream.headers, upstream.content)
         return Response(upstream.content, status_code=upstream.status, headers=upstream.headers)
     return StreamingResponse(upstream.body, status_code=upstream.status, headers=upstream.headers,
                              background=BackgroundTask(upstream.aclose))
+
+
+def kserve_error(status: int, headers: dict[str, str], content: bytes) -> Response:
+    """Triton's refusal in the KServe v2 error shape `{"error": "<message>"}` that `tritonclient` parses.
+
+    Triton answers most refusals in that shape already (relayed as they are); a few (e.g. a POST without a body
+    to an unknown model) come as `text/plain`, which are wrapped so that every error body leaving is JSON.
+    """
+    if headers.get("content-type", "").startswith("application/json") or "content-encoding" in headers:
+        return Response(content, status_code=status, headers=headers)
+    message = content.decode("utf-8", "replace").strip() or f"inference server answered {status}"
+    kept = {k: v for k, v in headers.items() if k not in ("content-type", "content-length")}
+    return Response(orjson.dumps({"error": message}), status_code=status, headers=kept,
+                    media_type="application/json")
 
 
 @router.get("/v2/health/live")
