@@ -96,7 +96,7 @@ def _jobs(settings: GatewaySettings, metrics: GatewayMetrics, embeddings: Embedd
 
 def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewayState:
     """Create every client and service (must run inside the event loop: gRPC and Redis bind to it)."""
-    backend = build_triton(settings.triton_grpc_urls, timeout_s=settings.backend_timeout_s,
+    backend = build_triton(settings.grpc_urls, timeout_s=settings.backend_timeout_s,
                            model_info_ttl_s=settings.model_info_ttl_s, metrics=metrics,
                            health_interval_s=settings.triton_health_interval_s,
                            health_timeout_s=settings.triton_health_timeout_s,
@@ -119,7 +119,7 @@ def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewaySt
         embeddings=embeddings,
         models=ModelService(backend, started_at=int(time.time())),
         kserve=KServeProxy(triton_http_session(settings.passthrough_max_connections, settings.backend_timeout_s),
-                           settings.triton_http_urls, backend if isinstance(backend, TritonPool) else None),
+                           settings.http_urls, backend if isinstance(backend, TritonPool) else None),
         cache=cache,
         limiter=limiter,
         chat=chat,

@@ -161,16 +161,26 @@ class GatewaySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _triton_endpoints(self) -> GatewaySettings:
-        grpc = self.triton_grpc_urls or [self.triton_grpc_url]
-        http = self.triton_http_urls or ([self.triton_http_url] if len(grpc) == 1 else [])
+        grpc, http = self.grpc_urls, self.http_urls
         if len(http) != len(grpc):
             raise ValueError("triton_http_urls needs one HTTP address per gRPC address in triton_grpc_urls "
                              f"(same order): got {len(http)} for {len(grpc)}")
         if len(set(grpc)) != len(grpc):
             raise ValueError("triton_grpc_urls lists an address twice")
-        object.__setattr__(self, "triton_grpc_urls", grpc)  # frozen model: fill the defaults once, here
-        object.__setattr__(self, "triton_http_urls", http)
         return self
+
+    @property
+    def grpc_urls(self) -> list[str]:
+        """Every Triton gRPC address: `triton_grpc_urls`, else `[triton_grpc_url]`."""
+        return list(self.triton_grpc_urls) or [self.triton_grpc_url]
+
+    @property
+    def http_urls(self) -> list[str]:
+        """The HTTP address of each of `grpc_urls`, same order: `triton_http_urls`, else `[triton_http_url]`
+        (only with a single gRPC address)."""
+        if self.triton_http_urls:
+            return list(self.triton_http_urls)
+        return [self.triton_http_url] if len(self.grpc_urls) == 1 else []
 
     @model_validator(mode="after")
     def _auth_is_explicit(self) -> GatewaySettings:

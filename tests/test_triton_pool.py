@@ -159,14 +159,16 @@ def test_url_lists_parse_from_json_or_commas(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("TRITONSTACK_GATEWAY_TRITON_GRPC_URLS", "a:8001, b:8001")
     monkeypatch.setenv("TRITONSTACK_GATEWAY_TRITON_HTTP_URLS", '["a:8000", "b:8000"]')
     settings = GatewaySettings()
-    assert settings.triton_grpc_urls == ["a:8001", "b:8001"]
-    assert settings.triton_http_urls == ["a:8000", "b:8000"]
+    assert settings.grpc_urls == ["a:8001", "b:8001"]
+    assert settings.http_urls == ["a:8000", "b:8000"]
     monkeypatch.setenv("TRITONSTACK_WORKER_TRITON_GRPC_URLS", '["a:8001","b:8001"]')
     assert WorkerConfig().grpc_urls == ["a:8001", "b:8001"]
     monkeypatch.delenv("TRITONSTACK_GATEWAY_TRITON_GRPC_URLS")
     monkeypatch.delenv("TRITONSTACK_GATEWAY_TRITON_HTTP_URLS")
     single = GatewaySettings(triton_grpc_url="t:1", triton_http_url="t:2")
-    assert (single.triton_grpc_urls, single.triton_http_urls) == (["t:1"], ["t:2"])
+    assert (single.grpc_urls, single.http_urls) == (["t:1"], ["t:2"])
+    moved = single.model_copy(update={"triton_grpc_url": "u:1"})  # how tests point a gateway elsewhere
+    assert moved.grpc_urls == ["u:1"]
     with pytest.raises(ValueError, match="one HTTP address per gRPC address"):
         GatewaySettings(triton_grpc_urls=["a:1", "b:1"])
 
@@ -310,5 +312,5 @@ def test_k8s_gpu_pool_overlay_lists_every_triton_pod() -> None:
                               triton_http_urls=env("gateway")["TRITONSTACK_GATEWAY_TRITON_HTTP_URLS"])
     worker = WorkerConfig(triton_grpc_urls=env("worker")["TRITONSTACK_WORKER_TRITON_GRPC_URLS"])
     pods = [f"triton-{i}.{headless['metadata']['name']}" for i in range(3)]
-    assert gateway.triton_grpc_urls == [f"{p}:8001" for p in pods] == worker.grpc_urls
-    assert gateway.triton_http_urls == [f"{p}:8000" for p in pods]
+    assert gateway.grpc_urls == [f"{p}:8001" for p in pods] == worker.grpc_urls
+    assert gateway.http_urls == [f"{p}:8000" for p in pods]
