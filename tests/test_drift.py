@@ -242,3 +242,35 @@ def test_budget_used_ratio_per_configured_key_resets_with_the_period() -> None:
     assert samples == {("gateway_budget_used_ratio", (("key", "alice"), ("period", "day"))): 0.9}
     now[0] = ends + 1  # next UTC day: nothing spent yet
     assert usage.ratio("alice") == 0.0
+
+
+async def test_budget_ledger_exports_what_redis_answers(redis_server: RedisServer) -> None:
+    import secrets
+
+    import redis.asyncio as aioredis
+
+    from gateway.auth import Principal
+    from gateway.cache.guard import RedisGuard
+    from gateway.config import ApiKeyConfig, hash_api_key
+    from gateway.errors import RateLimitedError
+    from gateway.usage.budget import BudgetLedger
+
+    name = f"drift-budget-{secrets.token_hex(4)}"  # a fresh key: the session's Redis is shared
+    settings = GatewaySettings(api_keys=[ApiKeyConfig(name=name, sha256=hash_api_key(secrets.token_hex(16)),
+                                                      budget=KeyBudget(usd=1.0, tokens=1000))])
+    registry = CollectorRegistry()
+    client = aioredis.Redis.from_url(redis_server.url)
+    ledger = BudgetLedger(client, RedisGuard(timeout_ms=500), settings, registry=registry)
+    principal = Principal(name=name, identity=f"key:{name}", scopes=frozenset())
+    try:
+        held = await ledger.reserve(principal, 850_000, 100)  # $0.85 of $1 reserved
+        assert ledger.usage.ratio(name) == pytest.approx(0.85)
+        samples = _samples(generate_latest(registry).decode())
+        assert samples[("gateway_budget_used_ratio", (("key", name), ("period", "day")))] == pytest.approx(0.85)
+        await ledger.settle(held, 300_000, 900)  # really $0.30 and 900 tokens: tokens are now the larger share
+        assert ledger.usage.ratio(name) == pytest.approx(0.9)
+        with pytest.raises(RateLimitedError):
+            await ledger.reserve(principal, 100_000, 200)  # refused: the ratio stays what Redis holds
+        assert ledger.usage.ratio(name) == pytest.approx(0.9)
+    finally:
+        await client.aclose()
