@@ -33,6 +33,7 @@ from export.config import (
 from export.repository import ModelFiles
 
 TRITON_PYTHON = Path(__file__).parent / "triton_python"
+SUPPORT = {"model_support.py": TRITON_PYTHON / "model_support.py"}  # imported by each model.py
 TRITON_TO_NUMPY = {v: k for k, v in NUMPY_TO_TRITON.items() if k not in ("bytes", "object")}
 WARMUP_TEXT = "Triton warms this model up with a short sentence before serving traffic."
 TEXT_INPUT = Tensor("text", "TYPE_STRING", (1,))
@@ -129,6 +130,7 @@ def text_embedding_cpu(name: str, model: EmbeddingModel, opts: ServingOptions) -
         config_text=render_spec(spec),
         files={
             "model.py": TRITON_PYTHON / "text_embedding.py",
+            **SUPPORT,
             "model.onnx": model.onnx_file,
             "tokenizer.json": model.tokenizer_file,
         },
@@ -189,7 +191,7 @@ def _tokenizer(
             "tokenizer_file": "tokenizer.json",
         },
     )
-    files = {"model.py": TRITON_PYTHON / "tokenizer.py", "tokenizer.json": model.tokenizer_file}
+    files = {"model.py": TRITON_PYTHON / "tokenizer.py", **SUPPORT, "tokenizer.json": model.tokenizer_file}
     return ModelFiles(name=name, config_text=render_spec(spec), files=files, warmup=warmup)
 
 
@@ -303,7 +305,7 @@ def generic_onnx(
             },
             **common,
         )
-        files = {"model.py": TRITON_PYTHON / "onnx_runtime.py", "model.onnx": onnx_file}
+        files = {"model.py": TRITON_PYTHON / "onnx_runtime.py", **SUPPORT, "model.onnx": onnx_file}
     else:
         spec = ModelSpec(
             platform="onnxruntime_onnx",

@@ -66,8 +66,9 @@ def test_cpu_text_embedding_is_a_python_model_with_text_in() -> None:
         "tokenizer_file": "tokenizer.json",
         "precision": "fp32",
     }
-    assert set(files.files) == {"model.py", "model.onnx", "tokenizer.json"}
+    assert set(files.files) == {"model.py", "model_support.py", "model.onnx", "tokenizer.json"}
     assert files.files["model.py"].name == "text_embedding.py" and files.files["model.py"].exists()
+    assert files.files["model_support.py"].exists()  # model.py imports it from its own directory
 
 
 def test_cpu_warmup_requests_and_string_file_format() -> None:

@@ -10,31 +10,16 @@ Parameters: `onnx_file`, `intra_op_num_threads`, `inter_op_num_threads`.
 from __future__ import annotations
 
 import json
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-
-def _param(config: dict, key: str, default: str) -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
-
-
-def _invalid(message: str) -> pb_utils.InferenceResponse:
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
-    return pb_utils.InferenceResponse(output_tensors=[], error=error)
-
-
-def _intra_op_threads(config: dict) -> int:
-    """The configured count; 0 (auto) splits the cores between this model's instances instead of oversubscribing."""
-    threads = int(_param(config, "intra_op_num_threads", "0"))
-    if threads > 0:
-        return threads
-    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
-    return max(1, (os.cpu_count() or 1) // instances)
+# model_support.py is copied next to this file (model.py) in the version directory
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_support import error_response, param, session_options
 
 
 class TritonPythonModel:
@@ -46,16 +31,12 @@ class TritonPythonModel:
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.inputs = {i["name"]: pb_utils.triton_string_to_numpy(i["data_type"]) for i in config["input"]}
         self.outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = _intra_op_threads(config)
-        options.inter_op_num_threads = int(_param(config, "inter_op_num_threads", "1"))
-        # spin-waiting threads steal the cores Triton's frontends and the stub need on a small CPU box
-        options.add_session_config_entry("session.intra_op.allow_spinning", _param(config, "allow_spinning", "0"))
+        options = session_options(config)
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
             device = int(args.get("model_instance_device_id", 0))
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device}))
-        onnx_path = version_dir / _param(config, "onnx_file", "model.onnx")
+        onnx_path = version_dir / param(config, "onnx_file", "model.onnx")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
 
     def _read(self, request: pb_utils.InferenceRequest) -> dict[str, np.ndarray]:
@@ -91,7 +72,7 @@ class TritonPythonModel:
             try:
                 feeds = self._read(request)
             except ValueError as exc:
-                responses[r] = _invalid(str(exc))
+                responses[r] = error_response(str(exc))
                 continue
             key = tuple((name, a.shape[1:] if self.batched else a.shape) for name, a in feeds.items())
             if not self.batched:

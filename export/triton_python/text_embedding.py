@@ -12,7 +12,7 @@ Tunables come from `parameters` in config.pbtxt.
 from __future__ import annotations
 
 import json
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +20,9 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
-
-def _param(config: dict, key: str, default: str) -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
-
-
-def _invalid(message: str) -> pb_utils.InferenceResponse:
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
-    return pb_utils.InferenceResponse(output_tensors=[], error=error)
-
-
-def _intra_op_threads(config: dict) -> int:
-    """The configured count; 0 (auto) splits the cores between this model's instances instead of oversubscribing."""
-    threads = int(_param(config, "intra_op_num_threads", "0"))
-    if threads > 0:
-        return threads
-    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
-    return max(1, (os.cpu_count() or 1) // instances)
+# model_support.py is copied next to this file (model.py) in the version directory
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_support import gather_texts, param, session_options
 
 
 class TritonPythonModel:
@@ -46,35 +31,21 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.max_seq_length = int(_param(config, "max_seq_length", "256"))
-        self.ort_batch_size = int(_param(config, "ort_batch_size", "64"))
+        self.max_seq_length = int(param(config, "max_seq_length", "256"))
+        self.ort_batch_size = int(param(config, "ort_batch_size", "64"))
 
-        self.tokenizer = Tokenizer.from_file(str(version_dir / _param(config, "tokenizer_file", "tokenizer.json")))
+        self.tokenizer = Tokenizer.from_file(str(version_dir / param(config, "tokenizer_file", "tokenizer.json")))
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
         self.tokenizer.no_padding()  # we pad per ORT batch, to the longest item in it
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = _intra_op_threads(config)
-        options.inter_op_num_threads = int(_param(config, "inter_op_num_threads", "1"))
-        # spin-waiting threads steal the cores Triton's frontends and the stub need on a small CPU box
-        options.add_session_config_entry("session.intra_op.allow_spinning", _param(config, "allow_spinning", "0"))
+        options = session_options(config)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        onnx_path = version_dir / _param(config, "onnx_file", "model.onnx")
+        onnx_path = version_dir / param(config, "onnx_file", "model.onnx")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.embedding_dtype = pb_utils.triton_string_to_numpy(
             pb_utils.get_output_config_by_name(config, "embedding")["data_type"]
         )
-
-    def _decode(self, request: pb_utils.InferenceRequest) -> list[str]:
-        tensor = pb_utils.get_input_tensor_by_name(request, "text")
-        if tensor is None:
-            raise ValueError("input 'text' is required")
-        values = tensor.as_numpy().reshape(-1)
-        try:
-            return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"input 'text' item is not valid UTF-8: {exc}") from exc
 
     def _embed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
@@ -102,16 +73,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
-        texts: list[str] = []
-        spans: list[tuple[int, int, int]] = []
-        for r, request in enumerate(requests):
-            try:
-                items = self._decode(request)
-            except ValueError as exc:
-                responses[r] = _invalid(str(exc))
-                continue
-            spans.append((r, len(texts), len(texts) + len(items)))
-            texts.extend(items)
+        texts, spans = gather_texts(requests, responses)
         if texts:
             try:
                 embeddings, counts = self._embed(texts)

@@ -15,21 +15,16 @@ A request whose bytes are not UTF-8 gets an error without failing its batch.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
-
-def _param(config: dict, key: str, default: str) -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
-
-
-def _invalid(message: str) -> pb_utils.InferenceResponse:
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
-    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+# model_support.py is copied next to this file (model.py) in the version directory
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_support import gather_texts, param
 
 
 class TritonPythonModel:
@@ -38,9 +33,9 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.max_seq_length = int(_param(config, "max_seq_length", "256"))
-        self.multiple = max(1, int(_param(config, "pad_to_multiple_of", "16")))
-        self.tokenizer = Tokenizer.from_file(str(version_dir / _param(config, "tokenizer_file", "tokenizer.json")))
+        self.max_seq_length = int(param(config, "max_seq_length", "256"))
+        self.multiple = max(1, int(param(config, "pad_to_multiple_of", "16")))
+        self.tokenizer = Tokenizer.from_file(str(version_dir / param(config, "tokenizer_file", "tokenizer.json")))
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
         self.tokenizer.no_padding()
         self.id_dtype = pb_utils.triton_string_to_numpy(
@@ -50,15 +45,6 @@ class TritonPythonModel:
     def _width(self, longest: int) -> int:
         rounded = -(-max(longest, 1) // self.multiple) * self.multiple
         return min(rounded, self.max_seq_length)
-
-    def _decode(self, request: pb_utils.InferenceRequest) -> list[str]:
-        tensor = pb_utils.get_input_tensor_by_name(request, "text")
-        if tensor is None:
-            raise ValueError("input 'text' is required")
-        try:
-            return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1)]
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"input 'text' item is not valid UTF-8: {exc}") from exc
 
     def _response(self, encodings: list) -> pb_utils.InferenceResponse:
         lengths = [len(e.ids) for e in encodings]
@@ -79,16 +65,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
-        texts: list[str] = []
-        spans: list[tuple[int, int, int]] = []
-        for r, request in enumerate(requests):
-            try:
-                items = self._decode(request)
-            except ValueError as exc:
-                responses[r] = _invalid(str(exc))
-                continue
-            spans.append((r, len(texts), len(texts) + len(items)))
-            texts.extend(items)
+        texts, spans = gather_texts(requests, responses)
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True) if texts else []
         for r, start, end in spans:
             responses[r] = self._response(encodings[start:end])

@@ -1,0 +1,71 @@
+"""Helpers shared by the python-backend models; the export copies this file next to each `model.py`.
+
+Every model reads its tunables from `parameters` in config.pbtxt, answers a bad request with its own error
+(never failing the batch), and configures ONNX Runtime the same way on a small CPU box.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton_python_backend_utils as pb_utils
+
+
+def param(config: dict, key: str, default: str) -> str:
+    """A `parameters { key … value { string_value … } }` entry of the model config, or `default`."""
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def error_response(message: str, code_name: str = "INVALID_ARG") -> pb_utils.InferenceResponse:
+    """A response carrying only an error (with Triton's error code where this Triton has it)."""
+    code = getattr(pb_utils.TritonError, code_name, None)
+    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+def intra_op_threads(config: dict) -> int:
+    """The configured count; 0 (auto) splits the cores between this model's instances instead of oversubscribing."""
+    threads = int(param(config, "intra_op_num_threads", "0"))
+    if threads > 0:
+        return threads
+    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+    return max(1, (os.cpu_count() or 1) // instances)
+
+
+def session_options(config: dict):  # -> onnxruntime.SessionOptions (imported lazily: not every model needs ORT)
+    """ORT options from the config: intra-op threads per instance, inter-op threads, spinning (off by default:
+    spin-waiting threads steal the cores Triton's frontends and the stub need on a small CPU box)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads(config)
+    options.inter_op_num_threads = int(param(config, "inter_op_num_threads", "1"))
+    options.add_session_config_entry("session.intra_op.allow_spinning", param(config, "allow_spinning", "0"))
+    return options
+
+
+def request_texts(request: pb_utils.InferenceRequest, name: str = "text") -> list[str]:
+    """The UTF-8 strings of a request's BYTES input; ValueError (for an error response) otherwise."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise ValueError(f"input '{name}' is required")
+    try:
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1)]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"input '{name}' item is not valid UTF-8: {exc}") from exc
+
+
+def gather_texts(requests: list, responses: list) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Every request's texts in one list, and (request index, start, end) spans into it; a request that cannot be
+    read gets its error response in `responses` and no span."""
+    texts: list[str] = []
+    spans: list[tuple[int, int, int]] = []
+    for r, request in enumerate(requests):
+        try:
+            items = request_texts(request)
+        except ValueError as exc:
+            responses[r] = error_response(str(exc))
+            continue
+        spans.append((r, len(texts), len(texts) + len(items)))
+        texts.extend(items)
+    return texts, spans
