@@ -190,6 +190,31 @@ def test_load_spreads_over_both_tritons(
     assert all(g > 0 for g in grown), f"executions per Triton: {grown}"
 
 
+def test_worker_spreads_a_job_over_both_tritons(
+    tritons: list[TritonServer], redis_server: RedisServer, minilm_repository: Path, gateway_keys: GatewayKeys,
+    tmp_path: Path,
+) -> None:
+    from tests.fixtures.jobs import jobs_gateway, new_queue, start_worker
+    from tests.test_jobs import embeddings_job, finished, sentences, submit, wait_job
+
+    queue = new_queue()
+    worker = start_worker(tritons[0], redis_server, minilm_repository, queue, tmp_path, CACHE_ENABLED="false",
+                          TRITON_GRPC_URLS=",".join(t.grpc_url for t in tritons))
+    gw = jobs_gateway(tritons[0], redis_server, gateway_keys, queue)
+    try:
+        before = [executions(t) for t in tritons]
+        headers = {"Authorization": f"Bearer {gateway_keys.user}"}
+        response = submit(gw, headers, embeddings_job(sentences(600, uuid.uuid4().hex[:8])))
+        assert response.status_code == 202, response.text
+        job, _ = wait_job(gw, headers, response.json()["id"], finished)
+        assert job["status"] == "succeeded", job
+        grown = [executions(t) - b for t, b in zip(tritons, before, strict=True)]
+        assert all(g > 0 for g in grown), f"executions per Triton: {grown}"
+    finally:
+        gw.stop()
+        worker.process.stop()
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_stopped_triton_fails_no_request_and_is_readmitted_after_restart(
     tritons: list[TritonServer], pooled_gateway: RunningGateway, gateway_keys: GatewayKeys,
