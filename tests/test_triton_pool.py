@@ -1,8 +1,9 @@
 """Several Triton endpoints behind one gateway (`gateway.backends.pool`), on two real tritonserver processes.
 
-Load spreads over both; killing one during a steady load fails no request (passive ejection + retry, active
-health checks); the killed one, restarted on the same ports, is readmitted; with every endpoint down the gateway
-answers a clean 503 at once.
+Load spreads over both, from the gateway and from the worker; stopping one (SIGKILL or SIGTERM) during a steady
+load fails no request (passive ejection + retry, active health checks); restarted on the same ports it is
+readmitted; the pool's gRPC stream moves off a dead endpoint; with every endpoint down the gateway answers a clean
+503 at once. Also: the settings' list formats and the Kubernetes overlay that lists the Triton pods.
 """
 
 from __future__ import annotations
