@@ -138,7 +138,7 @@ def test_promote_loads_the_canary_next_to_the_stable_version(stack: Stack) -> No
 
 def test_split_is_binomial_and_sticky_per_key(stack: Stack) -> None:
     before = stack.stats()
-    responses = embed_all(stack.gateway, [(i, f"split sentence {i}") for i in range(KEYS)],
+    responses = embed_all(stack.gateway, [(i, f"split sentence {i}") for i in range(KEYS)], concurrency=32,
                           headers={"cache-control": "no-store"})
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200][:3]
     served = Counter(r.headers[VERSION_HEADER] for r in responses)
@@ -162,7 +162,7 @@ def test_a_growing_canary_only_moves_callers_onto_it(stack: Stack) -> None:
     stack.rollouts_file.write_text(yaml.safe_dump({"models": {MODEL: {"stable": "1", "versions": {"1": 50, "2": 50}}}}))
     try:
         assert stack.admin("POST", "/admin/rollouts/reload").status_code == 200
-        keys = list(range(0, KEYS, 3))
+        keys = list(range(0, KEYS, 5))
         responses = embed_all(stack.gateway, [(i, f"split sentence {i}") for i in keys])
         now = {i: r.headers[VERSION_HEADER] for i, r in zip(keys, responses, strict=True)}
         assert all(now[i] == "2" for i in keys if stack.first_choice[i] == "2")  # nobody moves back
@@ -278,6 +278,21 @@ class _Load:
 
 
 def test_rollback_under_load_fails_no_request(stack: Stack) -> None:
+    # a second gateway that never looks at the file or the metadata again by itself: after the rollback it still
+    # routes canary callers to version 2, and must recover through the retry on the unloaded version
+    stale = start_gateway(stack.gateway.settings.model_copy(
+        update={"model_info_ttl_s": 3600.0, "rollouts_check_interval_s": 3600.0}))
+    v2_key = next(i for i, v in stack.first_choice.items() if v == "2")
+    try:
+        assert embed_all(stale, [(v2_key, "stale before")])[0].headers[VERSION_HEADER] == "2"
+        _rollback_under_load(stack)
+        late = embed_all(stale, [(v2_key, "stale after")])[0]
+        assert late.status_code == 200 and late.headers[VERSION_HEADER] == "1", late.text
+    finally:
+        stale.stop()
+
+
+def _rollback_under_load(stack: Stack) -> None:
     with _Load(stack.gateway) as load:
         load.wait_for(1)
         while not any(v == "2" for _, v in load.results):  # the canary is taking traffic
