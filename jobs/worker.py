@@ -15,11 +15,12 @@ import logging
 from typing import Any
 
 from arq.connections import RedisSettings
-from arq.worker import Worker, func
+from arq.worker import func
 
 from jobs.chat import chat
 from jobs.config import WorkerConfig
 from jobs.embeddings import embeddings
+from jobs.outage import OutageTolerantWorker
 from jobs.reaper import Reaper
 from jobs.runtime import build_runtime, close_runtime
 from jobs.store import arq_dumps, arq_loads
@@ -75,6 +76,7 @@ def worker_settings(config: WorkerConfig) -> dict[str, Any]:
 
 
 def run(config: WorkerConfig) -> None:
-    """Run the worker in this process until SIGINT/SIGTERM (running jobs are re-queued, not lost)."""
+    """Run the worker in this process until SIGINT/SIGTERM (running jobs are re-queued, not lost); a Redis
+    outage pauses it (`jobs.outage`)."""
     asyncio.set_event_loop(asyncio.new_event_loop())
-    Worker(**worker_settings(config)).run()
+    OutageTolerantWorker(**worker_settings(config)).run()

@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
+import os
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from deploy.local.process import ManagedProcess, free_port
+from deploy.local.stack import http_ok
 
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 
@@ -143,3 +150,37 @@ def percentile(values: list[float], q: float) -> float:
         return math.nan
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def readyz_status(url: str) -> int:
+    """The status of `GET /readyz` (0 when the gateway did not answer)."""
+    try:
+        return httpx.get(f"{url}/readyz", timeout=3).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def poll_until(check: Callable[[], bool], within_s: float, what: str, interval: float = 0.05) -> float:
+    """Poll `check` until true; the time it first held (monotonic). Fails after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, f"{what} did not happen within {within_s:.0f}s"
+        time.sleep(interval)
+    return time.monotonic()
+
+
+def spawn_gateway(settings: dict[str, Any], log_dir: Path) -> tuple[ManagedProcess, str]:
+    """`tritonstack gateway` as its own process (own GIL and event loop, like production) with `settings` as
+    `TRITONSTACK_GATEWAY_*`; ready once `/healthz` answers. The caller stops the process."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRITONSTACK_GATEWAY_")}
+    for name, value in settings.items():
+        text = json.dumps(value) if isinstance(value, (list, dict)) else str(value).lower() if isinstance(
+            value, bool) else str(value)
+        env[f"TRITONSTACK_GATEWAY_{name.upper()}"] = text
+    argv = [str(Path(sys.executable).parent / "tritonstack"), "gateway", "--port", str(port), "--log-level",
+            "warning"]
+    process = ManagedProcess(f"gateway-{port}", argv, env=env, log_path=log_dir / f"gateway-{port}.log").start()
+    url = f"http://127.0.0.1:{port}"
+    process.wait_ready(lambda: http_ok(f"{url}/healthz"), timeout=60)
+    return process, url

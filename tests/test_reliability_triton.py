@@ -14,35 +14,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonServer
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for
 from tests.fixtures.servers import start_triton
-from tests.reliability_load import Outcome, SteadyLoad, percentile, summary
+from tests.reliability_load import Outcome, SteadyLoad, percentile, poll_until, readyz_status, summary
 
 BACKEND_TIMEOUT_S = 2.0
 CLIENT_TIMEOUT_S = 15.0  # well above the gateway's deadline: a request that reaches it is a hang
 RECOVERY_BOUND_S = 5.0
 OUTAGE_S = 10.0  # Triton down at least this long (its restart adds a few seconds)
-
-
-def readyz_status(url: str) -> int:
-    """The status of `GET /readyz` (0 when the gateway did not answer)."""
-    try:
-        return httpx.get(f"{url}/readyz", timeout=3).status_code
-    except httpx.HTTPError:
-        return 0
-
-
-def poll_until(check: Callable[[], bool], within_s: float, what: str, interval: float = 0.05) -> float:
-    """Poll `check` until true; the time it first held (monotonic). Fails after `within_s`."""
-    deadline = time.monotonic() + within_s
-    while not check():
-        assert time.monotonic() < deadline, f"{what} did not happen within {within_s:.0f}s"
-        time.sleep(interval)
-    return time.monotonic()
 
 
 def assert_clean_failure(o: Outcome) -> None:
