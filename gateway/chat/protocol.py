@@ -82,12 +82,13 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     # bounded like the wire types downstream (Triton's INT32/INT64 tensors, orjson's 64-bit integers): an
     # out-of-range integer is the caller's 400, never a serializer's 500
-    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    # and strict: "10" or true is a 400, as with OpenAI, not a silently coerced 10 or 1
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX, strict=True)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX, strict=True)
     user: str | None = Field(default=None, max_length=256)
     n: int | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)

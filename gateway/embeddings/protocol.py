@@ -33,7 +33,7 @@ class EmbeddingRequest(BaseModel):
     input: str | list[str] = Field(description="Text or array of texts to embed (non-empty).")
     model: str = Field(min_length=1, max_length=256)
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, strict=True)  # "384" or true: 400, not coerced
     user: str | None = Field(default=None, max_length=256)
 
     @field_validator("input", mode="before")

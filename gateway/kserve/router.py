@@ -6,6 +6,8 @@ caller's request limit.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.background import BackgroundTask
@@ -13,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.auth import Principal
 from gateway.deps import get_kserve_proxy, get_principal, rate_limited_principal
-from gateway.errors import NotFoundError
+from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.kserve.service import KServeProxy, model_path
 
 router = APIRouter(tags=["kserve"])  # full paths: the route template is the metrics label
@@ -101,4 +103,29 @@ async def model_infer(
 ) -> Response:
     """Inference, JSON or binary tensor extension; body and framing headers forwarded unchanged."""
     path = model_path(model, version, "/infer")
-    return await _relay(request, proxy, "POST", path, model, await request.body())
+    body = await request.body()
+    check_infer_json(request.headers, body)
+    return await _relay(request, proxy, "POST", path, model, body)
+
+
+def check_infer_json(headers: Mapping[str, str], body: bytes) -> None:
+    """400 `invalid_json` unless the request's JSON part parses (Triton answers a malformed body with a 500).
+
+    The JSON part is the whole body, or its first `Inference-Header-Content-Length` bytes with the binary tensor
+    extension. orjson also refuses nesting deeper than 1024. A compressed body (`Content-Encoding`) is Triton's
+    to decompress and judge.
+    """
+    if "content-encoding" in headers:
+        return
+    declared = headers.get("inference-header-content-length")
+    if declared is not None:
+        if not declared.isdigit() or int(declared) > len(body):
+            raise InvalidRequestError("Inference-Header-Content-Length must be a byte count within the body",
+                                      param="Inference-Header-Content-Length", code="invalid_header")
+        body = body[: int(declared)]
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError("inference request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(document, dict):
+        raise InvalidRequestError("inference request must be a JSON object", code="invalid_json")
