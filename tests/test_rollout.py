@@ -22,6 +22,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 from typer.testing import CliRunner
 
@@ -29,8 +30,9 @@ from deploy.cli import app as cli
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonServer
 from gateway.config import ApiKeyConfig, hash_api_key
+from gateway.errors import InvalidRequestError
 from gateway.rollout.config import RolloutConfigError, load_rollouts, parse_rollouts
-from gateway.rollout.service import VERSION_HEADER
+from gateway.rollout.service import VERSION_HEADER, Choice, RolloutMetrics, RolloutService, parse_pin
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
 from tests.fixtures.servers import repository_variant, start_triton
 
@@ -180,6 +182,8 @@ def test_pin_header_wins_and_a_bad_pin_is_a_400(stack: Stack) -> None:
                                                      extra_headers={VERSION_HEADER: "2"})
     assert raw.headers[VERSION_HEADER] == "2" and len(raw.parse().data[0].embedding) == 384
     assert stack.stats()["2"] == before["2"] + 1 and stack.stats()["1"] == before["1"]
+    metrics = httpx.get(f"{stack.gateway.url}/metrics", timeout=10).text
+    assert 'gateway_model_version_requests_total{model="minilm",selection="pinned",version="2"} 1.0' in metrics
     for pin, code in (("7", "model_version_not_available"), ("two", "invalid_model_version")):
         with pytest.raises(openai.BadRequestError) as caught:
             client.embeddings.create(model=MODEL, input="x", extra_headers={VERSION_HEADER: pin})
@@ -327,3 +331,44 @@ def test_promote_to_100_under_load_fails_no_request(stack: Stack) -> None:
     result = CliRunner().invoke(cli, ["model", "rollback", MODEL, "--triton", stack.triton.grpc_url,
                                       "--rollouts-file", str(stack.rollouts_file)])
     assert result.exit_code == 1 and "no canary to roll back" in result.output
+
+
+def test_promote_names_what_is_missing(stack: Stack, minilm_repository: Path) -> None:
+    def fails(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["model", "promote", *args, "--triton", stack.triton.grpc_url,
+                                          "--rollouts-file", str(stack.rollouts_file)])
+        assert result.exit_code == 1, result.output
+        return " ".join(result.output.split())
+
+    assert "version 3 of 'minilm' is not in" in fails(MODEL, "3", "--repository", str(minilm_repository))
+    assert "version(s) 3 of 'minilm' did not become ready" in fails(MODEL, "3", "--weight", "5")
+    assert "model 'nope' is not in the model repository" in fails("nope", "1")
+    assert stack.ready_versions() == ["2"]  # a failed promote leaves the served versions as they were
+
+
+def _service(tmp_path: Path, text: str) -> RolloutService:
+    path = tmp_path / "rollouts.yaml"
+    path.write_text(text)
+    return RolloutService(path, metrics=RolloutMetrics(CollectorRegistry()))
+
+
+def test_a_caller_only_ever_moves_onto_a_growing_canary(tmp_path: Path) -> None:
+    callers = [f"key:caller-{i}" for i in range(5000)]
+    on_canary: set[str] = set()
+    for canary in (0, 5, 50, 95, 100):
+        service = _service(tmp_path, f"models: {{m: {{versions: {{1: {100 - canary}, 2: {canary}}}}}}}")
+        now = {c for c in callers if service.choose("m", c, ("1", "2"), "2").version == "2"}
+        assert on_canary <= now and abs(len(now) / len(callers) - canary / 100) < 0.02
+        on_canary = now
+
+
+def test_choice_falls_back_to_a_served_version(tmp_path: Path) -> None:
+    service = _service(tmp_path, "models: {m: {stable: 1, versions: {1: 0, 2: 100}}}")
+    assert service.choose("m", "ip:10.0.0.1", ("1", "2"), "2") == Choice("2", "2", "routed")
+    assert service.choose("m", "ip:10.0.0.1", ("1",), "1") == Choice("1", "", "default")  # 1 has weight 0
+    assert service.choose("other", "ip:10.0.0.1", ("1", "3"), "3") == Choice("3", "", "default")
+    assert service.choose("m", "ip:10.0.0.1", ("1", "2"), "2", pin="1") == Choice("1", "1", "pinned")
+    with pytest.raises(InvalidRequestError):
+        parse_pin("02")
+    with pytest.raises(RolloutConfigError, match="stable version 3 is not one of the listed versions"):
+        parse_rollouts({"models": {"m": {"stable": 3, "versions": {1: 1}}}})
