@@ -8,11 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+if TYPE_CHECKING:
+    from deploy.rollout import RolloutPlan
 
 app = typer.Typer(
     name="model",
@@ -53,7 +56,7 @@ _DEFAULT_FILE = Path("rollouts.yaml")
 
 @contextmanager
 def _plan(tritons: list[str], rollouts_file: Path, gateways: list[str] | None, admin_key: str | None,
-          drain_s: float, repository: Path | None) -> Iterator[object]:
+          drain_s: float, repository: Path | None) -> Iterator[RolloutPlan]:
     from deploy.rollout import RolloutError, RolloutPlan, TritonControl
 
     controls = [TritonControl(url) for url in tritons]
@@ -86,7 +89,7 @@ def promote(
     from deploy.rollout import promote as run
 
     with _plan(triton, rollouts_file, gateway, admin_key, drain_s, repository) as plan:
-        run(plan, model, version, weight)  # type: ignore[arg-type]
+        run(plan, model, version, weight)
 
 
 @app.command("rollback")
@@ -102,7 +105,7 @@ def rollback(
     from deploy.rollout import rollback as run
 
     with _plan(triton, rollouts_file, gateway, admin_key, drain_s, None) as plan:
-        run(plan, model)  # type: ignore[arg-type]
+        run(plan, model)
 
 
 @app.command("status")
@@ -113,11 +116,11 @@ def status(
 ) -> None:
     """The model's weights in the rollouts file and the versions each Triton serves."""
     with _plan(triton, rollouts_file, None, None, 0, None) as plan:
-        rollout = plan.config().models.get(model)  # type: ignore[attr-defined]
+        rollout = plan.config().models.get(model)
         if rollout is None:
             console.print(f"{escape(model)}: no rollout in {rollouts_file} (Triton's version policy decides)")
         else:
             shares = ", ".join(f"{v}: {p:g}%" for v, p in rollout.shares().items())
             console.print(f"{escape(model)}: stable {rollout.stable_version}; {shares}")
-        for control, ready in zip(plan.tritons, plan.ready(model), strict=True):  # type: ignore[attr-defined]
+        for control, ready in zip(plan.tritons, plan.ready(model), strict=True):
             console.print(f"Triton {control.url}: ready {', '.join(ready) or 'none'}")

@@ -6,7 +6,8 @@ The order of steps is what makes it safe (docs/deploy.md, "Model version rollout
   `version_policy` is `specific`) on every Triton → check every listed version is ready → write the rollouts
   file (stable: W% less, V: W%) → reload the gateways → only then, after a drain pause, unload what the new
   table no longer lists (at W=100: the old stable version).
-- rollback: the rollouts file back to 100% stable → reload the gateways → drain pause → unload the canary.
+- rollback: the rollouts file back to 100% stable → reload the gateways (nothing waits on Triton before this) →
+  reload the stable version where a Triton lost it → drain pause → unload the canary.
 
 Weights move only to versions that are already ready, and versions are unloaded only once no gateway routes to
 them (Triton finishes the requests it holds before a version goes). Used by `tritonstack model` (typer in
@@ -221,9 +222,10 @@ def rollback(plan: RolloutPlan, model: str) -> ModelRollout:
         raise RolloutError(f"'{model}' has no canary to roll back in {plan.rollouts_file}{stable}; to go back to an "
                            f"older version, promote it: `tritonstack model promote {model} VERSION --weight 100`")
     stable = current.stable_version
-    plan.load_alongside(model, {stable}, plan.ready(model))  # a no-op unless a Triton lost it (restart)
     rollout = ModelRollout(versions={stable: 100}, stable=stable)
+    # weights first, before touching Triton: the gateways serve a routed version only where Triton has it
     plan.publish(config.model_copy(update={"models": {**config.models, model: rollout}}))
+    plan.load_alongside(model, {stable}, plan.ready(model))  # a no-op unless a Triton lost it (restart)
     plan.unload_except(model, rollout.versions)
     plan.say(f"'{model}': rolled back to version {stable} (100%)")
     return rollout
