@@ -33,17 +33,15 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+# llm_engine, llm_text, llm_scheduler and model_support are copied next to this file (model.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_support import error_response, param
+
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
-def _param(config: dict, key: str, default: str) -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
-def _error(message: str, code_name: str) -> pb_utils.InferenceResponse:
-    code = getattr(pb_utils.TritonError, code_name, None)
-    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
-    return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
 def _scalar(request, name: str):
@@ -84,7 +82,7 @@ class ResponseSink:
         self.sender.send(self._response(text, reason, info), flags=FINAL)
 
     def fail(self, message: str) -> None:
-        self.sender.send(_error(message, "INTERNAL"), flags=FINAL)
+        self.sender.send(error_response(message, "INTERNAL"), flags=FINAL)
 
     def cancelled(self) -> bool:
         return bool(self.sender.is_cancelled())
@@ -115,34 +113,32 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        if str(version_dir) not in sys.path:
-            sys.path.insert(0, str(version_dir))  # llm_engine, llm_text, llm_scheduler are copied next to us
         from llm_engine import Decoder, ModelInfo
         from llm_scheduler import Limits, Scheduler
         from llm_text import PromptBuilder
 
-        info = ModelInfo.load(version_dir / _param(config, "generation_file", "generation.json"))
+        info = ModelInfo.load(version_dir / param(config, "generation_file", "generation.json"))
         generation = json.loads((version_dir / "generation.json").read_text(encoding="utf-8"))
         self.defaults = info.defaults
         self.prompts = PromptBuilder(
-            version_dir / _param(config, "tokenizer_file", "tokenizer.json"),
-            version_dir / _param(config, "chat_template_file", "chat_template.jinja"),
+            version_dir / param(config, "tokenizer_file", "tokenizer.json"),
+            version_dir / param(config, "chat_template_file", "chat_template.jinja"),
             generation.get("bos_token", ""),
             generation.get("eos_token", ""),
         )
-        single_row = _param(config, "single_row_onnx_file", "")
+        single_row = param(config, "single_row_onnx_file", "")
         decoder = Decoder(
-            version_dir / _param(config, "onnx_file", "model.onnx"),
+            version_dir / param(config, "onnx_file", "model.onnx"),
             info,
-            intra_op_threads=int(_param(config, "intra_op_num_threads", "0")),
-            inter_op_threads=int(_param(config, "inter_op_num_threads", "1")),
+            intra_op_threads=int(param(config, "intra_op_num_threads", "0")),
+            inter_op_threads=int(param(config, "inter_op_num_threads", "1")),
             single_row_path=version_dir / single_row if single_row else None,
         )
         self.limits = Limits(
-            max_batch_size=int(_param(config, "max_batch_rows", "8")),
-            max_kv_tokens=int(_param(config, "max_kv_tokens", "16384")),
-            max_context=int(_param(config, "max_context", str(info.defaults.get("max_context", 2048)))),
-            prefix_cache_tokens=int(_param(config, "prefix_cache_tokens", "4096")),
+            max_batch_size=int(param(config, "max_batch_rows", "8")),
+            max_kv_tokens=int(param(config, "max_kv_tokens", "16384")),
+            max_context=int(param(config, "max_context", str(info.defaults.get("max_context", 2048)))),
+            prefix_cache_tokens=int(param(config, "prefix_cache_tokens", "4096")),
         )
         _, warm = decoder.prefill(self.prompts.encode("Hello"))  # first ORT runs allocate; do it before traffic
         decoder.decode([0], warm)
@@ -213,11 +209,11 @@ class TritonPythonModel:
             try:
                 self.scheduler.submit(self._sequence(request, ResponseSink(sender, self.metrics)))
             except OverloadedError as exc:
-                sender.send(_error(f"overloaded: {exc}", "UNAVAILABLE"), flags=FINAL)
+                sender.send(error_response(f"overloaded: {exc}", "UNAVAILABLE"), flags=FINAL)
             except (ValueError, UnicodeDecodeError) as exc:
-                sender.send(_error(f"invalid request: {exc}", "INVALID_ARG"), flags=FINAL)
+                sender.send(error_response(f"invalid request: {exc}", "INVALID_ARG"), flags=FINAL)
             except Exception as exc:  # e.g. a chat template error: this request fails, never hangs
-                sender.send(_error(f"request failed: {exc}", "INTERNAL"), flags=FINAL)
+                sender.send(error_response(f"request failed: {exc}", "INTERNAL"), flags=FINAL)
         return None
 
     def finalize(self) -> None:
