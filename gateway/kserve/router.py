@@ -6,17 +6,16 @@ caller's request limit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from gateway.auth import Principal
-from gateway.deps import get_kserve_proxy, get_principal, rate_limited_principal
-from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.deps import get_kserve_proxy, get_principal, rate_limited_principal, state_of
+from gateway.errors import NotFoundError
 from gateway.kserve.service import KServeProxy, model_path
+from gateway.kserve.validation import check_infer_request
 
 router = APIRouter(tags=["kserve"])  # full paths: the route template is the metrics label
 
@@ -95,8 +94,34 @@ async def model_get(
     return await _relay(request, proxy, "GET", model_path(model, version, f"/{action}"), model)
 
 
-@router.post("/v2/models/{model}/infer")
-@router.post("/v2/models/{model}/versions/{version}/infer")
+# the JSON form of a KServe v2 inference request, for the OpenAPI document (clients and the schema fuzzer); the
+# binary tensor extension (JSON header + raw tensors) is forwarded too but not described
+_TENSOR = {
+    "type": "object", "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64",
+                                                "BYTES"]},
+        "parameters": {"type": "object"},
+        "data": {"type": "array"},
+    },
+}
+_INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "inputs": {"type": "array", "items": _TENSOR},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
+                                               "properties": {"name": {"type": "string"},
+                                                              "parameters": {"type": "object"}}}},
+    },
+}}}}}
+
+
+@router.post("/v2/models/{model}/infer", openapi_extra=_INFER_BODY)
+@router.post("/v2/models/{model}/versions/{version}/infer", openapi_extra=_INFER_BODY)
 async def model_infer(
     request: Request, model: str, version: str | None = None,
     _: Principal = Depends(rate_limited_principal), proxy: KServeProxy = Depends(get_kserve_proxy),
@@ -104,28 +129,6 @@ async def model_infer(
     """Inference, JSON or binary tensor extension; body and framing headers forwarded unchanged."""
     path = model_path(model, version, "/infer")
     body = await request.body()
-    check_infer_json(request.headers, body)
+    check_infer_request(request.headers, body, max_elements=state_of(request).settings.max_body_bytes)
     return await _relay(request, proxy, "POST", path, model, body)
 
-
-def check_infer_json(headers: Mapping[str, str], body: bytes) -> None:
-    """400 `invalid_json` unless the request's JSON part parses (Triton answers a malformed body with a 500).
-
-    The JSON part is the whole body, or its first `Inference-Header-Content-Length` bytes with the binary tensor
-    extension. orjson also refuses nesting deeper than 1024. A compressed body (`Content-Encoding`) is Triton's
-    to decompress and judge.
-    """
-    if "content-encoding" in headers:
-        return
-    declared = headers.get("inference-header-content-length")
-    if declared is not None:
-        if not declared.isdigit() or int(declared) > len(body):
-            raise InvalidRequestError("Inference-Header-Content-Length must be a byte count within the body",
-                                      param="Inference-Header-Content-Length", code="invalid_header")
-        body = body[: int(declared)]
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidRequestError("inference request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(document, dict):
-        raise InvalidRequestError("inference request must be a JSON object", code="invalid_json")
