@@ -17,11 +17,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from deploy.local.process import ManagedProcess, free_port
@@ -50,18 +51,18 @@ class Outcome:
         return self.ended - self.started
 
 
-def outcome_of(started: float, response: httpx.Response) -> Outcome:
+def outcome_of(started: float, status: int, raw_headers: Mapping[str, str], body: bytes) -> Outcome:
     """Record a response: for errors, whether the body is the OpenAI envelope."""
     ended = time.monotonic()
-    headers = {k.lower(): v for k, v in response.headers.items()}
-    if response.status_code < 400:
-        return Outcome(started, ended, response.status_code, headers=headers)
+    headers = {k.lower(): v for k, v in raw_headers.items()}
+    if status < 400:
+        return Outcome(started, ended, status, headers=headers)
     try:
-        error = response.json()["error"]
+        error = json.loads(body)["error"]
         ok = isinstance(error, dict) and set(error) == ENVELOPE_KEYS and isinstance(error["message"], str)
     except (ValueError, KeyError, TypeError):
         error, ok = {}, False
-    return Outcome(started, ended, response.status_code, headers.get("retry-after"),
+    return Outcome(started, ended, status, headers.get("retry-after"),
                    error.get("type") if ok else None, error.get("code") if ok else None, ok, headers=headers)
 
 
@@ -116,19 +117,23 @@ class SteadyLoad:
             time.sleep(0.02)
 
     async def _main(self) -> None:
-        limits = httpx.Limits(max_connections=self.clients, max_keepalive_connections=self.clients)
-        async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout_s,
-                                     limits=limits) as client:
-            await asyncio.gather(*(self._client(client) for _ in range(self.clients)))
+        # aiohttp, not httpx: with dozens of concurrent connections httpx's own pool costs the client
+        # hundreds of milliseconds per request on a busy machine, which would be measured as server latency
+        connector = aiohttp.TCPConnector(limit=self.clients)
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        async with aiohttp.ClientSession(self.url, headers=self.headers, timeout=timeout,
+                                         connector=connector) as session:
+            await asyncio.gather(*(self._client(session) for _ in range(self.clients)))
 
-    async def _client(self, client: httpx.AsyncClient) -> None:
+    async def _client(self, session: aiohttp.ClientSession) -> None:
         while not self._stopping.is_set():
             started = time.monotonic()
             try:
-                response = await client.post(self.path, json=self.body(next(self._counter)))
-                self.outcomes.append(outcome_of(started, response))
-                failed = response.status_code >= 400
-            except httpx.HTTPError as exc:
+                async with session.post(self.path, json=self.body(next(self._counter))) as response:
+                    body = await response.read()
+                self.outcomes.append(outcome_of(started, response.status, response.headers, body))
+                failed = response.status >= 400
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 self.outcomes.append(Outcome(started, time.monotonic(), None, exception=type(exc).__name__))
                 failed = True
             if failed:
