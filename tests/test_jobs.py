@@ -172,11 +172,14 @@ def test_sigkilled_worker_job_completes_on_another_worker_each_item_once(
         job = submit(gw, headers, embeddings_job(sentences(1000, uuid.uuid4().hex[:8]))).json()
         job, _ = wait_job(gw, headers, job["id"], lambda j: j["progress"]["done"] > 0)
         first.process.signal(signal.SIGKILL)
+        kill_time = time.monotonic()
         killed_at = job["progress"]["done"]
         assert killed_at < 1000, "the job finished before the worker could be killed"
 
         second = worker_factory(queue)
         job, seen = wait_job(gw, headers, job["id"], finished)
+        print(f"\nworker SIGKILL at {killed_at}/1000 items; finished on attempt {job['attempts']} "
+              f"{time.monotonic() - kill_time:.1f}s after the kill (second worker's start included)")
         assert job["status"] == "succeeded", job
         assert seen == sorted(seen) and job["attempts"] >= 2
         assert job["progress"] == {"done": 1000, "total": 1000, "failed": 0}
