@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 
 from gateway.admission import AdmissionMiddleware
@@ -48,6 +49,10 @@ from jobs.store import JobStore
 
 log = logging.getLogger("gateway")
 
+CORS_REQUEST_HEADERS = ["authorization", "content-type", "x-request-id", "idempotency-key", "cache-control"]
+CORS_EXPOSED_HEADERS = ["x-request-id", "retry-after", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                        "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                        "x-ratelimit-reset-tokens"]
 NO_OTEL: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
@@ -171,6 +176,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(AdmissionMiddleware, max_in_flight=settings.max_in_flight,
                        max_body_bytes=settings.max_body_bytes, retry_after_s=settings.overload_retry_after_s,
                        metrics=metrics, exempt_paths=PROBE_PATHS)
+    if settings.cors_origins:  # off by default: browsers get no CORS headers unless origins are listed
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=CORS_REQUEST_HEADERS,
+                           expose_headers=CORS_EXPOSED_HEADERS, max_age=600)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)  # added last = outermost
     return app
 

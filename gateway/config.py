@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
 
 
 def hash_api_key(key: str) -> str:
@@ -40,8 +41,14 @@ UrlList = Annotated[list[str], NoDecode]
 
 
 def read_secret(env_var: str) -> str | None:
-    """The value of environment variable `env_var` (the one place secrets named in config files are read)."""
+    """The secret named by `env_var`: that environment variable, else the file named by `<env_var>_FILE`
+    (Docker/Kubernetes secret files), stripped. The one place secrets named in config files are read."""
     value = os.environ.get(env_var)
+    if value:
+        return value
+    path = os.environ.get(f"{env_var}_FILE")
+    if path:
+        value = Path(path).read_text(encoding="utf-8").strip()
     return value if value else None
 
 
@@ -150,6 +157,9 @@ class GatewaySettings(BaseSettings):
     jobs_chunk_overlap: int = Field(default=32, ge=0)
     jobs_metrics_interval_s: float = Field(default=5.0, gt=0)
 
+    # browsers: CORS is off unless origins are listed explicitly (e.g. '["https://app.example.com"]'); no "*"
+    cors_origins: list[str] = Field(default_factory=list)
+
     # operations
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     expose_metrics: bool = True
@@ -181,6 +191,14 @@ class GatewaySettings(BaseSettings):
         if self.triton_http_urls:
             return list(self.triton_http_urls)
         return [self.triton_http_url] if len(self.grpc_urls) == 1 else []
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _explicit_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not _ORIGIN.match(origin):
+                raise ValueError(f"CORS origins must be explicit scheme://host[:port] values, got {origin!r}")
+        return value
 
     @model_validator(mode="after")
     def _auth_is_explicit(self) -> GatewaySettings:
