@@ -1,0 +1,326 @@
+"""Soak test (issue #9, item 7): a long mixed load against a fresh local stack, watching for leaks.
+
+    .venv/bin/python -m loadtest.soak --duration 600            # the documented 10-minute run
+    .venv/bin/python -m loadtest.soak --duration 15 --warmup 5  # a smoke run (tests/test_soak.py)
+
+Starts Redis, Triton (the models of `--repository` that have weights), one jobs worker and one gateway on free
+loopback ports (the `deploy.local` launchers, as `tritonstack up` does), then runs for `--duration` seconds:
+embeddings clients, half cache-cold (a fresh sentence per request) and half cache-warm (a Zipf-popular hot
+set), one jobs client (submit, poll, fetch the result, repeat) and, when the repository has a smollm2 export,
+one chat client. Every `--sample-every` seconds it records the RSS, open file descriptors and established TCP
+connections of the gateway and worker processes (psutil). Verdict, after `--warmup` seconds:
+- RSS growth of each process ≤ `--max-rss-growth` (median of the last 3 samples vs the first 3 after warm-up);
+- no fd or connection leak: the same medians differ by at most `--fd-slack` / `--conn-slack`;
+- error ratio 0 (any non-2xx, transport error, wrong answer or failed job is an error).
+Prints a table, optionally writes JSON (`--json`), exits 1 on any failure. The load is an asyncio/aiohttp
+client, not Locust: importing Locust monkey-patches the process with gevent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+from deploy.local.process import ManagedProcess, free_port
+from deploy.local.redis import RedisServer
+from deploy.local.stack import StackOptions, dev_api_key, gateway_process, http_ok, worker_process
+from deploy.local.triton import TritonOptions, TritonServer
+
+ROLES = ("gateway", "worker")
+# rate limits on (the limiter's Redis path is exercised) but far above what the soak sends; the environment wins
+LIMITS = {"TRITONSTACK_GATEWAY_REQUESTS_PER_MINUTE": "10000000", "TRITONSTACK_GATEWAY_TOKENS_PER_MINUTE": "1000000000"}
+HOT_SET = 200
+WORDS = ("model", "serving", "batch", "latency", "vector", "token", "gateway", "queue", "cache", "triton")
+
+
+@dataclass
+class SoakOptions:
+    """What to run and the pass/fail bounds."""
+
+    repository: Path = Path("model_repository")
+    duration_s: float = 600.0
+    warmup_s: float = 60.0
+    sample_every_s: float = 5.0
+    embed_clients: int = 4
+    think_s: float = 0.02  # pause between a client's requests: a steady load, not a saturation test
+    job_items: int = 20
+    max_rss_growth: float = 0.10
+    fd_slack: int = 8
+    conn_slack: int = 8
+    state_dir: Path | None = None
+
+
+@dataclass
+class Sample:
+    """One reading of one process."""
+
+    t: float
+    role: str
+    rss_mb: float
+    fds: int
+    connections: int
+
+
+@dataclass
+class Report:
+    """Counts, samples and the verdict of one run."""
+
+    duration_s: float
+    requests: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    samples: list[Sample] = field(default_factory=list)
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Every check passed."""
+        return all(c["ok"] for c in self.checks.values())
+
+
+def loadable_models(repository: Path) -> list[str]:
+    """Models with at least one non-empty version directory (an un-exported smollm2 has an empty one)."""
+    models = []
+    for config in sorted(repository.glob("*/config.pbtxt")):
+        versions = [d for d in config.parent.iterdir() if d.is_dir() and d.name.isdigit() and any(d.iterdir())]
+        if versions:
+            models.append(config.parent.name)
+    return models
+
+
+def start_stack(opts: SoakOptions, state: Path) -> tuple[list[ManagedProcess], StackOptions, list[str]]:
+    """Redis, Triton, worker and gateway on free ports, each ready; everything stopped again on failure."""
+    models = loadable_models(opts.repository)
+    if not models:
+        raise SystemExit(f"no exported model in {opts.repository}: run `tritonstack export minilm` first")
+    redis_port = free_port()
+    stack = StackOptions(repository=opts.repository, state_dir=state, redis_url=f"redis://127.0.0.1:{redis_port}/0",
+                         triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port(),
+                         gateway_port=free_port(), worker_metrics_port=free_port())
+    started: list[ManagedProcess] = []
+    try:
+        redis = RedisServer(redis_port, log_path=state / "redis.log")
+        started.append(redis.start_and_wait())
+        triton = TritonServer(TritonOptions(opts.repository, http_port=stack.triton_http_port,
+                                            grpc_port=stack.triton_grpc_port, metrics_port=stack.triton_metrics_port,
+                                            models=models), state_dir=state, log_path=state / "triton.log")
+        started.append(triton.start_and_wait())
+        key = dev_api_key(state)
+        worker = worker_process(stack, key).start()
+        started.append(worker)
+        worker.wait_ready(lambda: http_ok(f"http://127.0.0.1:{stack.worker_metrics_port}/metrics"), timeout=60)
+        gateway = gateway_process(stack, key)
+        gateway.env = {**LIMITS, **(gateway.env or {})}
+        started.append(gateway.start())
+        gateway.wait_ready(lambda: http_ok(f"http://127.0.0.1:{stack.gateway_port}/healthz"), timeout=60)
+    except BaseException:
+        for process in reversed(started):
+            process.stop()
+        raise
+    return started, stack, models
+
+
+def read_process(pid: int) -> tuple[float, int, int]:
+    """(RSS in MiB, open fds, established TCP connections) of `pid`."""
+    proc = psutil.Process(pid)
+    conns = sum(1 for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_ESTABLISHED)
+    return proc.memory_info().rss / 2**20, proc.num_fds(), conns
+
+
+class Load:
+    """The mixed clients; counts requests and errors per kind."""
+
+    def __init__(self, session: aiohttp.ClientSession, opts: SoakOptions, chat: bool, deadline: float) -> None:
+        self.session = session
+        self.opts = opts
+        self.chat = chat
+        self.deadline = deadline
+        self.requests: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.tag = uuid.uuid4().hex[:8]
+        self.rng = random.Random(7)
+        self.weights = [1.0 / (k + 1) ** 1.1 for k in range(HOT_SET)]
+
+    def running(self) -> bool:
+        """Until the deadline."""
+        return time.monotonic() < self.deadline
+
+    async def call(self, kind: str, method: str, path: str, body: Any = None, expect: int = 200) -> Any:
+        """One request; returns the JSON (or text for NDJSON) on `expect`, else records an error and None."""
+        self.requests[kind] += 1
+        try:
+            async with self.session.request(method, path, json=body) as resp:
+                text = await resp.text()
+                if resp.status != expect:
+                    self.errors[f"{kind}:{resp.status}"] += 1
+                    return None
+                return json.loads(text) if resp.content_type == "application/json" else text
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self.errors[f"{kind}:{type(exc).__name__}"] += 1
+            return None
+
+    async def embeddings(self, warm: bool) -> None:
+        """Cold: a sentence no request sent before; warm: a Zipf-popular one (mostly cache hits)."""
+        kind, i = ("embeddings-warm" if warm else "embeddings-cold"), 0
+        while self.running():
+            i += 1
+            if warm:
+                rank = self.rng.choices(range(HOT_SET), weights=self.weights)[0]
+                text = f"popular soak question {rank} about {WORDS[rank % 10]}"
+            else:
+                text = f"soak {self.tag} request {id(self)}.{i} about {WORDS[i % 10]} and {WORDS[i * 7 % 10]}"
+            body = await self.call(kind, "POST", "/v1/embeddings", {"model": "minilm", "input": text})
+            if body is not None and len(body["data"][0]["embedding"]) != 384:
+                self.errors[f"{kind}:wrong_dimension"] += 1
+            await asyncio.sleep(self.opts.think_s)
+
+    async def jobs(self) -> None:
+        """Submit an embeddings job, poll until it ends, fetch the result; repeat."""
+        n = 0
+        while self.running():
+            n += 1
+            texts = [f"soak job {self.tag}.{n} item {j} on {WORDS[j % 10]}" for j in range(self.opts.job_items)]
+            job = await self.call("jobs", "POST", "/v1/jobs", {"type": "embeddings", "model": "minilm",
+                                                                "input": texts}, expect=202)
+            while job is not None and job.get("finished_at") is None:
+                await asyncio.sleep(0.2)
+                job = await self.call("jobs-poll", "GET", f"/v1/jobs/{job['id']}")
+            if job is None:
+                continue
+            if job["status"] != "succeeded":
+                self.errors[f"jobs:{job['status']}"] += 1
+                continue
+            lines = await self.call("jobs-result", "GET", f"/v1/jobs/{job['id']}/result")
+            if lines is not None and len(str(lines).splitlines()) != self.opts.job_items:
+                self.errors["jobs:result_lines"] += 1
+
+    async def chats(self) -> None:
+        """Short non-streamed chat completions (when a smollm2 export is served)."""
+        while self.running():
+            body = {"model": "smollm2", "max_tokens": 8, "temperature": 0,
+                    "messages": [{"role": "user", "content": f"Name a colour. ({self.rng.random():.6f})"}]}
+            answer = await self.call("chat", "POST", "/v1/chat/completions", body)
+            if answer is not None and not answer.get("choices"):
+                self.errors["chat:no_choices"] += 1
+            await asyncio.sleep(self.opts.think_s)
+
+
+async def sampler(pids: dict[str, int], every_s: float, until: float, start: float, out: list[Sample]) -> None:
+    """Read every process each `every_s` until `until` (one last reading at the end)."""
+    while True:
+        now = time.monotonic()
+        for role, pid in pids.items():
+            rss, fds, conns = read_process(pid)
+            out.append(Sample(round(now - start, 1), role, round(rss, 1), fds, conns))
+        if now >= until:
+            return
+        await asyncio.sleep(min(every_s, max(0.0, until - time.monotonic())))
+
+
+async def drive(url: str, key: str, pids: dict[str, int], opts: SoakOptions, chat: bool) -> Report:
+    """Run the clients and the sampler for the duration."""
+    start = time.monotonic()
+    deadline = start + opts.duration_s
+    samples: list[Sample] = []
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout) as session:
+        load = Load(session, opts, chat, deadline)
+        clients = [load.embeddings(warm=i % 2 == 1) for i in range(opts.embed_clients)] + [load.jobs()]
+        if chat:
+            clients.append(load.chats())
+        await asyncio.gather(sampler(pids, opts.sample_every_s, deadline, start, samples), *clients)
+    return Report(round(time.monotonic() - start, 1), dict(load.requests), dict(load.errors), samples)
+
+
+def judge(report: Report, opts: SoakOptions) -> None:
+    """Fill `report.checks` (see the module docstring)."""
+    total = sum(report.requests.values())
+    errors = sum(report.errors.values())
+    report.checks["error_ratio"] = {"value": errors / total if total else 1.0, "bound": 0.0,
+                                    "ok": total > 0 and errors == 0}
+    for role in ROLES:
+        after = [s for s in report.samples if s.role == role and s.t >= opts.warmup_s]
+        if len(after) < 4:
+            report.checks[f"{role}_samples"] = {"value": len(after), "bound": 4, "ok": False}
+            continue
+        first, last = after[:3], after[-3:]
+
+        def median(rows: list[Sample], attr: str) -> float:
+            return statistics.median(getattr(s, attr) for s in rows)
+
+        base, end = median(first, "rss_mb"), median(last, "rss_mb")
+        growth = end / base - 1
+        report.checks[f"{role}_rss_growth"] = {"value": round(growth, 4), "from_mb": base, "to_mb": end,
+                                               "bound": opts.max_rss_growth, "ok": growth <= opts.max_rss_growth}
+        for attr, slack in (("fds", opts.fd_slack), ("connections", opts.conn_slack)):
+            delta = median(last, attr) - median(first, attr)
+            report.checks[f"{role}_{attr}_delta"] = {"value": delta, "from": median(first, attr),
+                                                     "to": median(last, attr), "bound": slack, "ok": delta <= slack}
+
+
+def run(opts: SoakOptions) -> Report:
+    """Start the stack, soak, stop the stack; the judged report."""
+    state = opts.state_dir or Path(tempfile.mkdtemp(prefix="tritonstack-soak-"))
+    state.mkdir(parents=True, exist_ok=True)
+    processes, stack, models = start_stack(opts, state)
+    try:
+        gateway, worker = processes[-1], processes[-2]
+        pids = {"gateway": gateway.pid, "worker": worker.pid}
+        url = f"http://127.0.0.1:{stack.gateway_port}"
+        report = asyncio.run(drive(url, dev_api_key(state), pids, opts, chat="smollm2" in models))
+    finally:
+        for process in reversed(processes):
+            process.stop()
+    judge(report, opts)
+    return report
+
+
+def render(report: Report) -> str:
+    """A plain-text summary."""
+    lines = [f"soak: {report.duration_s:.0f}s  requests {report.requests}  errors {report.errors or 0}"]
+    for name, check in report.checks.items():
+        detail = ", ".join(f"{k}={v}" for k, v in check.items() if k not in {"ok"})
+        lines.append(f"  {'PASS' if check['ok'] else 'FAIL'}  {name}: {detail}")
+    lines.append("verdict: " + ("PASS" if report.ok else "FAIL"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: exit 0 when every check passed, 1 otherwise."""
+    parser = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=SoakOptions.repository)
+    parser.add_argument("--duration", type=float, default=SoakOptions.duration_s, help="seconds of load")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds excluded from the growth checks "
+                        "(default: 10%% of the duration)")
+    parser.add_argument("--sample-every", type=float, default=SoakOptions.sample_every_s)
+    parser.add_argument("--embed-clients", type=int, default=SoakOptions.embed_clients)
+    parser.add_argument("--max-rss-growth", type=float, default=SoakOptions.max_rss_growth)
+    parser.add_argument("--state-dir", type=Path, default=None, help="logs and state (default: a temp dir)")
+    parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    args = parser.parse_args(argv)
+    opts = SoakOptions(repository=args.repository, duration_s=args.duration,
+                       warmup_s=args.warmup if args.warmup is not None else args.duration / 10,
+                       sample_every_s=args.sample_every, embed_clients=args.embed_clients,
+                       max_rss_growth=args.max_rss_growth, state_dir=args.state_dir)
+    report = run(opts)
+    print(render(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
