@@ -156,6 +156,7 @@ class GatewaySettings(BaseSettings):
     jobs_chunk_tokens: int = Field(default=254, ge=8)
     jobs_chunk_overlap: int = Field(default=32, ge=0)
     jobs_metrics_interval_s: float = Field(default=5.0, gt=0)
+    jobs_webhook_allow_private: bool = False  # webhooks to loopback/private IPs (off: SSRF guard, jobs.egress)
 
     # browsers: CORS is off unless origins are listed explicitly (e.g. '["https://app.example.com"]'); no "*"
     cors_origins: list[str] = Field(default_factory=list)

@@ -68,6 +68,8 @@ class WorkerConfig(BaseSettings):
     webhook_max_attempts: int = Field(default=6, ge=1)
     webhook_backoff_s: float = Field(default=1.0, gt=0, description="Delay before the 2nd attempt; doubles.")
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_allow_private: bool = Field(default=False, description="Allow webhooks to loopback/private addresses "
+                                        "(off: SSRF guard, see jobs.egress).")
 
     # operations
     metrics_host: str = "127.0.0.1"

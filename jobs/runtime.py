@@ -25,6 +25,7 @@ from gateway.cache import EmbeddingCache
 from gateway.chat.service import ChatService
 from jobs.chunking import ChunkerCache
 from jobs.config import WorkerConfig, gateway_settings
+from jobs.egress import PublicOnlyResolver
 from jobs.metrics import WorkerMetrics, serve_metrics
 from jobs.store import JobStore
 
@@ -75,6 +76,13 @@ def _chat(redis: aioredis.Redis, backend: TritonBackend | TritonPool) -> ChatSer
     return build_chat(settings, GatewayMetrics(), redis, backend)
 
 
+def _webhook_session(config: WorkerConfig) -> aiohttp.ClientSession:
+    """The webhook client: public addresses only unless `webhook_allow_private` (see jobs.egress)."""
+    if config.webhook_allow_private:
+        return aiohttp.ClientSession(trust_env=False)
+    return aiohttp.ClientSession(trust_env=False, connector=aiohttp.TCPConnector(resolver=PublicOnlyResolver()))
+
+
 def build_runtime(config: WorkerConfig, arq: ArqRedis) -> Runtime:
     """Create the clients (inside the worker's event loop: gRPC and Redis bind to it)."""
     redis = _redis(config)
@@ -83,7 +91,7 @@ def build_runtime(config: WorkerConfig, arq: ArqRedis) -> Runtime:
     metrics = WorkerMetrics()
     rt = Runtime(
         config=config, redis=redis, store=JobStore(redis, queue_name=config.queue_name), backend=backend, arq=arq,
-        http=aiohttp.ClientSession(trust_env=False), chunkers=ChunkerCache(config.model_repository),
+        http=_webhook_session(config), chunkers=ChunkerCache(config.model_repository),
         metrics=metrics, cache=_cache(config, redis), chat=_chat(redis, backend),
     )
     rt.metrics_server = serve_metrics(metrics, config.metrics_host, config.metrics_port)

@@ -5,7 +5,7 @@ Body: `{"event": "job.<status>", "job": <the GET /v1/jobs/{id} object>}`. Header
 `X-Tritonstack-Event`, `X-Tritonstack-Delivery` (job id and attempt). Any 2xx is delivered; anything else
 (other status, connection error, timeout) is retried as its own arq job with delays of `webhook_backoff_s`,
 doubling, for `webhook_max_attempts` attempts in all; the outcome is kept in the job's `webhook` field.
-Redirects are not followed.
+Redirects are not followed, and by default only public addresses are reached (`jobs.egress`: SSRF guard).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 from arq.worker import Retry
 
+from jobs.egress import refused_target
 from jobs.runtime import Runtime
 
 log = logging.getLogger("jobs.webhook")
@@ -62,6 +63,12 @@ async def deliver_webhook(ctx: dict[str, Any], job_id: str) -> str:
     body = orjson.dumps({"event": f"job.{record.status.value}", "job": record.public()})
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(record.webhook_secret, body),
                "X-Tritonstack-Event": f"job.{record.status.value}", "X-Tritonstack-Delivery": f"{job_id}:{attempt}"}
+    refused = None if rt.config.webhook_allow_private else refused_target(record.webhook_url)
+    if refused is not None:  # submitted before the policy, or by a gateway that allows private targets
+        log.warning("webhook of %s refused: %s (webhook_allow_private is off)", job_id, refused)
+        rt.metrics.webhooks.labels("failed").inc()
+        await rt.store.update(job_id, {"webhook_status": "failed", "webhook_attempts": attempt})
+        return "failed"
     failure = await _post(rt.http, record.webhook_url, body, headers, rt.config.webhook_timeout_s)
     last = attempt >= rt.config.webhook_max_attempts
     status = "delivered" if failure is None else ("failed" if last else "retrying")

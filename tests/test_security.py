@@ -1,6 +1,6 @@
 """Security (issue 9, item 6): keys hashed, compared in constant time and never logged; admin scope on every
 `/admin` route; CORS off unless origins are listed; Triton's control plane on loopback and not reachable through
-the `/v2` passthrough; secrets only from the environment or secret files.
+the `/v2` passthrough; secrets only from the environment or secret files; webhooks refused to private addresses.
 
 The gateways here are real (uvicorn, real Triton and Redis); the chat route goes to the fake cloud LLM.
 """
@@ -8,6 +8,7 @@ The gateways here are real (uvicorn, real Triton and Redis); the chat route goes
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from deploy.local.triton import TritonDistribution, TritonOptions, TritonServer,
 from gateway.auth import Authenticator
 from gateway.config import ApiKeyConfig, GatewaySettings, hash_api_key, read_secret
 from gateway.routing.config import RoutesConfigError, load_routes
+from jobs.egress import PublicOnlyResolver, forbidden_address, refused_target
 from tests.envelope import assert_envelope, auth, full_gateway
 from tests.fake_llm import FakeLLMServer, Fault
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for
@@ -247,3 +249,37 @@ def test_routes_file_refuses_inline_upstream_keys(tmp_path: Path, monkeypatch: p
     deployment = load_routes(routes).deployments["p"]
     assert deployment.api_key.get_secret_value() == "sk-upstream-from-file"  # type: ignore[union-attr]
     assert "sk-upstream-from-file" not in repr(deployment)
+
+
+# --- webhook SSRF ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:6379/", "http://localhost/hook", "http://api.localhost/x", "http://[::1]/", "http://0.0.0.0/",
+    "http://169.254.169.254/latest/meta-data/", "http://10.1.2.3/", "http://192.168.0.1/", "http://172.16.0.1/",
+    "http://100.64.0.1/", "http://[::ffff:127.0.0.1]/", "http://[fe80::1]/", "https://224.0.0.1/",
+])
+def test_webhooks_to_private_addresses_are_refused(gw: RunningGateway, gateway_keys: GatewayKeys, url: str) -> None:
+    body = {"type": "embeddings", "model": MODEL, "input": ["hi"], "webhook": {"url": url}}
+    resp = httpx.post(f"{gw.url}/v1/jobs", json=body, headers=auth(gateway_keys.user))
+    assert_envelope(resp, 400, param="webhook.url", code="webhook_url_not_allowed")
+
+
+def test_webhooks_to_public_addresses_are_accepted(gw: RunningGateway, gateway_keys: GatewayKeys) -> None:
+    body = {"type": "embeddings", "model": MODEL, "input": ["hi"],
+            "webhook": {"url": "https://hooks.example.com/tritonstack"}}
+    resp = httpx.post(f"{gw.url}/v1/jobs", json=body, headers=auth(gateway_keys.user))
+    assert resp.status_code == 202, resp.text  # queued on the fixture's private queue (no worker consumes it)
+    httpx.delete(f"{gw.url}/v1/jobs/{resp.json()['id']}", headers=auth(gateway_keys.user))
+
+
+async def test_worker_resolver_drops_private_addresses() -> None:
+    """The worker's webhook client resolves names to public addresses only (loopback names fail to connect)."""
+    resolver = PublicOnlyResolver()
+    try:
+        with pytest.raises(OSError, match="private or reserved"):
+            await resolver.resolve("localhost", 80)
+    finally:
+        await resolver.close()
+    assert refused_target("http://8.8.8.8/") is None and refused_target("https://example.com/") is None
+    assert forbidden_address(ipaddress.ip_address("::ffff:10.0.0.1"))
