@@ -21,6 +21,7 @@ consumes, and streamed chat answers are read to the end.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -37,6 +38,8 @@ from schemathesis import GenerationMode
 
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonServer
+from gateway.app import create_app
+from gateway.config import GatewaySettings
 from tests.envelope import envelope_problem, full_gateway
 from tests.fake_llm import FakeLLMServer
 from tests.fixtures.gateway import GatewayKeys, RunningGateway
@@ -156,3 +159,16 @@ def test_openapi_fuzz_no_5xx_and_envelopes(fuzz_gateway: RunningGateway, gateway
     assert total >= MIN_CASES, record.cases
     assert set(record.cases) == {op.label for op in operations}
     assert elapsed < BUDGET_S
+
+
+def test_openapi_request_schemas_have_no_dangling_refs() -> None:
+    """Regression: request bodies pasted from pydantic pointed at `#/$defs/...`, which do not exist in an OpenAPI
+    document (the fuzzer, and any client generator, saw an empty chat and jobs body schema)."""
+    spec = create_app(GatewaySettings(auth_disabled=True)).openapi()
+    refs = set(re.findall(r'"\$ref":\s*"([^"]+)"', json.dumps(spec)))
+    components = set(spec.get("components", {}).get("schemas", {}))
+    assert refs, "expected component references in the schema"
+    for ref in refs:
+        assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in components, ref
+    chat = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert chat["properties"]["messages"]["items"]["properties"]["role"]["enum"]
