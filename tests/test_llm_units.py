@@ -67,6 +67,12 @@ def test_kv_batch_merges_left_padded_and_trims_when_rows_leave() -> None:
     assert merged.cache[0][0, 0, :3, 0].tolist() == [0, 0, 0]  # padding carries no keys
     kept = merged.selected([0, 2])  # the longest row left: two padding columns go
     assert kept.mask.tolist() == [[0, 1, 1], [1, 1, 1]] and kept.cache[0].shape == (2, 1, 3, 1)
+    assert merged.selected([0, 1, 2]) is merged  # every row stays, nothing to trim: no copy of the cache
+    reordered = merged.selected([2, 1, 0])
+    assert reordered is not merged and reordered.mask.tolist() == merged.mask[::-1].tolist()
+    alone = _batch([2, 4]).selected([0])  # one row left: its cache is a copy, trimmed to its own length
+    assert alone.mask.tolist() == [[1, 1]] and all(t.flags.c_contiguous and t.shape == (1, 1, 2, 1)
+                                                    for t in alone.cache)
 
 
 def test_prefix_cache_reuses_the_longest_shared_prefix() -> None:

@@ -52,10 +52,12 @@ class ModelInfo:
         return 2 * self.layers * self.kv_heads * self.head_dim * 4
 
 
-def _session(onnx_path: Path, intra_op_threads: int, inter_op_threads: int) -> ort.InferenceSession:
+def _session(onnx_path: Path, intra_op_threads: int, inter_op_threads: int,
+             allow_spinning: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
@@ -70,9 +72,9 @@ class Decoder:
     """
 
     def __init__(self, onnx_path: Path, info: ModelInfo, *, intra_op_threads: int = 0, inter_op_threads: int = 1,
-                 single_row_path: Path | None = None):
-        self.session = _session(onnx_path, intra_op_threads, inter_op_threads)
-        self.single_row = (_session(single_row_path, intra_op_threads, inter_op_threads)
+                 single_row_path: Path | None = None, allow_spinning: bool = True):
+        self.session = _session(onnx_path, intra_op_threads, inter_op_threads, allow_spinning)
+        self.single_row = (_session(single_row_path, intra_op_threads, inter_op_threads, allow_spinning)
                            if single_row_path is not None else None)
         self.info = info
         self.past_names = [f"past.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
