@@ -18,8 +18,8 @@ ClusterIP Service (an L4 balancer) pins each gateway replica to one Triton pod. 
   the `BackendUnavailableError` (503 with `retry-after`).
 
 gRPC channels back off exponentially between reconnection attempts (up to 2 minutes by default), which would
-delay readmission of a restarted Triton, and re-resolve a name at most every 30 s: the pool's channels cap the
-backoff at `MAX_RECONNECT_BACKOFF_MS` and the DNS refresh at `DNS_MIN_REFRESH_MS`.
+delay readmission of a restarted Triton, and re-resolve a name at most every 30 s: every `TritonBackend` channel
+caps both at a second (`gateway.backends.triton.reconnecting_channel_args`).
 
 With one URL, `build_triton` returns a plain `TritonBackend`: the pool costs nothing there.
 """
@@ -35,8 +35,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from tritonclient.grpc import KeepAliveOptions
-from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
 
 from gateway.backends.base import EmbedResult, ModelEntry, ModelInfo
 from gateway.backends.triton import TritonBackend
@@ -46,28 +44,6 @@ from gateway.metrics import GatewayMetrics
 log = logging.getLogger("gateway.backends.pool")
 
 T = TypeVar("T")
-
-INITIAL_RECONNECT_BACKOFF_MS = 100
-MAX_RECONNECT_BACKOFF_MS = 1000
-DNS_MIN_REFRESH_MS = 1000
-
-
-def channel_args(max_reconnect_backoff_ms: int = MAX_RECONNECT_BACKOFF_MS) -> list[tuple[str, Any]]:
-    """tritonclient's default channel options plus a short reconnection backoff and DNS refresh."""
-    keepalive = KeepAliveOptions()
-    return [
-        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
-        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
-        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
-        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
-        ("grpc.initial_reconnect_backoff_ms", min(INITIAL_RECONNECT_BACKOFF_MS, max_reconnect_backoff_ms)),
-        ("grpc.min_reconnect_backoff_ms", min(INITIAL_RECONNECT_BACKOFF_MS, max_reconnect_backoff_ms)),
-        ("grpc.max_reconnect_backoff_ms", max_reconnect_backoff_ms),
-        # a rescheduled pod keeps its DNS name but not its IP: re-resolve soon after a connection fails
-        ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_REFRESH_MS),
-    ]
 
 
 def connection_error(exc: BaseException) -> bool:
@@ -110,10 +86,9 @@ class TritonPool:
         """One `TritonBackend` per URL; `options` are passed on to each (e.g. `coalesce_in_flight`)."""
         if not urls:
             raise ValueError("a Triton pool needs at least one gRPC URL")
-        args = channel_args()
         self.endpoints = [
             Endpoint(i, url, TritonBackend(url, timeout_s=timeout_s, model_info_ttl_s=model_info_ttl_s,
-                                           metrics=metrics, channel_args=args, **options))
+                                           metrics=metrics, **options))
             for i, url in enumerate(urls)
         ]
         self._interval_s = health_interval_s

@@ -44,10 +44,12 @@ _MAX_CACHED_MODELS = 1024
 # UNAVAILABLE: the gateway would answer 503 for seconds after Triton is back (measured: 6–10 s after a 12 s
 # outage). Every channel retries the connection at least once a second instead (tests/test_reliability_triton.py).
 RECONNECT_BACKOFF_MS = {"initial": 100, "min": 100, "max": 1000}
+DNS_MIN_REFRESH_MS = 1000
 
 
 def reconnecting_channel_args() -> list[tuple[str, Any]]:
-    """tritonclient's default channel options (message sizes, keepalive) plus a short reconnect backoff."""
+    """tritonclient's default channel options (message sizes, keepalive) plus a short reconnect backoff and DNS
+    refresh."""
     ka = KeepAliveOptions()
     return [
         ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
@@ -57,6 +59,8 @@ def reconnecting_channel_args() -> list[tuple[str, Any]]:
         ("grpc.keepalive_permit_without_calls", ka.keepalive_permit_without_calls),
         ("grpc.http2.max_pings_without_data", ka.http2_max_pings_without_data),
         *((f"grpc.{name}_reconnect_backoff_ms", ms) for name, ms in RECONNECT_BACKOFF_MS.items()),
+        # a rescheduled pod keeps its DNS name but not its IP: re-resolve soon after a connection fails
+        ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_REFRESH_MS),
     ]
 
 
