@@ -311,6 +311,7 @@ def smollm2(
     ] = 4096,
     intra_op_threads: IntraOpt = 0,
     inter_op_threads: InterOpt = 1,
+    ort_spinning: SpinOpt = False,
     version_policy: PolicyOpt = "latest:1",
     atol: Annotated[float, typer.Option("--atol", help="Parity gate: max abs logit difference.")] = 1e-2,
     parity_tokens: Annotated[
@@ -331,6 +332,7 @@ def smollm2(
         prefix_cache_tokens=prefix_cache_tokens,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
+        ort_spinning=ort_spinning,
         version_policy=version_policy,
     )
     request = Smollm2Request(

@@ -45,6 +45,9 @@ class GenerationServing:
     prefix_cache_tokens: int = 4096
     intra_op_threads: int = 0
     inter_op_threads: int = 1
+    # off: spin-waiting ORT threads take the 2 cores from Triton's frontend and the stub's response path (measured
+    # in Triton, 8 streams: 102 vs 73 tokens/s, 1 stream 29.7 vs 23.1, load average ~3; docs/BENCHMARKS.md `llm`)
+    ort_spinning: bool = False
     version_policy: str = "latest:1"
 
 
@@ -73,6 +76,7 @@ def text_generation_cpu(name: str, onnx_file: Path, assets: dict[str, Path], opt
             "prefix_cache_tokens": str(opts.prefix_cache_tokens),
             "intra_op_num_threads": str(opts.intra_op_threads),
             "inter_op_num_threads": str(opts.inter_op_threads),
+            "allow_spinning": "1" if opts.ort_spinning else "0",
             "weights": weights,  # informational: fp32, packed or mixed (export.llm_pipeline)
             "single_row_onnx_file": "model.packed.onnx" if single_row_file is not None else "",
         },

@@ -133,7 +133,7 @@ class TritonPythonModel:
             intra_op_threads=int(param(config, "intra_op_num_threads", "0")),
             inter_op_threads=int(param(config, "inter_op_num_threads", "1")),
             single_row_path=version_dir / single_row if single_row else None,
-            allow_spinning=param(config, "allow_spinning", "1") == "1",
+            allow_spinning=param(config, "allow_spinning", "0") == "1",
         )
         self.limits = Limits(
             max_batch_size=int(param(config, "max_batch_rows", "8")),

@@ -72,7 +72,7 @@ class Decoder:
     """
 
     def __init__(self, onnx_path: Path, info: ModelInfo, *, intra_op_threads: int = 0, inter_op_threads: int = 1,
-                 single_row_path: Path | None = None, allow_spinning: bool = True):
+                 single_row_path: Path | None = None, allow_spinning: bool = False):
         self.session = _session(onnx_path, intra_op_threads, inter_op_threads, allow_spinning)
         self.single_row = (_session(single_row_path, intra_op_threads, inter_op_threads, allow_spinning)
                            if single_row_path is not None else None)
@@ -157,8 +157,8 @@ class KVBatch:
         """Only the rows `keep`, with columns that are padding in every kept row trimmed off the left.
 
         When every row stays and no column can be trimmed (every decode step where no row finished) the batch is
-        returned as is: copying the cache there would cost a full read and write of it (plus fresh pages) per step,
-        about a quarter of an 8-row decode step on this machine."""
+        returned as is: copying the cache there cost a full read and write of it (into fresh pages) per step; skipping
+        it raised 8-stream throughput by ~15% on this machine (Triton, same run)."""
         index = np.asarray(keep, dtype=np.int64)
         mask = self.mask[index]
         used = np.flatnonzero(mask.any(axis=0))
