@@ -307,3 +307,16 @@ async def test_a_low_token_budget_is_checked_exactly(limiter_factory) -> None:
     assert limiter.leases.planned(who, limiter.limits_for(who)) == 1
     await limiter.debit_tokens(who, 50)
     assert_refused(await limiter.check(who), "tokens")
+
+
+async def test_concurrent_requests_of_a_busy_key_share_one_lease(limiter_factory, redis_server) -> None:
+    limiter, who = limiter_factory(Limits(requests_per_min=100_000)), unique("id")
+    for _ in range(100):  # busy: the lease size grows to its cap
+        await limiter.check(who)
+    sent_before = limiter.checks_sent
+    decisions = await asyncio.gather(*(limiter.check(who) for _ in range(64)))
+    sent = limiter.checks_sent - sent_before
+    assert all(d.allowed for d in decisions)
+    remaining = [d.remaining_requests for d in decisions]
+    assert len(set(remaining)) == 64 and max(remaining) - min(remaining) == 63  # each its own, none twice
+    assert sent <= 3, f"64 concurrent requests of one busy key sent {sent} checks to Redis"

@@ -17,6 +17,7 @@ Exactness is kept where it matters and the error is bounded everywhere else:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field, replace
 
@@ -49,7 +50,8 @@ class Leases:
     max_size: int = 64
     low_tokens: float = 0.1  # fraction of the token budget below which no lease is granted
     _states: dict[tuple[str, Limits], _State] = field(default_factory=dict)
-    _pending: set[tuple[str, Limits]] = field(default_factory=set)  # a lease check in flight: others ask exactly
+    # a lease check in flight per identity: concurrent requests of that identity wait for it, then take from it
+    _pending: dict[tuple[str, Limits], asyncio.Future[None]] = field(default_factory=dict)
 
     def take(self, identity: str, limits: Limits) -> RateLimitDecision | None:
         """A decision from a live lease of `identity` (one request consumed), or None: ask Redis."""
@@ -72,17 +74,23 @@ class Leases:
             return 1
         return max(1, min(cap, state.want))
 
+    def in_flight(self, identity: str, limits: Limits) -> asyncio.Future[None] | None:
+        """The lease check of `identity` in flight, if any: wait for it, then `take` again."""
+        return self._pending.get((identity, limits))
+
     def want(self, identity: str, limits: Limits) -> int:
-        """`planned`, for a check about to be made: while a lease check of `identity` is in flight, concurrent
-        checks ask for one request each (call `settled` when the check is done)."""
+        """`planned`, for a check about to be made; a check asking for more than one request is registered as in
+        flight until `settled` (meanwhile `planned` answers 1)."""
         n = self.planned(identity, limits)
         if n > 1:
-            self._pending.add((identity, limits))
+            self._pending[(identity, limits)] = asyncio.get_running_loop().create_future()
         return n
 
     def settled(self, identity: str, limits: Limits) -> None:
-        """The check that `want` sized has finished (granted, refused or failed)."""
-        self._pending.discard((identity, limits))
+        """The check that `want` sized has finished (granted, refused or failed): wake whoever waits for it."""
+        waiter = self._pending.pop((identity, limits), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def grant(self, identity: str, limits: Limits, decision: RateLimitDecision, granted: int) -> None:
         """Record what a check granted (its first request is the caller's own)."""
@@ -93,14 +101,13 @@ class Leases:
                 self._states.clear()
             state = self._states[key] = _State()
         now = time.monotonic()
-        state.lease = None
         if not decision.allowed or decision.degraded or self._tokens_low(decision):
-            state.want = 1
-        elif granted <= 1:  # two exact checks within one lease lifetime: the key is busy enough to lease
-            state.want = 2 if now - state.last_exact < self.ttl_s else 1
-            state.last_exact = now
-        else:
+            state.lease, state.want = None, 1
+        elif granted > 1:
             state.lease = _Lease(decision, granted, 1, now, now + self.ttl_s)
+        elif state.lease is None:  # two exact checks within one lease lifetime: the key is busy enough to lease
+            state.want = max(state.want, 2) if now - state.last_exact < self.ttl_s else 1
+            state.last_exact = now
 
     def spend_tokens(self, identity: str, limits: Limits, n: int) -> None:
         """Tokens this process debited: lower the lease's view, and end the lease when the budget runs low."""

@@ -12,6 +12,7 @@ path, use the library's `SlidingWindowCounterRateLimiter` on the same keys.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ class RateLimiter:
         self._keys: dict[tuple[str, Limits], list[str]] = {}
         self._checks: GroupCommit[_Check, tuple[RateLimitDecision, int] | None] = GroupCommit(self._flush)
         self.leases = Leases(ttl_s=lease_ms / 1000.0)
+        self.checks_sent = 0  # checks that reached Redis (the rest were answered from leases)
 
     # --- configuration -----------------------------------------------------------------
 
@@ -132,6 +134,12 @@ class RateLimiter:
         leased = self.leases.take(identity, limits)
         if leased is not None:
             return leased
+        waiter = self.leases.in_flight(identity, limits)
+        if waiter is not None:  # another request of this key is fetching a lease: take from it when it lands
+            await asyncio.shield(waiter)
+            leased = self.leases.take(identity, limits)
+            if leased is not None:
+                return leased
         want = self.leases.want(identity, limits)
         try:
             result = await self._checks.submit(_Check(identity, limits, cost_tokens_estimate, want))
@@ -171,6 +179,7 @@ class RateLimiter:
         failed."""
         keys: list[str] = []
         args: list[int] = [PERIOD_MS]
+        self.checks_sent += len(checks)
         for check in checks:
             req, tok = _items(check.limits)
             keys += self._window_keys(check.identity, check.limits)
