@@ -11,6 +11,7 @@ tokens the model really embedded (stored alongside cached vectors). No FastAPI h
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from gateway.auth import Principal
-from gateway.backends.base import Backend, ModelInfo, valid_model_name
+from gateway.backends.base import Backend, EmbedResult, ModelInfo, valid_model_name
 from gateway.backends.triton import model_not_found
 from gateway.cache.control import CacheMode, cache_status
 from gateway.cache.keys import CachedItem
@@ -62,6 +63,9 @@ class _Vectors:
     tokens: int
     hits: int
     backend_s: float | None
+
+
+SPECULATE_MAX_ITEMS = 8  # requests with more misses than this never start before the Redis lookup
 
 
 def request_texts(request: EmbeddingRequest, policy: EmbeddingPolicy) -> list[str]:
@@ -112,6 +116,7 @@ class EmbeddingService:
         self.cache = cache
         self.flights = flights if flights is not None else SingleFlight(cache)
         self.ledger = ledger
+        self._computing = 0  # backend calls in flight (early computation only starts when there are none)
         self.drift = DriftMonitor(metrics.registry)  # gateway/drift.py: the drift gauges
 
     async def drain(self) -> None:
@@ -203,8 +208,10 @@ class EmbeddingService:
         hits, backend_s = len(texts) - len(missing), None
         if missing:
             started = time.perf_counter()
+            todo = [texts[i] for i in missing]
+            early = self._speculate(info, choice, todo, mode)
             fetched = await self.flights.get(
-                [keys[i] for i in missing], self._computer(info, choice, [texts[i] for i in missing]), mode=mode
+                [keys[i] for i in missing], self._computer(info, choice, todo, early), mode=mode
             )
             if fetched.cached < len(missing):
                 backend_s = time.perf_counter() - started
@@ -217,17 +224,48 @@ class EmbeddingService:
         tokens = sum(item.tokens for item in items)
         return _Vectors(matrix, tokens, hits, backend_s)
 
+    def _speculate(self, info: ModelInfo, choice: Choice, texts: Sequence[str], mode: CacheMode
+                   ) -> asyncio.Future[EmbedResult] | None:
+        """When this process has nothing in flight to the model server, start computing a few misses at once,
+        racing the Redis lookup: at low load that takes the round trip off the latency and costs only idle
+        capacity (what Redis had is computed for nothing); under load nothing is started early."""
+        if self._computing or mode is not CacheMode.DEFAULT or len(texts) > SPECULATE_MAX_ITEMS:
+            return None
+        self._computing += 1  # counted now: a request arriving before the task starts must see it
+        task = asyncio.ensure_future(self._embed(info, choice, list(dict.fromkeys(texts))))  # each text once
+        task.add_done_callback(self._early_done)
+        return task
+
+    def _early_done(self, task: asyncio.Future[EmbedResult]) -> None:
+        self._computing -= 1
+        if not task.cancelled():
+            task.exception()  # seen: nobody may have needed the result
+
+    async def _embed(self, info: ModelInfo, choice: Choice, texts: Sequence[str]) -> EmbedResult:
+        result = await self.backend.embed(info.name, texts, version=choice.backend_version)
+        if not choice.backend_version and result.model_version != info.version:
+            self.backend.invalidate(info.name)  # a new version is being served: refresh metadata
+        self.metrics.embedded_items.labels(info.name).inc(len(texts))
+        return result
+
     def _computer(
-        self, info: ModelInfo, choice: Choice, texts: Sequence[str]
+        self, info: ModelInfo, choice: Choice, texts: Sequence[str],
+        early: asyncio.Future[EmbedResult] | None = None,
     ) -> Callable[[list[int]], Awaitable[list[CachedItem]]]:
         async def compute(indices: list[int]) -> list[CachedItem]:
-            result = await self.backend.embed(info.name, [texts[i] for i in indices], version=choice.backend_version)
-            if not choice.backend_version and result.model_version != info.version:
-                self.backend.invalidate(info.name)  # a new version is being served: refresh metadata
-            self.metrics.embedded_items.labels(info.name).inc(len(indices))
-            return [
-                CachedItem.from_array(vector, tokens)
-                for vector, tokens in zip(result.vectors, result.token_counts.tolist(), strict=True)
-            ]
+            if early is not None:  # every distinct text was started early: take the rows asked for
+                full = await asyncio.shield(early)
+                rows = {text: row for row, text in enumerate(dict.fromkeys(texts))}
+                picked = [rows[texts[i]] for i in indices]
+                vectors, counts = full.vectors[picked], full.token_counts[picked]
+            else:
+                self._computing += 1
+                try:
+                    result = await self._embed(info, choice, [texts[i] for i in indices])
+                finally:
+                    self._computing -= 1
+                vectors, counts = result.vectors, result.token_counts
+            return [CachedItem.from_array(vector, tokens)
+                    for vector, tokens in zip(vectors, counts.tolist(), strict=True)]
 
         return compute
