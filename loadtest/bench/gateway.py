@@ -358,11 +358,12 @@ def render(res: Results, command: str) -> str:
         "at c=32 needs well over 3,200 req/s and at c=64 over 6,400 req/s; the c=16 row is where both cache-hit "
         "targets can hold together.",
         "### Where the time goes",
-        "Redis round trips per request: a cache hit makes one (the rate-limit script: both windows read, the "
-        "request counted, the header figures returned); a miss adds one before Triton (the cache lookup and the "
-        "cross-replica lock in one script) and one after, off the response path (stores and unlock in one "
-        "pipeline). Token usage is debited in one call per key every 50 ms, not per request. Native code has no "
-        "Python frame of its own and shows under the event loop: uvloop's socket I/O and, on misses, the Cython core "
-        "of the gRPC client.",
+        "Redis round trips per request: a cache hit makes none most of the time (the key's rate-limit lease "
+        "answers; one script call per lease of up to 64 requests reads both windows and counts them); a miss adds "
+        "one before Triton (the cache lookup and the cross-replica lock in one script; at low load Triton starts "
+        "on the misses without waiting for it) and one after, off the response path (stores and unlock in one "
+        "pipeline). Concurrent misses share Triton requests (at most 4 in flight per model version). Token usage "
+        "is debited in one call per key every 50 ms, not per request. Native code has no Python frame of its own "
+        "and shows under the event loop: uvloop's socket I/O and, on misses, the Cython core of the gRPC client.",
         *_profile_text(res),
     ])

@@ -25,6 +25,7 @@ from loadtest.bench.report import machine_description, markdown_table, write_sec
 from loadtest.wrk import WrkResult, run_wrk
 
 INFER_BODY = '{"inputs":[{"name":"text","shape":[1,1],"datatype":"BYTES","data":["{TEXT}"]}]}'
+RATIO_CONCURRENCY = 32
 WORDS = ["model", "serving", "batch", "latency", "vector", "token", "gateway", "queue", "cache", "triton"]
 
 
@@ -108,9 +109,14 @@ def measure(
         for _ in range(rounds):
             for v in variants:
                 runs[v.name][c].append(run_wrk(urls[v.name], INFER_BODY, connections=c, duration_s=duration_s))
-            if c == concurrencies[-1]:
+            if c == ratio_concurrency(concurrencies):
                 ort.append(ort_probe())
     return runs, ort
+
+
+def ratio_concurrency(concurrencies: list[int]) -> int:
+    """Where the ratios are stated: c=32 (where the targets are set) when measured, else the highest."""
+    return RATIO_CONCURRENCY if RATIO_CONCURRENCY in concurrencies else max(concurrencies)
 
 
 def _median(values: list[float]) -> float:
@@ -136,7 +142,7 @@ def _paired(runs: Runs, a: str, b: str, c: int) -> float:
 
 def render(runs: Runs, labels: dict[str, str], ort: list[float], rounds: int, command: str) -> str:
     rows = [_row(labels[name], c, rs) for name, by_c in runs.items() for c, rs in by_c.items()]
-    c = max(runs["minilm"])
+    c = ratio_concurrency(list(runs["minilm"]))
     batched = runs["minilm"][c]
     vs_ort = _median([r.rps / o for r, o in zip(batched, ort, strict=True)])
     ratios = [
