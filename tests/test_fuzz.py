@@ -24,7 +24,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -57,13 +57,10 @@ def _jsonl(_: schemathesis.SerializationContext, value: Any) -> bytes:
     return json.dumps(value, default=str).encode()
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeLLMServer]:
-    server = FakeLLMServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+@pytest.fixture
+def upstream(fake_llm_server: FakeLLMServer) -> FakeLLMServer:
+    """The session's fake cloud LLM (tests/fixtures/fake_llm.py)."""
+    return fake_llm_server
 
 
 @pytest.fixture

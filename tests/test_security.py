@@ -11,7 +11,7 @@ import hmac
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,10 @@ from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for
 MODEL = "minilm"
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeLLMServer]:
-    server = FakeLLMServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+@pytest.fixture
+def upstream(fake_llm_server: FakeLLMServer) -> FakeLLMServer:
+    """The session's fake cloud LLM (tests/fixtures/fake_llm.py)."""
+    return fake_llm_server
 
 
 @pytest.fixture

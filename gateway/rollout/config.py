@@ -23,6 +23,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.routing.config import describe_validation_error
+
 _MODEL = r"^[A-Za-z0-9_.\-]{1,128}$"
 _VERSION = r"^[1-9][0-9]{0,18}$"
 
@@ -95,20 +97,13 @@ class RolloutsConfig(BaseModel):
     models: dict[Annotated[str, Field(pattern=_MODEL)], ModelRollout] = Field(default_factory=dict)
 
 
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item.get("loc", ())) or "(top level)"
-        lines.append(f"  {where}: {str(item.get('msg', 'invalid')).removeprefix('Value error, ')}")
-    return "\n".join(lines)
-
 
 def parse_rollouts(data: Mapping[str, Any] | None, *, source: str = "rollouts config") -> RolloutsConfig:
     """Validate an already-parsed rollouts document."""
     try:
         return RolloutsConfig.model_validate(dict(data or {}))
     except ValidationError as exc:
-        raise RolloutConfigError(f"{source} is invalid:\n{_describe(exc)}") from None
+        raise RolloutConfigError(f"{source} is invalid:\n{describe_validation_error(exc)}") from None
 
 
 def load_rollouts(path: Path, *, missing_ok: bool = True) -> RolloutsConfig:

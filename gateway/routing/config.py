@@ -203,7 +203,8 @@ def _with_policy(route: Any, base: dict[str, Any]) -> Any:
     return {**route, "policy": merged}
 
 
-def _describe(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError) -> str:
+    """A pydantic error as indented `field.path: message` lines, for config-file errors."""
     lines = []
     for item in error.errors():
         where = ".".join(str(p) for p in item.get("loc", ())) or "(top level)"
@@ -234,7 +235,7 @@ def parse_routes(data: Mapping[str, Any] | None, *, source: str = "routes config
     try:
         config = RoutesConfig.model_validate(dict(data or {}))
     except ValidationError as exc:
-        raise RoutesConfigError(f"{source} is invalid:\n{_describe(exc)}") from None
+        raise RoutesConfigError(f"{source} is invalid:\n{describe_validation_error(exc)}") from None
     return resolve_secrets(config, secrets)
 
 
