@@ -229,7 +229,8 @@ class EmbeddingService:
         """When this process has nothing in flight to the model server, start computing a few misses at once,
         racing the Redis lookup: at low load that takes the round trip off the latency and costs only idle
         capacity (what Redis had is computed for nothing); under load nothing is started early."""
-        if self._computing or mode is not CacheMode.DEFAULT or len(texts) > SPECULATE_MAX_ITEMS:
+        busy = self._computing or self.flights.in_flight  # a computation, or keys being computed or published
+        if busy or mode is not CacheMode.DEFAULT or len(texts) > SPECULATE_MAX_ITEMS:
             return None
         self._computing += 1  # counted now: a request arriving before the task starts must see it
         task = asyncio.ensure_future(self._embed(info, choice, list(dict.fromkeys(texts))))  # each text once
