@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.routing.config import describe_validation_error
+from gateway.routing.config import describe_validation_error, read_yaml_mapping
 
 _MODEL = r"^[A-Za-z0-9_.\-]{1,128}$"
 _VERSION = r"^[1-9][0-9]{0,18}$"
@@ -109,17 +109,11 @@ def parse_rollouts(data: Mapping[str, Any] | None, *, source: str = "rollouts co
 def load_rollouts(path: Path, *, missing_ok: bool = True) -> RolloutsConfig:
     """Read and validate the rollouts file; a missing file is an empty config when `missing_ok`."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml_mapping(path, "rollouts file", RolloutConfigError, "'models'")
     except FileNotFoundError:
         if missing_ok:
             return RolloutsConfig()
         raise RolloutConfigError(f"rollouts file {path} does not exist") from None
-    except OSError as exc:
-        raise RolloutConfigError(f"rollouts file {path} cannot be read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise RolloutConfigError(f"rollouts file {path} is not valid YAML: {exc}") from None
-    if raw is not None and not isinstance(raw, dict):
-        raise RolloutConfigError(f"rollouts file {path} must be a mapping with 'models'")
     return parse_rollouts(raw, source=f"rollouts file {path}")
 
 

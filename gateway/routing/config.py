@@ -239,14 +239,26 @@ def parse_routes(data: Mapping[str, Any] | None, *, source: str = "routes config
     return resolve_secrets(config, secrets)
 
 
+def read_yaml_mapping(path: Path, what: str, error: type[ValueError], keys: str) -> dict[str, Any] | None:
+    """The YAML mapping in config file `path` (None when empty); `error` naming the file as `what` when it cannot
+    be read (FileNotFoundError passes through), is not YAML, or is not a mapping (with `keys`)."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {path} is not valid YAML: {exc}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise error(f"{what} {path} must be a mapping with {keys}")
+    return raw
+
+
 def load_routes(path: Path, *, secrets: Callable[[str], str | None] = read_secret) -> RoutesConfig:
     """Read, validate and resolve the routes YAML at `path` (RoutesConfigError with the reason otherwise)."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
+        raw = read_yaml_mapping(path, "routes file", RoutesConfigError, "'deployments' and 'routes'")
+    except FileNotFoundError as exc:
         raise RoutesConfigError(f"routes file {path} cannot be read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise RoutesConfigError(f"routes file {path} is not valid YAML: {exc}") from None
-    if raw is not None and not isinstance(raw, dict):
-        raise RoutesConfigError(f"routes file {path} must be a mapping with 'deployments' and 'routes'")
     return parse_routes(raw, source=f"routes file {path}", secrets=secrets)
