@@ -93,6 +93,19 @@ async def test_overlapping_batches_compute_each_key_once() -> None:
     assert backend.calls == [["a", "b", "c"], ["d"]]
 
 
+async def test_any_in_flight_names_only_the_keys_being_computed() -> None:
+    """What the embeddings service asks before starting a computation early: are these texts in flight here?"""
+    backend, flight = Backend(), SingleFlight()
+    task = backend.run(flight, ["a", "b"])
+    await wait_until(lambda: flight.in_flight == 2)
+    assert flight.any_in_flight(["x", "b"]) and flight.any_in_flight(["a"])
+    assert not flight.any_in_flight(["x", "y"]) and not flight.any_in_flight([])
+    backend.gate.set()
+    await task
+    await flight.wait_idle()
+    assert not flight.any_in_flight(["a", "b"])
+
+
 async def test_exception_reaches_every_waiter_and_releases_the_key() -> None:
     backend, flight = Backend(fail=ValueError("triton down")), SingleFlight()
     tasks = [backend.run(flight, ["k", f"own-{i}"]) for i in range(5)]

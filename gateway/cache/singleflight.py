@@ -105,6 +105,11 @@ class SingleFlight(Generic[T]):
         """Number of keys currently being computed (or published) by this process."""
         return len(self._inflight)
 
+    def any_in_flight(self, keys: Iterable[str]) -> bool:
+        """True when this process is computing (or publishing) one of `keys`."""
+        inflight = self._inflight
+        return any(key in inflight for key in keys)
+
     async def run(self, keys: Sequence[str], compute: Compute[T], *, mode: CacheMode = CacheMode.DEFAULT
                   ) -> list[T]:
         """One value per key, in order, computing only keys that nobody is computing already.

@@ -209,7 +209,7 @@ class EmbeddingService:
         if missing:
             started = time.perf_counter()
             todo = [texts[i] for i in missing]
-            early = self._speculate(info, choice, todo, mode)
+            early = self._speculate(info, choice, todo, [keys[i] for i in missing], mode)
             fetched = await self.flights.get(
                 [keys[i] for i in missing], self._computer(info, choice, todo, early), mode=mode
             )
@@ -224,12 +224,14 @@ class EmbeddingService:
         tokens = sum(item.tokens for item in items)
         return _Vectors(matrix, tokens, hits, backend_s)
 
-    def _speculate(self, info: ModelInfo, choice: Choice, texts: Sequence[str], mode: CacheMode
-                   ) -> asyncio.Future[EmbedResult] | None:
+    def _speculate(self, info: ModelInfo, choice: Choice, texts: Sequence[str], keys: Sequence[str],
+                   mode: CacheMode) -> asyncio.Future[EmbedResult] | None:
         """When this process has nothing in flight to the model server, start computing a few misses at once,
         racing the Redis lookup: at low load that takes the round trip off the latency and costs only idle
-        capacity (what Redis had is computed for nothing); under load nothing is started early."""
-        busy = self._computing or self.flights.in_flight  # a computation, or keys being computed or published
+        capacity (what Redis had is computed for nothing); under load nothing is started early. A text this
+        process is computing already is joined, not started again (keys still being published do not count as
+        load: in a closed loop the next request arrives while the previous one's results are being stored)."""
+        busy = self._computing or self.flights.any_in_flight(keys)
         if busy or mode is not CacheMode.DEFAULT or len(texts) > SPECULATE_MAX_ITEMS:
             return None
         self._computing += 1  # counted now: a request arriving before the task starts must see it
