@@ -4,6 +4,7 @@ strings, sampling, the left-padded KV batch, the scheduler's capacity rules, los
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -170,6 +171,59 @@ def test_scheduler_batches_rows_and_enforces_capacity(scheduling) -> None:
     big.submit(sequence([0] * 10, 5)[0])
     with pytest.raises(scheduling.OverloadedError):  # 2 rows × 16 slots at their longest > 30 slots
         big.submit(sequence([0] * 10, 6)[0])
+
+
+class Breaking(Recorder):
+    """A sink whose client goes away: sending its `fail_at`-th token raises; optionally reports cancellation."""
+
+    def __init__(self, fail_at: int = 0, cancel_after: int = 0) -> None:
+        super().__init__()
+        self.fail_at, self.cancel_after, self.thread = fail_at, cancel_after, ""
+
+    def token(self, text: str, info) -> None:
+        self.thread = threading.current_thread().name
+        if len(self.tokens) + 1 == self.fail_at:
+            raise RuntimeError("stream closed")
+        super().token(text, info)
+
+    def cancelled(self) -> bool:
+        return bool(self.cancel_after) and len(self.tokens) >= self.cancel_after
+
+
+class Numbered:
+    """A stand-in tokenizer for any id."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(f" t{i}" for i in ids)
+
+
+class PacedDecoder(FakeDecoder):
+    """Steps that take a while, as real ones do (the sender thread sees a cancellation well before the end)."""
+
+    def decode(self, last: list[int], batch: KVBatch):
+        time.sleep(0.03)
+        return super().decode(last, batch)
+
+
+def test_responses_leave_through_the_sender_thread_and_a_broken_stream_ends_only_its_request(scheduling) -> None:
+    decoder = PacedDecoder()
+    scheduler = scheduling.Scheduler(decoder, scheduling.Limits(max_batch_size=4, max_kv_tokens=400), ())
+    params = SamplingParams(max_tokens=15, temperature=0.0, top_p=1.0, seed=None)
+    sinks = {"ok": Recorder(), "broken": Breaking(fail_at=2), "cancelled": Breaking(cancel_after=3)}
+    for sink in sinks.values():
+        scheduler.submit(scheduling.Sequence([0], params, sink, TextStream(Numbered(), ()), np.random.default_rng()))
+    scheduler.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (sinks["ok"].finished is None or any(
+            s.error is None for s in (sinks["broken"], sinks["cancelled"]))):
+        time.sleep(0.01)
+    scheduler.stop()
+    assert sinks["ok"].finished == ("length", 15)
+    assert sinks["broken"].error is not None and "stream closed" in sinks["broken"].error
+    assert sinks["broken"].tokens == [sinks["ok"].tokens[0]] and sinks["broken"].finished is None
+    assert sinks["cancelled"].error == "request cancelled" and sinks["cancelled"].finished is None
+    assert sinks["cancelled"].thread == "generation-sender"  # responses never block the forward passes
+    assert decoder.batches[-1] == 1  # the ended rows left the batch; the last steps carried only "ok"
 
 
 def test_repacked_q4_blocks_multiply_like_fp32(tmp_path: Path) -> None:
