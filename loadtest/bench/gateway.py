@@ -30,7 +30,7 @@ import psutil
 from deploy.local.process import ManagedProcess, free_port
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonOptions, TritonServer
-from loadtest.bench import profile
+from loadtest.bench import latency, profile
 from loadtest.bench.report import machine_description, markdown_table, write_section
 from loadtest.bench.triton import INFER_BODY
 from loadtest.wrk import WrkResult, run_wrk
@@ -41,6 +41,7 @@ HIT_BODY = EMBED_BODY.replace("{TEXT}", "one sentence that every request repeats
 UNLIMITED = {"TRITONSTACK_GATEWAY_REQUESTS_PER_MINUTE": "1000000000",
              "TRITONSTACK_GATEWAY_TOKENS_PER_MINUTE": "1000000000000"}
 HIT_RUNS = ((True, 16), (True, 32), (True, 64), (False, 32))  # (rate limits on, concurrency)
+PASSTHROUGH = "gateway /v2 passthrough"
 TARGET_ADDED_P50_MS, TARGET_RATIO, TARGET_HIT_RPS, TARGET_HIT_P99_MS = 1.0, 0.85, 3000, 10.0
 
 
@@ -138,6 +139,7 @@ class Bench:
         self.duration_s = duration_s
         self.direct_url = f"http://{stack.triton.http_url}/v2/models/{MODEL}/infer"
         self.runs = 0
+        self.splits: dict[str, list[latency.Split]] = {}  # "direct" / "gateway": c=1 runs split by layer
 
     def wrk(self, url: str, body: str, c: int, gateway: Gateway | None, fixed: bool = False,
             duration_s: int | None = None) -> tuple[WrkResult, float | None]:
@@ -153,7 +155,7 @@ class Bench:
         gw = self.stack.limited
         return {"direct Triton (KServe v2 JSON)": (self.direct_url, INFER_BODY, None),
                 "gateway /v1/embeddings": (gw.url("/v1/embeddings"), EMBED_BODY, gw),
-                "gateway /v2 passthrough": (gw.url(f"/v2/models/{MODEL}/infer"), INFER_BODY, gw)}
+                PASSTHROUGH: (gw.url(f"/v2/models/{MODEL}/infer"), INFER_BODY, gw)}
 
     def warm_up(self) -> None:
         for url, body, gateway in self.paths().values():
@@ -162,15 +164,27 @@ class Bench:
             self.wrk(gateway.url("/v1/embeddings"), HIT_BODY, 8, gateway, fixed=True, duration_s=2)
 
     def cold(self, concurrency: int, rounds: int) -> dict[str, Measured]:
-        """Every cache-cold path at `concurrency`, `rounds` times, reversing the order each round."""
+        """Every cache-cold path at `concurrency`, `rounds` times, reversing the order each round; at c=1 the
+        direct and /v1/embeddings runs are also split layer by layer (`latency`, into `self.splits`)."""
         paths = self.paths()
         measured = {label: Measured(label, [], 0.0 if gw is not None else None) for label, (_, _, gw) in paths.items()}
         for r in range(rounds):
             for label in (list(paths) if r % 2 == 0 else list(reversed(paths))):
                 url, body, gateway = paths[label]
+                timed = concurrency == 1 and label != PASSTHROUGH
+                before = self._timers(gateway) if timed else None
                 result, cpu = self.wrk(url, body, concurrency, gateway)
+                if before is not None:
+                    split = latency.Split.of(result, self._timers(gateway) - before)
+                    self.splits.setdefault("gateway" if gateway is not None else "direct", []).append(split)
                 _add(measured[label], result, cpu)
         return measured
+
+    def _timers(self, gateway: Gateway | None) -> latency.Timers:
+        triton = self.stack.triton.http_url
+        if gateway is None:
+            return latency.read(triton, MODEL)
+        return latency.read(triton, MODEL, gateway.url("/metrics"), "/v1/embeddings")
 
     def hits(self, rounds: int) -> list[Measured]:
         """Cache hits of one process: every (gateway, concurrency) of `HIT_RUNS`, `rounds` times, order reversed
@@ -224,6 +238,7 @@ class Results:
     profiles: dict[str, tuple[list[tuple[str, float]], float]]
     redis_errors: float
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end (other users)
+    splits: dict[str, list[latency.Split]] | None = None
 
 
 def run(duration_s: int, rounds: int, with_profile: bool, output: Path | None, command: str) -> str:
@@ -270,7 +285,7 @@ def measure(bench: Bench, rounds: int, with_profile: bool) -> Results:
         except profile.ProfilerMissingError as exc:
             print(f"note: no profile: {exc}", file=sys.stderr)
     errors = stack.limited.redis_errors() + stack.unlimited.redis_errors() - errors_before
-    return Results(c1, c32, hits, profiles, errors, (load_before, os.getloadavg()[0]))
+    return Results(c1, c32, hits, profiles, errors, (load_before, os.getloadavg()[0]), bench.splits)
 
 
 def _row(m: Measured, concurrency: int) -> list[str]:
@@ -365,5 +380,17 @@ def render(res: Results, command: str) -> str:
         "pipeline). Concurrent misses share Triton requests (at most 4 in flight per model version). Token usage "
         "is debited in one call per key every 50 ms, not per request. Native code has no Python frame of its own "
         "and shows under the event loop: uvloop's socket I/O and, on misses, the Cython core of the gRPC client.",
+        *_latency_text(res),
         *_profile_text(res),
     ])
+
+
+def _latency_text(res: Results) -> list[str]:
+    splits = res.splits or {}
+    if not splits.get("direct") or not splits.get("gateway"):
+        return []
+    return ["**One request at a time (c=1)**: mean milliseconds per request, split by the timers each layer exports "
+            "(Triton's statistics, the gateway's backend-wait and request-duration histograms; the client's mean "
+            "is duration / requests of the closed loop); medians over rounds. Means, not the p50s above.",
+            markdown_table(["layer", "direct Triton", "gateway /v1/embeddings", "difference"],
+                           latency.rows(splits["direct"], splits["gateway"]))]
