@@ -202,6 +202,23 @@ def test_running_mean_uses_exponential_weights_with_the_configured_half_life() -
     assert single.snapshot("m")["weight"] == pytest.approx(sum(0.5 ** (k / 100) for k in range(150)), rel=1e-9)
 
 
+def test_deferred_folding_equals_folding_every_request() -> None:
+    """`observe` queues vectors and folds them every 64 items or when read: the sum must be the per-request one."""
+    rng = np.random.default_rng(7)
+    decay = 0.5 ** (1 / 50)
+    monitor, expected = DriftMonitor(half_life_items=50), np.zeros(384)
+    centroid = rng.normal(size=384).astype(np.float32)
+    for n in rng.integers(1, 30, size=40):  # 40 requests of 1..29 items: folds land mid-stream and at the end
+        vectors = rng.normal(size=(int(n), 384)).astype(np.float32)
+        monitor.observe("m", _reference(centroid), vectors, [Item(4)] * int(n))
+        expected = expected * decay ** int(n) + vectors.sum(axis=0, dtype=np.float64)
+    unit = centroid / np.linalg.norm(centroid)
+    assert monitor.snapshot("m")["cosine"] == pytest.approx(float(expected @ unit) / np.linalg.norm(expected), rel=1e-5)
+    # a model whose vectors change size (a new export) starts a new mean
+    monitor.observe("m", _reference(centroid), np.ones((2, 8), dtype=np.float32), [Item(4)] * 2)
+    assert monitor.snapshot("m")["weight"] == 2.0 and monitor.snapshot("m")["cosine"] is None
+
+
 def test_exposition_histogram_and_labels() -> None:
     registry = CollectorRegistry()
     monitor = DriftMonitor(registry, half_life_items=1000)
