@@ -110,7 +110,7 @@ def export_smollm2(req: Smollm2Request, reporter: Reporter | None = None) -> Exp
 
     reporter = reporter or Quiet()
     validate_smollm2(req)
-    if req.if_missing and (skipped := _skip_if_present(req.repository, req.name)):
+    if req.if_missing and (skipped := _skip_if_present(req.repository, req.name, "tritonstack export smollm2")):
         return skipped
     version = resolve_version(req.repository, [req.name], req.version, req.force)
     result = ExportResult(version=version)

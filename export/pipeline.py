@@ -19,7 +19,7 @@ from export import drift_reference, specs
 from export.config import ConfigError, parse_version_policy
 from export.errors import OptionError
 from export.parity import DEFAULT_MIN_COSINE, EmbeddingParity, TensorParity, enforce
-from export.repository import ModelFiles, resolve_version, versions, write_version
+from export.repository import ModelFiles, resolve_version, stale_code, versions, write_version
 
 
 class Reporter(Protocol):
@@ -128,11 +128,16 @@ def _model_names(req: MinilmRequest) -> list[str]:
     return [f"{req.name}_encoder", f"{req.name}_tokenizer", req.name]
 
 
-def _skip_if_present(repository: Path, name: str) -> ExportResult | None:
+def _skip_if_present(repository: Path, name: str, command: str) -> ExportResult | None:
+    """`--if-missing`: the result that skips the export when `name` has a version; it says so when the newest
+    version's python model code is not this tritonstack's (`command` writes a new version with it)."""
     present = versions(repository, name)
     if not present:
         return None
     reason = f"{name} already has version(s) {', '.join(map(str, present))} in {repository}: nothing to do"
+    if stale := stale_code(repository / name / str(max(present))):
+        reason += (f"; but version {max(present)}'s model code ({', '.join(stale)}) is not this tritonstack's "
+                   f"(an older export): `{command}` writes a new version with the current code")
     return ExportResult(version=None, skipped_reason=reason)
 
 
@@ -258,7 +263,7 @@ def export_minilm(req: MinilmRequest, reporter: Reporter | None = None) -> Expor
 
     reporter = reporter or Quiet()
     validate_minilm(req)
-    if req.if_missing and (skipped := _skip_if_present(req.repository, req.name)):
+    if req.if_missing and (skipped := _skip_if_present(req.repository, req.name, "tritonstack export minilm")):
         return skipped
     names = _model_names(req)
     version = resolve_version(req.repository, names, req.version, req.force)
@@ -297,7 +302,7 @@ def export_torch(req: TorchRequest, reporter: Reporter | None = None) -> ExportR
     reporter = reporter or Quiet()
     validate_torch(req)
     input_specs = [generic.InputSpec.parse(text) for text in req.inputs]
-    if req.if_missing and (skipped := _skip_if_present(req.repository, req.name)):
+    if req.if_missing and (skipped := _skip_if_present(req.repository, req.name, "tritonstack export torch")):
         return skipped
     version = resolve_version(req.repository, [req.name], req.version, req.force)
     result = ExportResult(version=version)

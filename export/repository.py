@@ -37,6 +37,16 @@ class ModelFiles:
     warmup: dict[str, bytes] = field(default_factory=dict)  # name inside <model>/warmup → bytes
 
 
+PACKAGED_CODE = Path(__file__).parent / "triton_python"  # what `model.py` and its helpers are copied from
+
+
+def stale_code(version_dir: Path) -> list[str]:
+    """Python files of an exported version that match none of this package's model code: an older tritonstack wrote
+    them, and Triton serves them as they are."""
+    packaged = {path.read_bytes() for path in PACKAGED_CODE.glob("*.py")}
+    return sorted(path.name for path in version_dir.glob("*.py") if path.read_bytes() not in packaged)
+
+
 def versions(repository: Path, model: str) -> list[int]:
     """The numeric version directories of `model`, ascending (none when the model does not exist)."""
     model_dir = repository / model

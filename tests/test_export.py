@@ -112,6 +112,14 @@ def test_if_missing_skips_a_model_that_has_a_version(repo_copy: Path) -> None:
     result = invoke("minilm", "--repository", str(repo_copy), "--if-missing")
     assert result.exit_code == 0, result.output
     assert "skipped" in result.output and versions(repo_copy, "minilm") == [1]
+    assert "not this tritonstack's" not in flat(result)  # exported by this code: nothing to say
+    # a version written by an older tritonstack keeps serving its own model.py: say so, and how to refresh it
+    model_py = repo_copy / "minilm" / "1" / "model.py"
+    model_py.write_text(model_py.read_text() + "\n# an older release\n")
+    stale = invoke("minilm", "--repository", str(repo_copy), "--if-missing")
+    assert stale.exit_code == 0 and versions(repo_copy, "minilm") == [1]
+    assert "version 1's model code (model.py) is not this tritonstack's" in flat(stale)
+    assert "`tritonstack export minilm` writes a new version" in flat(stale)
 
 
 def test_int8_meets_its_gate_and_is_refused_above_what_it_achieves(tmp_path: Path) -> None:
