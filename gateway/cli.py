@@ -1,4 +1,4 @@
-"""`tritonstack gateway`: run the gateway under uvicorn (uvloop + httptools, factory mode).
+"""`tritonstack gateway`: run the gateway under uvicorn (uvloop + httptools, one write per response, factory mode).
 
 Settings come from `TRITONSTACK_GATEWAY_*` (see `gateway.config.GatewaySettings`); each worker process builds
 its own app from them.
@@ -21,6 +21,7 @@ def gateway(
     from pydantic_settings import SettingsError
 
     from gateway.config import GatewaySettings
+    from gateway.httpserver import CoalescingHttpToolsProtocol
 
     try:
         GatewaySettings()  # fail here, readably, rather than in every worker
@@ -34,7 +35,7 @@ def gateway(
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_level=log_level,

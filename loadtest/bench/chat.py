@@ -2,7 +2,7 @@
 fake upstream called directly, with `wrk` (closed loop, unique prompts: never cached).
 
 Added p50 latency at c=1 = p50(gateway) − p50(direct); throughput at c=32 both ways. Each server is its own
-process (uvicorn, uvloop, httptools); a throwaway redis-server serves the gateway's Redis. Run:
+process (the gateway as `tritonstack gateway` runs it); a throwaway redis-server serves the gateway's Redis. Run:
 
     .venv/bin/python -m loadtest.bench.chat [--duration 10] [--output docs/BENCHMARKS.md]
 """
@@ -53,8 +53,8 @@ def start_gateway(tmp: Path, fake_port: int, redis_url: str, key: str) -> tuple[
            "TRITONSTACK_GATEWAY_REQUESTS_PER_MINUTE": "100000000",
            "TRITONSTACK_GATEWAY_TOKENS_PER_MINUTE": "1000000000",
            "TRITONSTACK_GATEWAY_LOG_LEVEL": "warning"}
-    argv = ["-m", "uvicorn", "--factory", "gateway.app:app_from_env", "--host", "127.0.0.1", "--port", str(port),
-            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    cli = str(Path(sys.executable).parent / "tritonstack")  # the gateway as deployed (`tritonstack gateway`)
+    argv = [cli, "gateway", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     return _python_server("gateway", argv, port, tmp / "gateway.log", env), port
 
 
