@@ -378,7 +378,8 @@ def render(res: Results, command: str) -> str:
         "one before Triton (the cache lookup and the cross-replica lock in one script; at low load Triton starts "
         "on the misses without waiting for it) and one after, off the response path (stores and unlock in one "
         "pipeline). Concurrent misses share Triton requests (at most 4 in flight per model version). Token usage "
-        "is debited in one call per key every 50 ms, not per request. Native code has no Python frame of its own "
+        "is debited in one call per key every 50 ms, not per request. A response's head and body leave in one "
+        "socket write (`gateway/httpserver.py`). Native code has no Python frame of its own "
         "and shows under the event loop: uvloop's socket I/O and, on misses, the Cython core of the gRPC client.",
         *_latency_text(res),
         *_profile_text(res),

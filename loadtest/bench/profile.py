@@ -27,7 +27,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("response encoding (base64, orjson)", ("gateway/embeddings/encoding.py", "gateway/responses.py")),
     ("metrics (prometheus_client)", ("prometheus_client/", "GatewayMetrics", "_observe")),
     ("API key check", ("gateway/auth.py",)),
-    ("response write (socket send)", ("RequestResponseCycle.send",)),
+    ("response write (socket send)", ("RequestResponseCycle.send", "gateway/httpserver.py")),
     ("HTTP parsing, connection handling (uvicorn, httptools)", ("HttpToolsProtocol.",)),
 )
 # by the innermost frame, for samples no subsystem above claims
