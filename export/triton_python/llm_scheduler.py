@@ -282,9 +282,8 @@ class Scheduler:
                 reason = "stop"
             elif len(seq.generated) >= seq.params.max_tokens:
                 delta, reason = delta + seq.text.flush(), "length"
-        if reason is None:
-            if delta:
-                self.outbox.post(seq, lambda: seq.sink.token(delta, info))
+        if reason is None:  # nothing to send while text is held back (a possible stop string): still look for a cancel
+            self.outbox.post(seq, (lambda: seq.sink.token(delta, info)) if delta else _nothing)
             return False
         seq.done = True
         self.outbox.post(seq, lambda: seq.sink.finish(delta, reason, info))
@@ -295,6 +294,10 @@ class Scheduler:
         if not seq.done:
             seq.done = True
             self.outbox.post(seq, lambda: _fail(seq, message))
+
+
+def _nothing() -> None:
+    return None
 
 
 def _fail(seq: Sequence, message: str) -> None:
