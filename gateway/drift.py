@@ -153,11 +153,14 @@ class _ModelDrift:
             self.pending_items = 0
 
     def _fold_rows(self, rows: np.ndarray, counts: np.ndarray) -> None:
-        after = counts[::-1].cumsum()[::-1] - counts  # items observed after each request
-        weights = np.repeat(self.decay ** after, counts.astype(np.int64)).astype(np.float32)
-        # an elementwise product and a column sum, not `weights @ rows`: a matrix product goes to OpenBLAS, whose
-        # threads spin after each call and took the event loop's CPU (hit-path CPU per request doubled)
-        added = (rows * weights[:, None]).sum(axis=0, dtype=np.float64)
+        if len(counts) == 1:  # one request: its items weigh the same (float32 column sum, pairwise: exact enough)
+            added = rows.sum(axis=0).astype(np.float64)
+        else:
+            after = counts[::-1].cumsum()[::-1] - counts  # items observed after each request
+            weights = np.repeat(self.decay ** after, counts.astype(np.int64)).astype(np.float32)
+            # an elementwise product and a column sum, not `weights @ rows`: a matrix product goes to OpenBLAS,
+            # whose threads spin after each call and took the event loop's CPU (hit-path CPU per request doubled)
+            added = (rows * weights[:, None]).sum(axis=0, dtype=np.float64)
         decay = self.decay ** float(counts.sum())
         self.total = added if self.total is None else self.total * decay + added
 
