@@ -111,8 +111,9 @@ def reference_generate(model, ids: list[int], max_new_tokens: int) -> tuple[list
 
 
 def batched_greedy(decoder, prompts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy decoding of all prompts as one continuous batch: prefill each (reusing shared prefixes), merge, decode
-    together."""
+    """Greedy decoding of all prompts as one continuous batch, as the served model runs them when the first request
+    arrives alone and the others together: the first prefilled on its own, the rest in one pass over the prefix they
+    share with it (`Decoder.prefill_many`: padding inside the rows), then merged and decoded together."""
     from export.triton_python.llm_engine import PrefixCache
 
     eos = set(decoder.info.eos_token_ids)
@@ -120,12 +121,18 @@ def batched_greedy(decoder, prompts: Sequence[list[int]], max_new_tokens: int) -
     rows: list[int] = []
     batch = None
     prefixes = PrefixCache(max_tokens=4096)  # the prompts share the chat template's system prompt
-    for i, ids in enumerate(prompts):
-        logits, row = decoder.prefill(ids, prefixes)
-        outputs[i].append(int(np.argmax(logits)))
-        if outputs[i][-1] not in eos and max_new_tokens > 1:
-            batch = row if batch is None else batch.merged(row)
-            rows.append(i)
+    arrivals = [[0], list(range(1, len(prompts)))] if len(prompts) > 1 else [[0]]
+    for group in arrivals:
+        logits, grouped = decoder.prefill_many([prompts[i] for i in group], prefixes)
+        going = []
+        for r, i in enumerate(group):
+            outputs[i].append(int(np.argmax(logits[r])))
+            if outputs[i][-1] not in eos and max_new_tokens > 1:
+                going.append(r)
+                rows.append(i)
+        if going:
+            grouped = grouped.selected(going) if len(going) < len(group) else grouped
+            batch = grouped if batch is None else batch.merged(grouped)
     while rows:
         logits, batch = decoder.decode([outputs[i][-1] for i in rows], batch)
         keep = []

@@ -104,6 +104,10 @@ class FakeDecoder:
         self.batches.append(1)
         return self._logits(ids[-1]), _batch([len(ids)])
 
+    def prefill_many(self, prompts: list[list[int]], prefixes=None):
+        self.batches.append(len(prompts))
+        return np.stack([self._logits(ids[-1]) for ids in prompts]), _batch([len(ids) for ids in prompts])
+
     def decode(self, last: list[int], batch: KVBatch):
         self.batches.append(len(last))
         grown = KVBatch(np.pad(batch.mask, ((0, 0), (0, 1)), constant_values=1),
@@ -171,6 +175,30 @@ def test_scheduler_batches_rows_and_enforces_capacity(scheduling) -> None:
     big.submit(sequence([0] * 10, 5)[0])
     with pytest.raises(scheduling.OverloadedError):  # 2 rows × 16 slots at their longest > 30 slots
         big.submit(sequence([0] * 10, 6)[0])
+
+
+def test_prompts_admitted_together_prefill_in_groups_of_similar_length(scheduling) -> None:
+    params = SamplingParams(max_tokens=4, temperature=0.0, top_p=1.0, seed=None)
+
+    def seq(n: int):
+        return scheduling.Sequence([0] * n, params, Recorder(), TextStream(Pieces(), ()), np.random.default_rng())
+
+    groups = scheduling.prefill_groups([seq(n) for n in (40, 12, 10, 11, 38, 300)])
+    assert [[len(s.prompt) for s in g] for g in groups] == [[10, 11, 12], [38, 40], [300]]
+    assert scheduling.prefill_groups([]) == []
+    decoder = FakeDecoder()
+    scheduler = scheduling.Scheduler(decoder, scheduling.Limits(max_batch_size=4, max_kv_tokens=400), ())
+    sinks = [Recorder() for _ in range(3)]
+    for sink, n in zip(sinks, (3, 4, 5), strict=True):
+        scheduler.submit(scheduling.Sequence([0] * (n - 1) + [1], params, sink, TextStream(Pieces(), ()),
+                                             np.random.default_rng()))
+    scheduler.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(s.finished is None for s in sinks):
+        time.sleep(0.01)
+    scheduler.stop()
+    assert all(s.finished == ("length", 4) for s in sinks)
+    assert decoder.batches[0] == 3  # the three waiting prompts: one prefill pass
 
 
 class Breaking(Recorder):

@@ -3,11 +3,12 @@
 Shared by the export's parity check (`export.generation_parity`) and the served generation model
 (`generation.py`, copied next to this file into the version directory), so parity covers the serving code.
 
-A running batch keeps every row right-aligned: row r's tokens occupy the last `len(r)` columns of the cache and
-the columns before are left padding (mask 0, zero keys/values). A decode step appends one column for all rows;
-a new row joins by padding either side on the left to the wider width; rows that leave are dropped and the
-columns that became padding for every remaining row are trimmed. Position ids come from the mask inside the
-graph, so padding never shifts a row's positions.
+A running batch keeps every row right-aligned: row r's tokens occupy the last columns of the cache and the columns
+before are padding (mask 0). Rows prefilled together may also hold masked padding between a reused prefix and the
+rest of the prompt (`Decoder.prefill_many`); a masked column is ignored wherever it is. A decode step appends one
+column for all rows; a new row joins by padding either side on the left to the wider width; rows that leave are
+dropped and the columns that became padding for every remaining row are trimmed. Position ids come from the mask
+inside the graph, so padding never shifts a row's positions.
 """
 
 from __future__ import annotations
@@ -113,6 +114,38 @@ class Decoder:
             prefixes.store(token_ids, row)
         return logits[0], row
 
+    def prefill_many(self, prompts: Sequence[Sequence[int]], prefixes: PrefixCache | None = None
+                     ) -> tuple[np.ndarray, KVBatch]:
+        """Prompts that arrive together, in one forward pass: (logits [k, V], their rows as one batch).
+
+        Each row reuses its own longest cached prefix (`prefill`); rows are aligned so that every reused prefix ends
+        at the same column and every prompt at the last one, with masked padding before each part (positions come
+        from the mask, so a row's tokens keep theirs). One prompt is exactly `prefill`. Every prompt's cache is then
+        stored for later prompts."""
+        if len(prompts) == 1:
+            logits, row = self.prefill(prompts[0], prefixes)
+            return logits[None, :], row
+        found = [prefixes.lookup(p) if prefixes is not None else (0, None) for p in prompts]
+        reused = max(n for n, _ in found)
+        width = max(len(p) - n for p, (n, _) in zip(prompts, found, strict=True))
+        ids = np.zeros((len(prompts), width), dtype=np.int64)
+        mask = np.zeros((len(prompts), reused + width), dtype=np.int64)
+        shape = (len(prompts), self.info.kv_heads, reused, self.info.head_dim)
+        cache = [np.zeros(shape, dtype=np.float32) for _ in self.past_names]
+        for i, (prompt, (n, past)) in enumerate(zip(prompts, found, strict=True)):
+            rest = len(prompt) - n
+            ids[i, width - rest :] = prompt[n:]
+            mask[i, reused - n : reused] = 1
+            mask[i, reused + width - rest :] = 1
+            for tensor, part in zip(cache, past or (), strict=False):
+                tensor[i, :, reused - n :] = part[0]
+        logits, present = self.run(ids, mask, cache)
+        batch = KVBatch(mask, present)
+        if prefixes is not None:
+            for i, prompt in enumerate(prompts):
+                prefixes.store(prompt, batch.row(i))
+        return logits, batch
+
     def decode(self, last_tokens: Sequence[int], batch: KVBatch) -> tuple[np.ndarray, KVBatch]:
         """One token per row of `batch`: (logits [B, V], the batch's cache one column wider)."""
         ids = np.asarray(last_tokens, dtype=np.int64).reshape(-1, 1)
@@ -166,6 +199,12 @@ class KVBatch:
         if start == 0 and index.size == self.rows and np.array_equal(index, np.arange(self.rows)):
             return self
         return KVBatch(mask[:, start:], [np.ascontiguousarray(t[index, :, start:]) for t in self.cache])
+
+    def row(self, index: int) -> KVBatch:
+        """Row `index` alone, without its padding columns (a contiguous copy)."""
+        columns = np.flatnonzero(self.mask[index])
+        return KVBatch(self.mask[index : index + 1, columns],
+                       [np.ascontiguousarray(t[index : index + 1, :, columns]) for t in self.cache])
 
     def nbytes(self) -> int:
         """Bytes held by the cache tensors."""

@@ -1,9 +1,10 @@
 """Iteration-level (continuous) batching of generation requests on one decoder, in a background thread.
 
 Each loop iteration:
-1. admits every waiting request: its prompt is prefilled on its own (batch 1; the longest prefix it shares with a
-   recent prompt is reused from `llm_engine.PrefixCache`), its first token sampled and sent, and its cache merged
-   into the running batch (left padding, see `llm_engine.KVBatch`);
+1. admits every waiting request: prompts that arrived together are prefilled together (`prefill_groups`: one pass
+   per group of similar lengths; each reuses the longest prefix it shares with a recent prompt from
+   `llm_engine.PrefixCache`), each first token sampled and sent, and the rows merged into the running batch
+   (left padding, see `llm_engine.KVBatch`);
 2. runs one decode step for all running rows together — one forward pass, one new token per row;
 3. samples each row's token and hands its text delta to the sender thread (`Outbox`); rows that finished (eos, stop
    string, max_tokens, context) or were cancelled get their final response and leave the batch before the next step.
@@ -218,8 +219,14 @@ class Scheduler:
                 self._fail_all(admitted, f"generation failed: {exc}")
 
     def _iterate(self, admitted: list[Sequence]) -> None:
+        live = []
         for seq in admitted:
-            self._admit(seq)
+            if seq.sink.cancelled():
+                self._end(seq, "request cancelled")
+            else:
+                live.append(seq)
+        for group in prefill_groups(live):
+            self._admit(group)
         if self._running:
             self._decode()
 
@@ -229,17 +236,20 @@ class Scheduler:
         for seq in failed:
             self._end(seq, message)
 
-    def _admit(self, seq: Sequence) -> None:
-        if seq.sink.cancelled():
-            self._end(seq, "request cancelled")
+    def _admit(self, group: list[Sequence]) -> None:
+        """Prefill `group` in one forward pass, post each first token, and merge the rows that go on."""
+        logits, rows = self.decoder.prefill_many([seq.prompt for seq in group], self.prefixes)
+        self._observed(len(group), decode=False)
+        step = self.stats.forward_passes
+        keep = [r for r, seq in enumerate(group)
+                if not self._advance(seq, logits[r], StepInfo(step, len(group), len(seq.prompt), 1))]
+        if not keep:
             return
-        logits, row = self.decoder.prefill(seq.prompt, self.prefixes)
-        self._observed(1, decode=False)
-        if self._advance(seq, logits, StepInfo(self.stats.forward_passes, 1, len(seq.prompt), 1)):
-            return
+        if len(keep) < len(group):
+            rows = rows.selected(keep)
         with self._wake:
-            self._running.append(seq)
-        self._batch = row if self._batch is None else self._batch.merged(row)
+            self._running.extend(group[r] for r in keep)
+        self._batch = rows if self._batch is None else self._batch.merged(rows)
 
     def _decode(self) -> None:
         rows = list(self._running)
@@ -294,6 +304,24 @@ class Scheduler:
         if not seq.done:
             seq.done = True
             self.outbox.post(seq, lambda: _fail(seq, message))
+
+
+def prefill_groups(seqs: list[Sequence], waste: float = 1.5) -> list[list[Sequence]]:
+    """Requests admitted together, grouped for one prefill pass each: by prompt length, so that a group's padded
+    size (its longest prompt × its rows) stays within `waste` × the tokens it really holds."""
+    groups: list[list[Sequence]] = []
+    group: list[Sequence] = []
+    tokens = 0
+    for seq in sorted(seqs, key=lambda s: len(s.prompt)):
+        n = len(seq.prompt)
+        if group and n * (len(group) + 1) > waste * (tokens + n):
+            groups.append(group)
+            group, tokens = [], 0
+        group.append(seq)
+        tokens += n
+    if group:
+        groups.append(group)
+    return groups
 
 
 def _nothing() -> None:
