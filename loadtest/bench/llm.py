@@ -224,8 +224,9 @@ def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) ->
 
 STRATEGY = (
     "Batching strategy: iteration-level (continuous) batching inside the decoupled python model. A scheduler "
-    "thread prefills each new request on its own (batch 1), merges its KV cache into the running batch (left "
-    "padding + attention mask; positions from the mask) and runs one decode step for all rows per iteration, so "
+    "thread prefills the requests that arrived since its last step in one pass per group of similar lengths (each "
+    "over its own cached prefix, e.g. the shared system prompt), merges their KV caches into the running batch "
+    "(padding + attention mask; positions from the mask) and runs one decode step for all rows per iteration, so "
     "a step reads the weights once for up to `max_batch_rows` streams. Finished rows leave between steps, new ones "
     "join at the next step. The ONNX decoder carries the KV cache as inputs and outputs (one token per step), uses "
     "grouped-query attention without copying keys/values per head group, and single-row decode steps — bound by "
