@@ -47,7 +47,7 @@ test: install $(DEPLOY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-# Every standard comparison (loadtest/bench/suite.py) → docs/BENCHMARKS.md and docs/img/; about 25 minutes.
+# Every standard comparison (loadtest/bench/suite.py) → docs/BENCHMARKS.md and docs/img/; about 15 minutes on 2 cores.
 bench: install
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/tritonstack export minilm --if-missing
