@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 import openai
 import pytest
+import tritonclient.http as httpclient
 import yaml
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc.model_config_pb2 import ModelConfig
@@ -189,6 +191,38 @@ def test_pin_header_wins_and_a_bad_pin_is_a_400(stack: Stack) -> None:
             client.embeddings.create(model=MODEL, input="x", extra_headers={VERSION_HEADER: pin})
         assert caught.value.status_code == 400 and caught.value.code == code
         assert caught.value.body["param"] == VERSION_HEADER  # type: ignore[index]
+
+
+def test_unversioned_kserve_inference_follows_the_rollout_like_embeddings(stack: Stack) -> None:
+    """`tritonclient` against the gateway's `/v2/models/{m}/infer` gets each caller's version from the same table."""
+    assert stack.first_choice, "runs after the split test"
+    callers = [i for i in range(KEYS) if stack.first_choice[i] == "1"][:6]
+    callers += [i for i in range(KEYS) if stack.first_choice[i] == "2"][:6]
+    url = stack.gateway.url.removeprefix("http://")
+    before = stack.stats()
+    for i in callers:
+        client = httpclient.InferenceServerClient(url)
+        text = httpclient.InferInput("text", [1, 1], "BYTES")
+        text.set_data_from_numpy(np.array([[f"kserve caller {i}".encode()]], dtype=np.object_))
+        result = client.infer(MODEL, [text], headers={"authorization": f"Bearer {canary_key(i)}"})
+        assert result.as_numpy("embedding").shape == (1, 384)
+        client.close()
+    after = stack.stats()
+    routed = Counter(stack.first_choice[i] for i in callers)
+    assert {v: after[v] - before.get(v, 0) for v in after} == {"1": routed["1"], "2": routed["2"]}
+
+    # the response names the version; a pin header works here too; a versioned path is left as addressed
+    body = {"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": ["pinned over /v2"]}]}
+    auth = {"authorization": f"Bearer {canary_key(callers[0])}"}
+    routed_reply = httpx.post(f"{stack.gateway.url}/v2/models/{MODEL}/infer", json=body, headers=auth, timeout=30)
+    assert routed_reply.status_code == 200 and routed_reply.headers[VERSION_HEADER] == "1"
+    pinned_reply = httpx.post(f"{stack.gateway.url}/v2/models/{MODEL}/infer", json=body, timeout=30,
+                              headers={**auth, VERSION_HEADER: "2"})
+    assert pinned_reply.status_code == 200 and pinned_reply.headers[VERSION_HEADER] == "2"
+    addressed = httpx.post(f"{stack.gateway.url}/v2/models/{MODEL}/versions/2/infer", json=body, headers=auth,
+                           timeout=30)
+    assert addressed.status_code == 200 and VERSION_HEADER not in addressed.headers
+    assert addressed.json()["model_version"] == "2"
 
 
 def test_cache_entries_never_cross_versions(stack: Stack) -> None:

@@ -14,8 +14,9 @@ from starlette.responses import Response, StreamingResponse
 from gateway.auth import Principal
 from gateway.deps import get_kserve_proxy, get_principal, rate_limited_principal, state_of
 from gateway.errors import NotFoundError
-from gateway.kserve.service import KServeProxy, model_path
+from gateway.kserve.service import KServeProxy, model_path, routed_version
 from gateway.kserve.validation import check_infer_request
+from gateway.rollout.service import VERSION_HEADER, parse_pin
 
 router = APIRouter(tags=["kserve"])  # full paths: the route template is the metrics label
 
@@ -124,11 +125,23 @@ _INFER_BODY = {"requestBody": {"required": True, "content": {"application/json":
 @router.post("/v2/models/{model}/versions/{version}/infer", openapi_extra=_INFER_BODY)
 async def model_infer(
     request: Request, model: str, version: str | None = None,
-    _: Principal = Depends(rate_limited_principal), proxy: KServeProxy = Depends(get_kserve_proxy),
+    principal: Principal = Depends(rate_limited_principal), proxy: KServeProxy = Depends(get_kserve_proxy),
 ) -> Response:
-    """Inference, JSON or binary tensor extension; body and framing headers forwarded unchanged."""
-    path = model_path(model, version, "/infer")
+    """Inference, JSON or binary tensor extension; body and framing headers forwarded unchanged. Without a version
+    in the path, a model in the rollout table (or a pin header) gets the version `/v1/embeddings` would choose,
+    named in `x-tritonstack-model-version`."""
+    state = state_of(request)
+    path = model_path(model, version, "/infer")  # validates the names first
     body = await request.body()
-    check_infer_request(request.headers, body, max_elements=state_of(request).settings.max_body_bytes)
-    return await _relay(request, proxy, "POST", path, model, body)
+    check_infer_request(request.headers, body, max_elements=state.settings.max_body_bytes)
+    choice = None
+    if version is None:
+        pin = parse_pin(request.headers.get(VERSION_HEADER))
+        choice = await routed_version(state.rollouts, state.backend, model, principal.identity, pin)
+        if choice is not None:
+            path = model_path(model, choice.backend_version, "/infer")
+    response = await _relay(request, proxy, "POST", path, model, body)
+    if choice is not None:
+        response.headers[VERSION_HEADER] = choice.version
+    return response
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from gateway.backends.base import valid_model_name
+from gateway.backends.base import Backend, valid_model_name
 from gateway.backends.pool import TritonPool
 from gateway.errors import BackendTimeoutError, BackendUnavailableError, NotFoundError
+from gateway.rollout.service import Choice, RolloutService, pinned
 
 FORWARD_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "content-encoding",
                            "accept-encoding")
@@ -49,6 +50,21 @@ def model_path(model: str, version: str | None, suffix: str = "") -> str:
                                 code="model_not_found")
         path += f"/versions/{version}"
     return path + suffix
+
+
+async def routed_version(rollouts: RolloutService | None, backend: Backend, model: str, identity: str,
+                         pin: str | None) -> Choice | None:
+    """The version an unversioned inference of `model` goes to, as `/v1/embeddings` would choose it: pinned by
+    `x-tritonstack-model-version`, else the rollout table's (sticky per caller). None — Triton's own choice — for a
+    model without a rollout and no pin (no metadata lookup then)."""
+    if pin is None and (rollouts is None or rollouts.rollout(model) is None):
+        return None
+    info = await backend.model_info(model)
+    choice = (rollouts.choose(model, identity, info.versions, info.version, pin) if rollouts is not None
+              else pinned(model, pin, info.versions))  # type: ignore[arg-type]  # pin is set here
+    if rollouts is not None:
+        rollouts.metrics.served(model, choice)
+    return choice if choice.backend_version else None
 
 
 @dataclass
