@@ -32,7 +32,7 @@ from gateway.embeddings.protocol import EmbeddingRequest
 from gateway.errors import BackendUnavailableError, InvalidRequestError, NotFoundError
 from gateway.limiting import TokenLedger
 from gateway.metrics import GatewayMetrics
-from gateway.rollout.service import VERSION_HEADER, Choice, RolloutService, pinned
+from gateway.rollout.service import VERSION_HEADER, Choice, RolloutService, choose_version
 
 # the cached vector depends on nothing but model, version and text (dimensions must equal the model's)
 CACHE_PARAMS = "embed:v1"
@@ -159,9 +159,7 @@ class EmbeddingService:
         return EmbeddingOutcome(payload, status, result.backend_s, result.tokens, {VERSION_HEADER: choice.version})
 
     def _route(self, info: ModelInfo, identity: str, pin: str | None) -> Choice:
-        if self.rollouts is not None:
-            return self.rollouts.choose(info.name, identity, info.versions, info.version, pin)
-        return pinned(info.name, pin, info.versions) if pin is not None else Choice(info.version, "", "default")
+        return choose_version(self.rollouts, info.name, identity, info.versions, info.version, pin)
 
     async def _choose(self, info: ModelInfo, identity: str, pin: str | None) -> tuple[ModelInfo, Choice]:
         """The version for this request; a pin of a version missing from cached metadata refreshes it first."""

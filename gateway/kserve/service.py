@@ -27,7 +27,7 @@ import aiohttp
 from gateway.backends.base import Backend, valid_model_name
 from gateway.backends.pool import TritonPool
 from gateway.errors import BackendTimeoutError, BackendUnavailableError, NotFoundError
-from gateway.rollout.service import Choice, RolloutService, pinned
+from gateway.rollout.service import Choice, RolloutService, choose_version
 
 FORWARD_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "content-encoding",
                            "accept-encoding")
@@ -60,8 +60,10 @@ async def routed_version(rollouts: RolloutService | None, backend: Backend, mode
     if pin is None and (rollouts is None or rollouts.rollout(model) is None):
         return None
     info = await backend.model_info(model)
-    choice = (rollouts.choose(model, identity, info.versions, info.version, pin) if rollouts is not None
-              else pinned(model, pin, info.versions))  # type: ignore[arg-type]  # pin is set here
+    if pin is not None and pin not in info.versions:  # loaded since the metadata was cached?
+        backend.invalidate(model)
+        info = await backend.model_info(model)
+    choice = choose_version(rollouts, model, identity, info.versions, info.version, pin)
     if rollouts is not None:
         rollouts.metrics.served(model, choice)
     return choice if choice.backend_version else None

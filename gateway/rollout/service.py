@@ -103,6 +103,15 @@ def pinned(model: str, pin: str, ready: Sequence[str]) -> Choice:
     return Choice(pin, pin, "pinned")
 
 
+def choose_version(rollouts: RolloutService | None, model: str, identity: str, ready: Sequence[str], newest: str,
+                   pin: str | None) -> Choice:
+    """The version for one request: the rollout table's when there is one (`RolloutService.choose`), else the pinned
+    version, else Triton's choice."""
+    if rollouts is not None:
+        return rollouts.choose(model, identity, ready, newest, pin)
+    return pinned(model, pin, ready) if pin is not None else Choice(newest, "", "default")
+
+
 class RolloutMetrics:
     """Requests by model, served version and how the version was selected; file reloads by result."""
 
