@@ -34,16 +34,14 @@ _LINE = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 _DEFAULT_BATCH = 64
 
 
-async def embed_texts(rt: Runtime, model: str, texts: Sequence[str]) -> list[CachedItem]:
-    """One item (vector + token count) per text: the cache first, the misses in one backend call."""
-    info = await rt.backend.model_info(model)
-    keys = EmbeddingCache.keys(info.name, info.version, CACHE_PARAMS, texts) if rt.cache else []
+async def embed_texts(rt: Runtime, model: str, version: str, texts: Sequence[str]) -> list[CachedItem]:
+    """One item (vector + token count) per text, from `version` of `model`: the cache first, the misses in one
+    backend call pinned to that version (a version loaded in mid-job never mixes into a job's output)."""
+    keys = EmbeddingCache.keys(model, version, CACHE_PARAMS, texts) if rt.cache else []
     found: list[CachedItem | None] = await rt.cache.get_keys(keys) if rt.cache else [None] * len(texts)
     missing = [i for i, item in enumerate(found) if item is None]
     if missing:
-        result = await rt.backend.embed(model, [texts[i] for i in missing])
-        if result.model_version != info.version:
-            rt.backend.invalidate(model)
+        result = await rt.backend.embed(model, [texts[i] for i in missing], version=version)
         fresh = [CachedItem.from_array(vector, tokens)
                  for vector, tokens in zip(result.vectors, result.token_counts.tolist(), strict=True)]
         for i, item in zip(missing, fresh, strict=True):
@@ -59,6 +57,7 @@ class EmbeddingWork:
 
     rt: Runtime
     model: str
+    version: str  # every unit is computed by this version (the plan's)
     ids: list[Any]
     texts: list[str]
     chunks: list[Chunk]
@@ -73,7 +72,8 @@ class EmbeddingWork:
     async def run_unit(self, index: int) -> UnitResult:
         """Embed batch `index` and render its lines."""
         part = self.chunks[index * self.batch_size : (index + 1) * self.batch_size]
-        items = await embed_texts(self.rt, self.model, [self.texts[c.document][c.start : c.end] for c in part])
+        items = await embed_texts(self.rt, self.model, self.version,
+                                  [self.texts[c.document][c.start : c.end] for c in part])
         matrix = np.frombuffer(b"".join(item.vector for item in items), dtype="<f4").reshape(len(items), -1)
         rows: Sequence[Any] = base64_rows(matrix) if self.encoding_format == "base64" else matrix
         data = b"".join(
@@ -85,7 +85,9 @@ class EmbeddingWork:
 
 
 async def plan_embeddings(rt: Runtime, record: JobRecord, raw: bytes) -> EmbeddingWork:
-    """Chunk the documents and fix the batch size and model version (a retry reuses the stored plan)."""
+    """Chunk the documents and fix the batch size and model version (a retry reuses the stored plan): the newest
+    version Triton serves when the job is first planned computes all of it; if that version is unloaded before the
+    job ends, the job fails (`model_not_found`) rather than mixing two models' vectors."""
     job = orjson.loads(raw)
     model, chunking = job["model"], job["chunking"]
     ids = [d["id"] for d in job["documents"]]
@@ -109,7 +111,8 @@ async def plan_embeddings(rt: Runtime, record: JobRecord, raw: bytes) -> Embeddi
                             "plan_changed")
         record.plan = stored  # another run planned first: follow its plan
         return await plan_embeddings(rt, record, raw)
-    return EmbeddingWork(rt, model, ids, texts, chunks, int(stored["batch_size"]), job.get("encoding_format", "float"))
+    return EmbeddingWork(rt, model, str(stored["model_version"]), ids, texts, chunks, int(stored["batch_size"]),
+                         job.get("encoding_format", "float"))
 
 
 async def embeddings(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import json
 import signal
 import time
 import uuid
@@ -16,7 +17,9 @@ import httpx
 import numpy as np
 import pytest
 import redis
+import tritonclient.grpc as grpcclient
 import yaml
+from google.protobuf.json_format import MessageToJson
 
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonServer
@@ -24,7 +27,9 @@ from jobs.store import JobStore
 from tests.fake_llm import Fault
 from tests.fixtures.fake_llm import FakeUpstream, clear_chat_state, cloud
 from tests.fixtures.gateway import GatewayKeys, RunningGateway
-from tests.fixtures.jobs import JobsStack, WebhookSink, Worker, jobs_gateway, new_queue
+from tests.fixtures.jobs import JobsStack, WebhookSink, Worker, jobs_gateway, new_queue, start_worker
+from tests.fixtures.servers import start_triton, two_version_repository
+from tests.reliability_load import poll_until
 
 MODEL = "minilm"
 _WORDS = ("quiet", "river", "orange", "lantern", "market", "winter", "signal", "copper", "garden", "engine")
@@ -158,6 +163,41 @@ def test_long_documents_are_chunked_with_overlap_from_a_jsonl_upload(jobs_stack:
 
 
 # --- crash safety and cancellation ---------------------------------------------------------------------------
+
+
+def test_a_job_keeps_the_version_it_started_with(minilm_repository: Path, redis_server: RedisServer,
+                                                gateway_keys: GatewayKeys, tmp_path: Path) -> None:
+    """Version 2 loads while a job computed by version 1 runs: the rest of the job stays on version 1 (one model's
+    vectors per job), while new synchronous requests already get version 2."""
+    triton = start_triton(two_version_repository(minilm_repository, tmp_path / "repository"), tmp_path / "state")
+    queue = new_queue()
+    worker = start_worker(triton, redis_server, minilm_repository, queue, tmp_path, BATCH_SIZE="4",
+                          BATCH_CONCURRENCY="1")  # small units: the job outlasts loading version 2
+    gw = jobs_gateway(triton, redis_server, gateway_keys, queue)
+    headers = auth(gateway_keys)
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:
+        total = 800
+        job = submit(gw, headers, embeddings_job(sentences(total, f"pinned {uuid.uuid4().hex[:6]}"))).json()
+        wait_job(gw, headers, job["id"], lambda j: j["progress"]["done"] > 0)
+        config = json.loads(MessageToJson(client.get_model_config(MODEL).config, preserving_proto_field_name=True))
+        config["version_policy"] = {"specific": {"versions": [1, 2]}}
+        client.load_model(MODEL, config=json.dumps(config))
+        poll_until(lambda: client.is_model_ready(MODEL, "2"), 60, "version 2 ready")
+        assert get_job(gw, headers, job["id"])["progress"]["done"] < total, "the job ended before version 2 loaded"
+        sync = httpx.post(f"{gw.url}/v1/embeddings", json={"model": MODEL, "input": "after the load"},
+                          headers=headers, timeout=30)
+        assert sync.status_code == 200 and sync.headers["x-tritonstack-model-version"] == "2"
+        done, _ = wait_job(gw, headers, job["id"], finished, within_s=180)
+        assert done["status"] == "succeeded", done
+        # (loading with a new config reloads version 1 too, which restarts its statistics)
+        counts = {s.version: s.inference_count for s in client.get_inference_statistics(MODEL).model_stats}
+        assert counts["2"] == 1 and counts["1"] > 0, counts  # version 2 computed only the synchronous request
+    finally:
+        client.close()
+        gw.stop()
+        worker.process.stop()
+        triton.stop()
 
 
 def test_sigkilled_worker_job_completes_on_another_worker_each_item_once(

@@ -9,8 +9,6 @@ traffic. Keys are deterministic, so the split is the same on every run.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import threading
 import time
 from collections import Counter
@@ -25,7 +23,6 @@ import pytest
 import tritonclient.http as httpclient
 import yaml
 from prometheus_client import CollectorRegistry
-from tritonclient.grpc.model_config_pb2 import ModelConfig
 from typer.testing import CliRunner
 
 from deploy.cli import app as cli
@@ -36,7 +33,7 @@ from gateway.errors import InvalidRequestError
 from gateway.rollout.config import RolloutConfigError, load_rollouts, parse_rollouts
 from gateway.rollout.service import VERSION_HEADER, Choice, RolloutMetrics, RolloutService, parse_pin
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
-from tests.fixtures.servers import repository_variant, start_triton
+from tests.fixtures.servers import start_triton, two_version_repository
 
 MODEL = "minilm"
 KEYS = 1000
@@ -79,25 +76,11 @@ class Stack:
                              headers={"authorization": f"Bearer {self.admin_key}"})
 
 
-def _two_versions(source: Path, target: Path) -> Path:
-    """A hard-linked copy of the exported repository: 1 instance, no warmup, versions 1 and 2, serving 1."""
-
-    def mutate(cfg: ModelConfig) -> None:
-        cfg.instance_group[0].count = 1
-        del cfg.model_warmup[:]
-        cfg.version_policy.Clear()
-        cfg.version_policy.specific.versions.append(1)
-
-    repository = repository_variant(source, target, MODEL, mutate)
-    shutil.copytree(repository / MODEL / "1", repository / MODEL / "2", copy_function=os.link)
-    return repository
-
-
 @pytest.fixture(scope="module")
 def stack(minilm_repository: Path, redis_server: RedisServer, gateway_keys: GatewayKeys,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("rollout")
-    triton = start_triton(_two_versions(minilm_repository, root / "repository"), root / "state")
+    triton = start_triton(two_version_repository(minilm_repository, root / "repository"), root / "state")
     keys = gateway_keys.config() + [ApiKeyConfig(name=f"canary-{i:04d}", sha256=hash_api_key(canary_key(i)))
                                     for i in range(KEYS)]
     rollouts_file = root / "rollouts.yaml"
