@@ -90,10 +90,14 @@ class Sequence:
         """End the request with an error (once); on the sender thread, or once that has stopped."""
         if not self.done:
             self.done = True
-            try:
-                self.sink.fail(message)
-            except Exception:
-                log.exception("sending an error response failed")
+            self.send_error(message)
+
+    def send_error(self, message: str) -> None:
+        """Send the final error response (a failure to send is logged: the client is gone)."""
+        try:
+            self.sink.fail(message)
+        except Exception:
+            log.exception("sending an error response failed")
 
     @property
     def reserved(self) -> int:
@@ -303,7 +307,7 @@ class Scheduler:
         """End `seq` with an error, after the responses already posted for it."""
         if not seq.done:
             seq.done = True
-            self.outbox.post(seq, lambda: _fail(seq, message))
+            self.outbox.post(seq, lambda: seq.send_error(message))
 
 
 def prefill_groups(seqs: list[Sequence], waste: float = 1.5) -> list[list[Sequence]]:
@@ -326,10 +330,3 @@ def prefill_groups(seqs: list[Sequence], waste: float = 1.5) -> list[list[Sequen
 
 def _nothing() -> None:
     return None
-
-
-def _fail(seq: Sequence, message: str) -> None:
-    try:
-        seq.sink.fail(message)
-    except Exception:
-        log.exception("sending an error response failed")

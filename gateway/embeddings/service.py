@@ -206,11 +206,9 @@ class EmbeddingService:
         hits, backend_s = len(texts) - len(missing), None
         if missing:
             started = time.perf_counter()
-            todo = [texts[i] for i in missing]
-            early = self._speculate(info, choice, todo, [keys[i] for i in missing], mode)
-            fetched = await self.flights.get(
-                [keys[i] for i in missing], self._computer(info, choice, todo, early), mode=mode
-            )
+            todo, todo_keys = [texts[i] for i in missing], [keys[i] for i in missing]
+            early = self._speculate(info, choice, todo, todo_keys, mode)
+            fetched = await self.flights.get(todo_keys, self._computer(info, choice, todo, early), mode=mode)
             if fetched.cached < len(missing):
                 backend_s = time.perf_counter() - started
             hits += fetched.cached
