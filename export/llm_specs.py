@@ -20,6 +20,7 @@ GENERATION_INPUTS = (
     Tensor("messages", "TYPE_STRING", (1,), optional=True),
     Tensor("prompt", "TYPE_STRING", (1,), optional=True),
     Tensor("max_tokens", "TYPE_INT32", (1,), optional=True),
+    Tensor("min_tokens", "TYPE_INT32", (1,), optional=True),
     Tensor("temperature", "TYPE_FP32", (1,), optional=True),
     Tensor("top_p", "TYPE_FP32", (1,), optional=True),
     Tensor("seed", "TYPE_INT64", (1,), optional=True),

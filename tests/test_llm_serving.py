@@ -66,6 +66,16 @@ def test_stop_sequence_and_max_tokens(smollm2_triton: TritonServer) -> None:
     assert cut.final.completion_tokens == 3
 
 
+def test_min_tokens_masks_the_end_of_sequence(smollm2_triton: TritonServer) -> None:
+    natural = generate(smollm2_triton, FRANCE, temperature=0.0, max_tokens=24)
+    assert natural.final.finish_reason == "stop" and natural.final.completion_tokens < 20
+    longer = generate(smollm2_triton, FRANCE, temperature=0.0, min_tokens=20, max_tokens=20)
+    assert longer.final.finish_reason == "length" and longer.final.completion_tokens == 20
+    assert longer.text.startswith(natural.text) and len(longer.text) > len(natural.text)
+    wrong = generate(smollm2_triton, FRANCE, min_tokens=5, max_tokens=4)
+    assert wrong.final.error is not None and "min_tokens must be within 0..max_tokens" in wrong.final.error
+
+
 def _counters(server: TritonServer) -> dict[str, float]:
     url = f"http://{server.opts.host}:{server.opts.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:

@@ -4,6 +4,8 @@ Inputs (all TYPE_STRING/scalars of shape [1]; every input is optional, but one o
     messages      TYPE_STRING  JSON array of OpenAI chat messages; the model's chat template is applied here
     prompt        TYPE_STRING  raw prompt text, used as is (no template) when `messages` is absent
     max_tokens    TYPE_INT32   tokens to generate at most (default: generation.json's; capped by the context left)
+    min_tokens    TYPE_INT32   tokens to generate at least: end-of-sequence is masked out until then (default 0;
+                               stop strings still end the text; vLLM's `min_tokens`, transformers' `min_new_tokens`)
     temperature   TYPE_FP32    0 = greedy; default from generation.json
     top_p         TYPE_FP32    nucleus sampling mass; default from generation.json
     seed          TYPE_INT64   sampling seed (same seed + same prompt + same settings → same text)
@@ -193,9 +195,11 @@ class TritonPythonModel:
         max_tokens = _scalar(request, "max_tokens")
         if max_tokens is not None and int(max_tokens) < 1:
             raise RequestError("max_tokens must be >= 1")
-        temperature, top_p, seed = (_scalar(request, n) for n in ("temperature", "top_p", "seed"))
+        temperature, top_p, seed, min_tokens = (_scalar(request, n)
+                                                for n in ("temperature", "top_p", "seed", "min_tokens"))
         return SamplingParams(  # max_tokens beyond the context is capped: the answer ends with "length"
             max_tokens=min(int(max_tokens) if max_tokens is not None else int(self.defaults["max_tokens"]), room),
+            min_tokens=int(min_tokens) if min_tokens is not None else 0,
             temperature=float(temperature) if temperature is not None else float(self.defaults["temperature"]),
             top_p=float(top_p) if top_p is not None else float(self.defaults["top_p"]),
             seed=int(seed) if seed is not None else None,

@@ -158,6 +158,7 @@ class Scheduler:
         self.observer = observer
         self.limits = limits
         self.eos = frozenset(eos_token_ids)
+        self._eos_ids = np.asarray(sorted(self.eos), dtype=np.int64)
         self.stats = Stats()
         self.prefixes = PrefixCache(limits.prefix_cache_tokens) if limits.prefix_cache_tokens > 0 else None
         self._waiting: deque[Sequence] = deque()
@@ -285,6 +286,9 @@ class Scheduler:
         if seq.cancelled:
             self._end(seq, "request cancelled")
             return True
+        if len(seq.generated) < seq.params.min_tokens and self._eos_ids.size:
+            logits = logits.copy()  # as transformers' min_new_tokens: the end of sequence cannot be chosen yet
+            logits[self._eos_ids] = -np.inf
         token = sample(logits, seq.params, seq.rng)
         seq.generated.append(token)
         reason = None

@@ -75,10 +75,13 @@ class SamplingParams:
     top_p: float
     seed: int | None
     stop: tuple[str, ...] = ()
+    min_tokens: int = 0  # end-of-sequence tokens are masked out until this many tokens exist (vLLM's `min_tokens`)
 
     def validate(self) -> SamplingParams:
         if self.max_tokens < 1:
             raise RequestError("max_tokens must be >= 1")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise RequestError(f"min_tokens must be within 0..max_tokens ({self.max_tokens})")
         if not 0 <= self.temperature <= 2:
             raise RequestError("temperature must be within 0..2")
         if not 0 < self.top_p <= 1:

@@ -102,7 +102,8 @@ def _inputs(prompt: str, max_tokens: int) -> list:
     import tritonclient.grpc as grpcclient
 
     messages = np.array([json.dumps([{"role": "user", "content": prompt}]).encode()], dtype=np.object_)
-    arrays = [("messages", messages, "BYTES"), ("max_tokens", np.array([max_tokens], dtype=np.int32), "INT32"),
+    exactly = np.array([max_tokens], dtype=np.int32)  # min_tokens = max_tokens, as the baseline's min_new_tokens
+    arrays = [("messages", messages, "BYTES"), ("max_tokens", exactly, "INT32"), ("min_tokens", exactly, "INT32"),
               ("temperature", np.array([0.0], dtype=np.float32), "FP32")]
     inputs = []
     for name, array, datatype in arrays:
@@ -210,7 +211,9 @@ def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) ->
         "## Local LLM: SmolLM2-135M-Instruct on Triton (CPU) vs transformers",
         f"Command: `{command}`  \nMachine: {machine_description()} (1-minute load average "
         f"{m['load'][0]:.1f} before, {m['load'][1]:.1f} after: the CPUs are shared)  \n"
-        f"Greedy, {max_tokens} new tokens per request, chat template applied. transformers: `generate` on the fp32 "
+        f"Greedy, exactly {max_tokens} new tokens per request on both sides (transformers `min_new_tokens`, the "
+        "model's `min_tokens` input: end-of-sequence masked out until then, so every stream runs the whole "
+        "measurement), chat template applied. transformers: `generate` on the fp32 "
         "model (the GGUF dequantised, as exported), in the benchmark process, the better of torch's default threads "
         "and 1 thread per round. Triton: the exported model (default "
         "`--weights mixed`) through gRPC streaming (official tritonclient), client-side timings. The three "
