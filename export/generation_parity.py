@@ -4,9 +4,10 @@ Checks on a fixed prompt set (chat template applied by the tokenizer, as served)
 - single: each prompt alone through `llm_engine.greedy_generate` must produce exactly the tokens of
   transformers `generate(do_sample=False)`; the max abs logit difference is reported for the prefill step
   and for the decode steps (up to the first differing token) and gated on `atol`;
-- batched: all prompts prefilled one by one (the system prompt they share reused from the prefix cache), merged
-  into one left-padded batch and decoded together (rows leave when they finish), as the served scheduler does,
-  must produce the same tokens as the single runs;
+- batched: the prompts prefilled in two arrivals, as the served scheduler does when requests come together: the
+  first two in one right-padded pass, the rest each over the system prompt cached by the first ones; then decoded
+  together as one continuous batch (rows of different lengths, rows leave when they finish); must produce the same
+  tokens as the single runs;
 - template: the served prompt builder (`llm_text.PromptBuilder`: jinja + tokenizers, no transformers) must give
   the same prompt ids as transformers' `apply_chat_template`.
 """
@@ -74,7 +75,7 @@ class GenerationParity:
             f"{'PASS' if self.passed else 'FAIL'}",
             f"  token-for-token vs transformers generate: {len(self.prompts) - len(self.mismatches)}"
             f"/{len(self.prompts)} equal",
-            f"  batched (prefix reuse, left padding, continuous) vs single: "
+            f"  batched (right-padded pass, prefix reuse, continuous) vs single: "
             f"{len(self.prompts) - len(self.batch_mismatches)}/{len(self.prompts)} equal",
             f"  served chat template vs transformers apply_chat_template: "
             f"{len(self.prompts) - len(self.template_mismatches)}/{len(self.prompts)} equal",
@@ -111,9 +112,9 @@ def reference_generate(model, ids: list[int], max_new_tokens: int) -> tuple[list
 
 
 def batched_greedy(decoder, prompts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy decoding of all prompts as one continuous batch, as the served model runs them when the first request
-    arrives alone and the others together: the first prefilled on its own, the rest in one pass over the prefix they
-    share with it (`Decoder.prefill_many`: padding inside the rows), then merged and decoded together."""
+    """Greedy decoding of all prompts as one continuous batch, as the served model runs them when requests arrive in
+    two bursts (`Decoder.prefill_many`): the first two prompts in one pass (nothing cached yet: right-padded to the
+    longer), the rest each over the system prompt the first ones cached; then merged and decoded together."""
     from export.triton_python.llm_engine import PrefixCache
 
     eos = set(decoder.info.eos_token_ids)
@@ -121,8 +122,8 @@ def batched_greedy(decoder, prompts: Sequence[list[int]], max_new_tokens: int) -
     rows: list[int] = []
     batch = None
     prefixes = PrefixCache(max_tokens=4096)  # the prompts share the chat template's system prompt
-    arrivals = [[0], list(range(1, len(prompts)))] if len(prompts) > 1 else [[0]]
-    for group in arrivals:
+    arrivals = [list(range(min(2, len(prompts)))), list(range(2, len(prompts)))]
+    for group in filter(None, arrivals):
         logits, grouped = decoder.prefill_many([prompts[i] for i in group], prefixes)
         going = []
         for r, i in enumerate(group):

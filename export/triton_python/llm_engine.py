@@ -1,14 +1,15 @@
-"""The decoder with a KV cache on ONNX Runtime, and the left-padded KV cache of a running batch.
+"""The decoder with a KV cache on ONNX Runtime, and the in-place KV cache of a running batch.
 
 Shared by the export's parity check (`export.generation_parity`) and the served generation model
 (`generation.py`, copied next to this file into the version directory), so parity covers the serving code.
 
-A running batch keeps every row right-aligned: row r's tokens occupy the last columns of the cache and the columns
-before are padding (mask 0). Rows prefilled together may also hold masked padding between a reused prefix and the
-rest of the prompt (`Decoder.prefill_many`); a masked column is ignored wherever it is. A decode step appends one
-column for all rows; a new row joins by padding either side on the left to the wider width; rows that leave are
-dropped and the columns that became padding for every remaining row are trimmed. Position ids come from the mask
-inside the graph, so padding never shifts a row's positions.
+The graph (`export.llm_graph`) attends with ONNX Runtime's GroupQueryAttention, which reads and writes the cache in
+place. A running batch (`KVSlots`) holds one buffer per layer and kind, [rows, kv_heads, capacity, head_dim], and
+each row's length: row r's tokens occupy columns [0, length_r) of its slot. A step writes each row's new keys and
+values at its own length and attends to its own columns only, so rows of different lengths share a step with no
+padding and no mask, and a decode step copies nothing. The buffers are copied only when the batch changes: a new
+row joins (`merged`), rows leave (`selected`), or the longest row outgrows the capacity (`reserve`, in chunks of
+`CHUNK` columns).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+CHUNK = 64  # cache capacity grows in steps of this many columns
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,100 @@ def _session(onnx_path: Path, intra_op_threads: int, inter_op_threads: int,
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
+def _capacity(columns: int) -> int:
+    return max(CHUNK, -(-columns // CHUNK) * CHUNK)
+
+
+@dataclass
+class KVSlots:
+    """The cache of a running batch: each row's length and 2 × layers buffers [rows, heads, capacity, head_dim]."""
+
+    lengths: np.ndarray  # int64 [rows]
+    cache: list[np.ndarray]
+    bindings: dict = field(default_factory=dict, repr=False)  # session id → its IOBinding with these buffers bound
+
+    @classmethod
+    def allocate(cls, rows: int, capacity: int, like: np.ndarray, count: int) -> KVSlots:
+        """`rows` empty slots of `capacity` columns, buffers shaped like `like` otherwise."""
+        shape = (rows, like.shape[1], capacity, like.shape[3])
+        return cls(np.zeros(rows, dtype=np.int64), [np.zeros(shape, dtype=np.float32) for _ in range(count)])
+
+    @property
+    def rows(self) -> int:
+        return int(self.lengths.shape[0])
+
+    @property
+    def capacity(self) -> int:
+        return int(self.cache[0].shape[2])
+
+    @property
+    def width(self) -> int:
+        """The longest row's length."""
+        return int(self.lengths.max()) if self.rows else 0
+
+    def _copied(self, rows: Sequence[int], capacity: int) -> KVSlots:
+        width = int(self.lengths[list(rows)].max()) if len(rows) else 0
+        out = KVSlots.allocate(len(rows), capacity, self.cache[0], len(self.cache))
+        index = np.asarray(rows, dtype=np.int64)
+        out.lengths[:] = self.lengths[index]
+        for dst, src in zip(out.cache, self.cache, strict=True):
+            dst[:, :, :width] = src[index, :, :width]
+        return out
+
+    def reserve(self, columns: int) -> KVSlots:
+        """Room for `columns` columns per row: this batch, or a copy with more capacity."""
+        if columns <= self.capacity:
+            return self
+        return self._copied(range(self.rows), _capacity(columns))
+
+    @classmethod
+    def stacked(cls, parts: Sequence[KVSlots]) -> KVSlots:
+        """The rows of every part, in order, in one batch (one copy of each)."""
+        out = cls.allocate(sum(p.rows for p in parts), max(p.capacity for p in parts), parts[0].cache[0],
+                           len(parts[0].cache))
+        start = 0
+        for part in parts:
+            end, width = start + part.rows, part.width
+            out.lengths[start:end] = part.lengths
+            for dst, src in zip(out.cache, part.cache, strict=True):
+                dst[start:end, :, :width] = src[:, :, :width]
+            start = end
+        return out
+
+    def merged(self, other: KVSlots) -> KVSlots:
+        """This batch's rows followed by `other`'s."""
+        return KVSlots.stacked([self, other])
+
+    def selected(self, keep: Sequence[int]) -> KVSlots:
+        """Only the rows `keep`, in that order. When every row stays in place (every decode step where no row
+        finished) the batch is returned as is: no copy."""
+        index = np.asarray(keep, dtype=np.int64)
+        if index.size == self.rows and np.array_equal(index, np.arange(self.rows)):
+            return self
+        return self._copied(list(index), _capacity(int(self.lengths[index].max()) + 1 if index.size else 1))
+
+    def row(self, index: int) -> KVSlots:
+        """Row `index` alone, with exactly its length as capacity (contiguous copies)."""
+        n = int(self.lengths[index])
+        return KVSlots(self.lengths[index : index + 1].copy(),
+                       [np.ascontiguousarray(t[index : index + 1, :, :n]) for t in self.cache])
+
+    def prefix(self, columns: int) -> list[np.ndarray]:
+        """Row 0's first `columns` columns, as contiguous [1, heads, columns, head_dim] tensors."""
+        return [np.ascontiguousarray(t[:1, :, :columns]) for t in self.cache]
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache buffers."""
+        return sum(t.nbytes for t in self.cache)
+
+
 class Decoder:
-    """ONNX Runtime sessions of the exported decoder step.
+    """ONNX Runtime sessions of the exported decoder (`export.llm_graph`).
 
     With `single_row_path`, a second graph of the same decoder (the GGUF's 4-bit blocks, `export.repack`) runs the
     steps that compute one token of one row: there the step is bound by reading the weights, which the 4-bit
     blocks make 5× smaller; every wider step (prefill, batched decode) runs the fp32 graph, whose GEMMs are faster
-    once there are several rows. Both graphs take and return the same cache, so a batch moves between them freely.
+    once there are several rows. Both graphs read and write the same cache buffers.
     """
 
     def __init__(self, onnx_path: Path, info: ModelInfo, *, intra_op_threads: int = 0, inter_op_threads: int = 1,
@@ -79,136 +169,96 @@ class Decoder:
                            if single_row_path is not None else None)
         self.info = info
         self.past_names = [f"past.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
-        self.output_names = ["logits"] + [f"present.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
+        self.present_names = [f"present.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
+        self._shape = np.zeros((1, info.kv_heads, 1, info.head_dim), dtype=np.float32)
 
-    def empty_cache(self, batch: int) -> list[np.ndarray]:
-        """A zero-length cache for `batch` rows."""
-        shape = (batch, self.info.kv_heads, 0, self.info.head_dim)
-        return [np.zeros(shape, dtype=np.float32) for _ in self.past_names]
+    def empty(self, rows: int, capacity: int = CHUNK) -> KVSlots:
+        """`rows` empty slots."""
+        return KVSlots.allocate(rows, _capacity(capacity), self._shape, len(self.past_names))
 
-    def run(
-        self, input_ids: np.ndarray, mask: np.ndarray, cache: Sequence[np.ndarray]
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One step: ids [B, S], mask [B, past + S], cache → (last-position logits [B, V], present cache)."""
-        feeds = {"input_ids": input_ids, "attention_mask": mask}
-        feeds.update(zip(self.past_names, cache, strict=True))
+    def _binding(self, session: ort.InferenceSession, slots: KVSlots) -> ort.IOBinding:
+        """The session's binding with `slots`' buffers as both past and present (made once per batch)."""
+        binding = slots.bindings.get(id(session))
+        if binding is None:
+            binding = session.io_binding()
+            binding.bind_output("logits")  # first: get_outputs() lists outputs in binding order
+            for past, present, buffer in zip(self.past_names, self.present_names, slots.cache, strict=True):
+                shape, pointer = list(buffer.shape), buffer.ctypes.data
+                binding.bind_input(past, "cpu", 0, np.float32, shape, pointer)
+                binding.bind_output(present, "cpu", 0, np.float32, shape, pointer)
+            slots.bindings[id(session)] = binding
+        return binding
+
+    def step(self, input_ids: np.ndarray, new: np.ndarray, slots: KVSlots) -> tuple[np.ndarray, KVSlots]:
+        """One forward pass: `input_ids` [B, S] right-padded, `new` [B] real tokens per row (≥ 1) → (logits of each
+        row's last real token [B, V], the batch with each row `new` tokens longer; a copy when it had to grow)."""
+        rows, columns = input_ids.shape
+        slots = slots.reserve(slots.width + columns)
         session = self.single_row if self.single_row is not None and input_ids.size == 1 else self.session
-        outputs = session.run(self.output_names, feeds)
-        return outputs[0], outputs[1:]
+        binding = self._binding(session, slots)
+        feeds = {  # kept referenced until the run is over
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "seqlens_k": (slots.lengths + columns - 1).astype(np.int32),  # a row's padding counts (it is attended
+            "total_sequence_length": np.array(slots.width + columns, dtype=np.int32),  # by nothing real)
+            "logits_index": np.arange(rows, dtype=np.int64) * columns + new - 1,
+        }
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        session.run_with_iobinding(binding)
+        slots.lengths += new
+        return binding.get_outputs()[0].numpy().copy(), slots  # the binding reuses that buffer at its next run
 
-    def prefill(self, token_ids: Sequence[int], prefixes: PrefixCache | None = None) -> tuple[np.ndarray, KVBatch]:
+    def prefill(self, token_ids: Sequence[int], prefixes: PrefixCache | None = None) -> tuple[np.ndarray, KVSlots]:
         """Run a prompt as one row: (logits [V], the row's cache).
 
         With `prefixes`, the longest cached prefix of the prompt is reused and only the rest is computed; the
         prompt's cache is then stored for later prompts that start the same way (system prompt, earlier turns).
         """
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
-        mask = np.ones_like(ids)
-        reused, past = prefixes.lookup(token_ids) if prefixes is not None else (0, None)
-        if past is None:
-            logits, cache = self.run(ids, mask, self.empty_cache(1))
-        else:
-            logits, cache = self.run(ids[:, reused:], mask, past)
-        row = KVBatch(mask, cache)
-        if prefixes is not None:
-            prefixes.store(token_ids, row)
-        return logits[0], row
+        logits, slots = self.prefill_many([token_ids], prefixes)
+        return logits[0], slots
 
     def prefill_many(self, prompts: Sequence[Sequence[int]], prefixes: PrefixCache | None = None
-                     ) -> tuple[np.ndarray, KVBatch]:
-        """Prompts that arrive together, in one forward pass: (logits [k, V], their rows as one batch).
+                     ) -> tuple[np.ndarray, KVSlots]:
+        """Prompts that arrive together: (logits [k, V], their rows as one batch, in the order given).
 
-        Each row reuses its own longest cached prefix (`prefill`); rows are aligned so that every reused prefix ends
-        at the same column and every prompt at the last one, with masked padding before each part (positions come
-        from the mask, so a row's tokens keep theirs). One prompt is exactly `prefill`. Every prompt's cache is then
-        stored for later prompts."""
-        if len(prompts) == 1:
-            logits, row = self.prefill(prompts[0], prefixes)
-            return logits[None, :], row
+        Each prompt starts from its own longest cached prefix, copied into its slot. Prompts without one run in one
+        forward pass, right-padded to the longest (the padding lands after a row's last token, where its next step
+        writes); a prompt that continues a cached prefix runs in a pass of its own (GroupQueryAttention takes one
+        row when new tokens follow a cache). Every prompt's cache is then stored for later prompts."""
         found = [prefixes.lookup(p) if prefixes is not None else (0, None) for p in prompts]
-        reused = max(n for n, _ in found)
-        width = max(len(p) - n for p, (n, _) in zip(prompts, found, strict=True))
-        ids = np.zeros((len(prompts), width), dtype=np.int64)
-        mask = np.zeros((len(prompts), reused + width), dtype=np.int64)
-        shape = (len(prompts), self.info.kv_heads, reused, self.info.head_dim)
-        cache = [np.zeros(shape, dtype=np.float32) for _ in self.past_names]
-        for i, (prompt, (n, past)) in enumerate(zip(prompts, found, strict=True)):
-            rest = len(prompt) - n
-            ids[i, width - rest :] = prompt[n:]
-            mask[i, reused - n : reused] = 1
-            mask[i, reused + width - rest :] = 1
-            for tensor, part in zip(cache, past or (), strict=False):
-                tensor[i, :, reused - n :] = part[0]
-        logits, present = self.run(ids, mask, cache)
-        batch = KVBatch(mask, present)
+        fresh = [i for i, (n, _) in enumerate(found) if n == 0]
+        passes = ([fresh] if fresh else []) + [[i] for i, (n, _) in enumerate(found) if n > 0]
+        done = [self._prefill_pass([prompts[i] for i in rows], [found[i] for i in rows]) for rows in passes]
+        order = [i for rows in passes for i in rows]
+        if len(done) == 1:
+            logits, slots = done[0]
+        else:
+            logits, slots = np.concatenate([d[0] for d in done]), KVSlots.stacked([d[1] for d in done])
+        if order != sorted(order):
+            inverse = np.argsort(order)
+            logits, slots = logits[inverse], slots.selected(list(inverse))
         if prefixes is not None:
             for i, prompt in enumerate(prompts):
-                prefixes.store(prompt, batch.row(i))
-        return logits, batch
+                prefixes.store(prompt, slots.row(i))
+        return logits, slots
 
-    def decode(self, last_tokens: Sequence[int], batch: KVBatch) -> tuple[np.ndarray, KVBatch]:
-        """One token per row of `batch`: (logits [B, V], the batch's cache one column wider)."""
+    def _prefill_pass(self, prompts: Sequence[Sequence[int]], found: Sequence[tuple[int, list | None]]
+                      ) -> tuple[np.ndarray, KVSlots]:
+        rests = [list(p[n:]) for p, (n, _) in zip(prompts, found, strict=True)]
+        columns = max(len(r) for r in rests)
+        slots = self.empty(len(prompts), max(n for n, _ in found) + columns)
+        ids = np.zeros((len(prompts), columns), dtype=np.int64)
+        for i, ((n, past), rest) in enumerate(zip(found, rests, strict=True)):
+            ids[i, : len(rest)] = rest
+            slots.lengths[i] = n
+            for buffer, part in zip(slots.cache, past or (), strict=False):
+                buffer[i, :, :n] = part[0]
+        return self.step(ids, np.array([len(r) for r in rests], dtype=np.int64), slots)
+
+    def decode(self, last_tokens: Sequence[int], slots: KVSlots) -> tuple[np.ndarray, KVSlots]:
+        """One token per row: (logits [B, V], the batch one token longer per row)."""
         ids = np.asarray(last_tokens, dtype=np.int64).reshape(-1, 1)
-        mask = np.concatenate([batch.mask, np.ones((batch.rows, 1), dtype=np.int64)], axis=1)
-        logits, cache = self.run(ids, mask, batch.cache)
-        return logits, KVBatch(mask, cache)
-
-
-@dataclass
-class KVBatch:
-    """The cache of a running batch: mask [B, P] and 2 × layers tensors [B, heads, P, head_dim]."""
-
-    mask: np.ndarray
-    cache: list[np.ndarray]
-
-    @property
-    def rows(self) -> int:
-        return int(self.mask.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.mask.shape[1])
-
-    def padded(self, width: int) -> KVBatch:
-        """Left-pad to `width` columns (no copy when already that wide)."""
-        extra = width - self.width
-        if extra <= 0:
-            return self
-        mask = np.pad(self.mask, ((0, 0), (extra, 0)))
-        cache = [np.pad(t, ((0, 0), (0, 0), (extra, 0), (0, 0))) for t in self.cache]
-        return KVBatch(mask, cache)
-
-    def merged(self, other: KVBatch) -> KVBatch:
-        """This batch's rows followed by `other`'s, both left-padded to the wider width."""
-        width = max(self.width, other.width)
-        a, b = self.padded(width), other.padded(width)
-        mask = np.concatenate([a.mask, b.mask], axis=0)
-        cache = [np.concatenate([x, y], axis=0) for x, y in zip(a.cache, b.cache, strict=True)]
-        return KVBatch(mask, cache)
-
-    def selected(self, keep: Sequence[int]) -> KVBatch:
-        """Only the rows `keep`, with columns that are padding in every kept row trimmed off the left.
-
-        When every row stays and no column can be trimmed (every decode step where no row finished) the batch is
-        returned as is: copying the cache there cost a full read and write of it (into fresh pages) per step; skipping
-        it raised 8-stream throughput by ~15% on this machine (Triton, same run)."""
-        index = np.asarray(keep, dtype=np.int64)
-        mask = self.mask[index]
-        used = np.flatnonzero(mask.any(axis=0))
-        start = int(used[0]) if used.size else mask.shape[1]
-        if start == 0 and index.size == self.rows and np.array_equal(index, np.arange(self.rows)):
-            return self
-        return KVBatch(mask[:, start:], [np.ascontiguousarray(t[index, :, start:]) for t in self.cache])
-
-    def row(self, index: int) -> KVBatch:
-        """Row `index` alone, without its padding columns (a contiguous copy)."""
-        columns = np.flatnonzero(self.mask[index])
-        return KVBatch(self.mask[index : index + 1, columns],
-                       [np.ascontiguousarray(t[index : index + 1, :, columns]) for t in self.cache])
-
-    def nbytes(self) -> int:
-        """Bytes held by the cache tensors."""
-        return sum(t.nbytes for t in self.cache)
+        return self.step(ids, np.ones(ids.shape[0], dtype=np.int64), slots)
 
 
 class PrefixCache:
@@ -220,7 +270,7 @@ class PrefixCache:
 
     def __init__(self, max_tokens: int, min_tokens: int = 8) -> None:
         self.max_tokens, self.min_tokens = max_tokens, min_tokens
-        self.entries: OrderedDict[tuple[int, ...], KVBatch] = OrderedDict()
+        self.entries: OrderedDict[tuple[int, ...], KVSlots] = OrderedDict()
         self.tokens = 0
         self.hits = 0
         self.reused_tokens = 0
@@ -239,9 +289,9 @@ class PrefixCache:
         self.entries.move_to_end(best_key)
         self.hits += 1
         self.reused_tokens += best
-        return best, [np.ascontiguousarray(t[:, :, :best]) for t in self.entries[best_key].cache]
+        return best, self.entries[best_key].prefix(best)
 
-    def store(self, token_ids: Sequence[int], row: KVBatch) -> None:
+    def store(self, token_ids: Sequence[int], row: KVSlots) -> None:
         """Keep `row` (the cache of exactly `token_ids`), evicting the oldest entries beyond the budget."""
         key = tuple(token_ids)
         if len(key) > self.max_tokens or key in self.entries:

@@ -4,7 +4,7 @@ Each loop iteration:
 1. admits every waiting request: prompts that arrived together are prefilled together (`prefill_groups`: one pass
    per group of similar lengths; each reuses the longest prefix it shares with a recent prompt from
    `llm_engine.PrefixCache`), each first token sampled and sent, and the rows merged into the running batch
-   (left padding, see `llm_engine.KVBatch`);
+   (each row in its own slot of the in-place cache, see `llm_engine.KVSlots`);
 2. runs one decode step for all running rows together — one forward pass, one new token per row;
 3. samples each row's token and hands its text delta to the sender thread (`Outbox`); rows that finished (eos, stop
    string, max_tokens, context) or were cancelled get their final response and leave the batch before the next step.
@@ -14,7 +14,7 @@ of the python backend (~0.5 ms measured here, per row and step), and whether a r
 both now overlap the next forward pass instead of delaying it (8 streams: ~5 ms of a ~54 ms step).
 
 Capacity is checked when a request is submitted, so a full model answers at once instead of queueing: at most
-`max_batch_size` requests in flight (running + waiting), and the padded cache of all of them at their longest
+`max_batch_size` requests in flight (running + waiting), and the cache of all of them at their longest
 (rows × max(prompt + max_tokens)) must stay within `max_kv_tokens` token slots.
 
 Nothing here imports Triton: a request's responses go to its `Sink` (the Triton model adapts a response sender).
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from llm_engine import Decoder, KVBatch, PrefixCache
+from llm_engine import Decoder, KVSlots, PrefixCache
 from llm_text import SamplingParams, TextStream, sample
 
 log = logging.getLogger("tritonstack.generation")
@@ -163,7 +163,7 @@ class Scheduler:
         self.prefixes = PrefixCache(limits.prefix_cache_tokens) if limits.prefix_cache_tokens > 0 else None
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
-        self._batch: KVBatch | None = None
+        self._batch: KVSlots | None = None
         self._wake = threading.Condition()
         self._stopping = False
         self.outbox = Outbox()
