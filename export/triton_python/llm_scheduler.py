@@ -11,7 +11,7 @@ Each loop iteration:
 
 Responses leave through one sender thread, in order per request: handing a response to Triton is an IPC round trip
 of the python backend (~0.5 ms measured here, per row and step), and whether a request was cancelled is another;
-both now overlap the next forward pass instead of delaying it (8 streams: ~5 ms of a ~54 ms step).
+both now overlap the next forward pass instead of delaying it (8 streams: ~5 ms per step).
 
 Capacity is checked when a request is submitted, so a full model answers at once instead of queueing: at most
 `max_batch_size` requests in flight (running + waiting), and the cache of all of them at their longest
