@@ -46,8 +46,9 @@ class GenerationServing:
     prefix_cache_tokens: int = 4096
     intra_op_threads: int = 0
     inter_op_threads: int = 1
-    # off: spin-waiting ORT threads take the 2 cores from Triton's frontend and the stub's response path (measured
-    # in Triton, 8 streams: 102 vs 73 tokens/s, 1 stream 29.7 vs 23.1, load average ~3; docs/BENCHMARKS.md `llm`)
+    # off: on a shared machine spin-waiting ORT threads fight other processes for the cores (measured in Triton with
+    # one busy process beside it, 8 streams: 127 vs 71 tokens/s, 1 stream 35 vs 22); alone, spinning is faster
+    # (162 vs 192, 46.5 vs 58.5): README "Local LLM"
     ort_spinning: bool = False
     version_policy: str = "latest:1"
 
