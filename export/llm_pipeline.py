@@ -118,6 +118,9 @@ def export_smollm2(req: Smollm2Request, reporter: Reporter | None = None) -> Exp
     with _timed(reporter, result, "load SmolLM2-135M-Instruct (GGUF → fp32)"):
         tokenizer = smollm2.load_tokenizer(source)
         model = smollm2.load_model(source)
+    positions = int(model.config.max_position_embeddings)
+    if req.serving.max_context > positions:  # the graph's rotary tables end there
+        raise OptionError(f"--max-context {req.serving.max_context} exceeds the model's {positions} positions")
     with tempfile.TemporaryDirectory(prefix="tritonstack-export-") as tmp:
         onnx_path, single_row, assets = _build(req, model, tokenizer, Path(tmp), result, reporter)
         _check(req, model, tokenizer, (onnx_path, single_row), assets, result, reporter)
