@@ -81,6 +81,19 @@ def test_max_tokens_and_stop(client: openai.OpenAI) -> None:
     assert stopped.choices[0].finish_reason == "stop"
 
 
+def test_min_tokens_reaches_the_local_model(client: openai.OpenAI) -> None:
+    natural = client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=0, max_tokens=24)
+    assert natural.choices[0].finish_reason == "stop" and natural.usage.completion_tokens < 20
+    longer = client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=0, max_tokens=20,
+                                            extra_body={"min_tokens": 20})
+    assert longer.choices[0].finish_reason == "length" and longer.usage.completion_tokens == 20
+    assert longer.choices[0].message.content.startswith(natural.choices[0].message.content)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4,
+                                       extra_body={"min_tokens": 5})
+    assert refused.value.param == "min_tokens" and "must not exceed" in refused.value.message
+
+
 def test_full_local_model_overflows_to_cloud(client: openai.OpenAI, smollm2_triton: TritonServer,
                                              fake_llm: FakeUpstream) -> None:
     busy = GenerationStream(smollm2_triton)
@@ -88,8 +101,10 @@ def test_full_local_model_overflows_to_cloud(client: openai.OpenAI, smollm2_trit
         for i in range(MAX_BATCH_ROWS):
             busy.send(f"b{i}", chat(f"Count from {i} to 500, one number per line."), temperature=0.0, max_tokens=400)
         busy.wait(until=lambda gens: all(g.responses for g in gens.values()))
-        raw = client.chat.completions.with_raw_response.create(model="smollm2", messages=QUESTION, max_tokens=8)
+        raw = client.chat.completions.with_raw_response.create(model="smollm2", messages=QUESTION, max_tokens=8,
+                                                               extra_body={"min_tokens": 2})
         assert raw.headers["x-served-by"] == "cloud"
-        assert len(fake_llm.state.calls("up-cloud")) == 1
+        (call,) = fake_llm.state.calls("up-cloud")
+        assert "min_tokens" not in call.body  # vLLM's extension stays with the local model
     finally:
         busy.close()

@@ -10,9 +10,9 @@ Errors become `UpstreamError`s the routing layer acts on: an unknown model → `
 `overloaded`, which overflows to the route's next deployment at once; a stream that stalls → `timeout`; a request
 the model refuses → `bad_request`.
 
-Request mapping: `messages` (JSON), `max_completion_tokens`/`max_tokens`, `temperature`, `top_p` (0 → greedy),
-`seed`, `stop` (string or list). Without `temperature` the model's own default applies (generation.json: 0.2).
-Other OpenAI sampling fields (penalties, logit bias) are ignored by this deployment.
+Request mapping: `messages` (JSON), `max_completion_tokens`/`max_tokens`, `min_tokens`, `temperature`,
+`top_p` (0 → greedy), `seed`, `stop` (string or list). Without `temperature` the model's own default applies
+(generation.json: 0.2). Other OpenAI sampling fields (penalties, logit bias) are ignored by this deployment.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ def generation_inputs(body: dict[str, Any]) -> dict[str, np.ndarray]:
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens is not None:
         inputs["max_tokens"] = np.array([max_tokens], dtype=np.int32)
+    if body.get("min_tokens"):
+        inputs["min_tokens"] = np.array([body["min_tokens"]], dtype=np.int32)
     temperature, top_p = body.get("temperature"), body.get("top_p")
     if top_p is not None and top_p <= 0:  # an empty nucleus: the single most likely token
         temperature, top_p = 0.0, None

@@ -54,7 +54,7 @@ def normalized(request: ChatCompletionRequest, max_tokens: int) -> bytes:
     return orjson.dumps({
         "messages": [[m.role, m.name, m.text] for m in request.messages],
         "temperature": request.temperature, "top_p": request.top_p, "stop": stop, "seed": request.seed,
-        "max_tokens": max_tokens, "presence_penalty": request.presence_penalty,
+        "max_tokens": max_tokens, "min_tokens": request.min_tokens or 0, "presence_penalty": request.presence_penalty,
         "frequency_penalty": request.frequency_penalty,
     }, option=orjson.OPT_SORT_KEYS)
 

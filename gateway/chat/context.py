@@ -84,6 +84,8 @@ class ChatContext:
             body["max_tokens"] = self.max_tokens
         if req.user is not None:
             body["user"] = self.redactor.redact(req.user) if redact and self.redactor else req.user
+        if req.min_tokens and deployment.local:  # vLLM's extension: cloud APIs refuse fields they do not know
+            body["min_tokens"] = req.min_tokens
         return body
 
     def sent_prompt(self) -> list[dict[str, Any]]:

@@ -2,9 +2,10 @@
 
 Supported: `messages` (roles system, developer, user, assistant; content a string or text parts), `model`,
 `stream`, `stream_options.include_usage`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`,
-`stop` (≤ 4), `seed`, `user`, `presence_penalty`, `frequency_penalty`, `n` (1 only). Tools, function calling,
-log-probabilities, audio and image parts are refused with a clear 400 naming the parameter; other unknown
-fields are ignored (SDKs add new ones).
+`stop` (≤ 4), `seed`, `user`, `presence_penalty`, `frequency_penalty`, `n` (1 only), and vLLM's `min_tokens`
+(the SDK's `extra_body`; honoured by Triton deployments, not sent to cloud ones, which do not know it). Tools,
+function calling, log-probabilities, audio and image parts are refused with a clear 400 naming the parameter;
+other unknown fields are ignored (SDKs add new ones).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class ChatCompletionRequest(BaseModel):
     # and strict: "10" or true is a 400, as with OpenAI, not a silently coerced 10 or 1
     max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX, strict=True)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX, strict=True)
+    min_tokens: int | None = Field(default=None, ge=0, le=INT32_MAX, strict=True)  # declared after the maxima
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: str | list[str] | None = None
@@ -123,6 +125,14 @@ class ChatCompletionRequest(BaseModel):
     def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
+        return value
+
+    @field_validator("min_tokens")
+    @classmethod
+    def _min_tokens(cls, value: int | None, info: ValidationInfo) -> int | None:
+        most = info.data.get("max_completion_tokens") or info.data.get("max_tokens")
+        if value is not None and most is not None and value > most:
+            raise ValueError(f"min_tokens ({value}) must not exceed the maximum number of tokens ({most})")
         return value
 
     @field_validator("stream_options")
