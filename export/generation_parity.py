@@ -5,7 +5,8 @@ Checks on a fixed prompt set (chat template applied by the tokenizer, as served)
   transformers `generate(do_sample=False)`; the max abs logit difference is reported for the prefill step
   and for the decode steps (up to the first differing token) and gated on `atol`;
 - batched: the prompts prefilled in two arrivals, as the served scheduler does when requests come together: the
-  first two in one right-padded pass, the rest each over the system prompt cached by the first ones; then decoded
+  first two in one right-padded pass, the rest in one pass, each over the system prompt cached by the first ones;
+  then decoded
   together as one continuous batch (rows of different lengths, rows leave when they finish); must produce the same
   tokens as the single runs;
 - template: the served prompt builder (`llm_text.PromptBuilder`: jinja + tokenizers, no transformers) must give
@@ -114,7 +115,8 @@ def reference_generate(model, ids: list[int], max_new_tokens: int) -> tuple[list
 def batched_greedy(decoder, prompts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
     """Greedy decoding of all prompts as one continuous batch, as the served model runs them when requests arrive in
     two bursts (`Decoder.prefill_many`): the first two prompts in one pass (nothing cached yet: right-padded to the
-    longer), the rest each over the system prompt the first ones cached; then merged and decoded together."""
+    longer), the rest in one pass, each over the system prompt the first ones cached; then merged and decoded
+    together."""
     from export.triton_python.llm_engine import PrefixCache
 
     eos = set(decoder.info.eos_token_ids)

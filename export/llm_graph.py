@@ -4,8 +4,8 @@ One graph runs every step, prefill and decode, with the KV cache updated in plac
 
     inputs   input_ids              int64 [batch, sequence]     new tokens, right-padded to the longest row
              seqlens_k              int32 [batch]               per row: tokens in the cache after this step − 1
-                                                                (cached + sequence: padding counts, see below)
-             total_sequence_length  int32 []                    max over rows of seqlens_k + 1
+             query_seqlens          int32 [batch]               per row: its real new tokens (the rest is padding)
+             total_sequence_length  int32 []                    max(sequence, max over rows of seqlens_k + 1)
              logits_index           int64 [batch]               per row: the flat index (row · sequence + column)
                                                                 of the position whose logits are wanted
              past.{i}.key/value     fp32  [batch, kv_heads, capacity, head_dim]   the cache buffers
@@ -16,9 +16,9 @@ Attention is ONNX Runtime's `GroupQueryAttention` (com.microsoft): rotary embedd
 `seqlens_k`), grouped key/value heads without copies, and — when `present` is bound to the memory of `past`
 (`llm_engine.Decoder`) — new keys and values written into the buffer at each row's own length, so a decode step
 never copies the cache (the traced graph concatenated past and new keys: 12% of a batch-8 step). Each row attends to
-columns [0, seqlens_k + 1) of its slot only, so rows of different lengths share a step without masks. A row whose
-new tokens are shorter than the batch's is right-padded: its padding is written after its last real token, never
-attended by it, and overwritten by the row's next step.
+columns [0, seqlens_k + 1) of its slot only, so rows of different lengths share a step without masks, and with
+`query_seqlens` (right-padded chunks) rows with different cached prefixes and different numbers of new tokens share
+a prefill pass: only a row's real tokens enter its cache, at positions continuing its own.
 
 Per layer: RMSNorm (fused with the residual add), one QKV MatMul, GroupQueryAttention, output MatMul, RMSNorm,
 gate and up MatMuls, SiLU, down MatMul — about 10 nodes, against ~100 in the graph the TorchScript tracer wrote.
@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 OPSET = 17
-INPUT_IDS, SEQLENS, TOTAL, LOGITS_INDEX, LOGITS = (
-    "input_ids", "seqlens_k", "total_sequence_length", "logits_index", "logits")
+INPUT_IDS, SEQLENS, QUERY_SEQLENS, TOTAL, LOGITS_INDEX, LOGITS = (
+    "input_ids", "seqlens_k", "query_seqlens", "total_sequence_length", "logits_index", "logits")
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,8 @@ def _layer(g: _Graph, w: dict[str, np.ndarray], shape: LlamaShape, i: int, x: st
     qkv_w = np.concatenate([w[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], axis=0).T
     (qkv,) = g.op("MatMul", [h, g.const(f"l{i}.qkv", qkv_w)], [f"l{i}.qkv_out"])
     att, _, _ = g.op("GroupQueryAttention",
-                  [qkv, "", "", f"past.{i}.key", f"past.{i}.value", SEQLENS, TOTAL, "cos_cache", "sin_cache"],
+                  [qkv, "", "", f"past.{i}.key", f"past.{i}.value", SEQLENS, TOTAL, "cos_cache", "sin_cache",
+                   *[""] * 7, QUERY_SEQLENS],
                   [f"l{i}.attention", f"present.{i}.key", f"present.{i}.value"], domain="com.microsoft",
                   num_heads=shape.heads, kv_num_heads=shape.kv_heads, do_rotary=1)
     (out,) = g.op("MatMul", [att, g.const(f"l{i}.o", w[p + "self_attn.o_proj.weight"].T)], [f"l{i}.o_out"])
@@ -156,6 +157,7 @@ def build_decoder(model: Any, destination: Path) -> Path:
     cache = ["batch", shape.kv_heads, "capacity", shape.head_dim]
     inputs = [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "sequence"]),
               helper.make_tensor_value_info(SEQLENS, TensorProto.INT32, ["batch"]),
+              helper.make_tensor_value_info(QUERY_SEQLENS, TensorProto.INT32, ["batch"]),
               helper.make_tensor_value_info(TOTAL, TensorProto.INT32, []),
               helper.make_tensor_value_info(LOGITS_INDEX, TensorProto.INT64, ["batch"])]
     outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", shape.vocab])]

@@ -196,16 +196,18 @@ class Decoder:
         slots = slots.reserve(slots.width + columns)
         session = self.single_row if self.single_row is not None and input_ids.size == 1 else self.session
         binding = self._binding(session, slots)
+        after = slots.lengths + new
         feeds = {  # kept referenced until the run is over
             "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
-            "seqlens_k": (slots.lengths + columns - 1).astype(np.int32),  # a row's padding counts (it is attended
-            "total_sequence_length": np.array(slots.width + columns, dtype=np.int32),  # by nothing real)
+            "seqlens_k": (after - 1).astype(np.int32),
+            "query_seqlens": new.astype(np.int32),  # the rest of a row's chunk is padding: never cached
+            "total_sequence_length": np.array(max(int(after.max()), columns), dtype=np.int32),
             "logits_index": np.arange(rows, dtype=np.int64) * columns + new - 1,
         }
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         session.run_with_iobinding(binding)
-        slots.lengths += new
+        slots.lengths[:] = after
         return binding.get_outputs()[0].numpy().copy(), slots  # the binding reuses that buffer at its next run
 
     def prefill(self, token_ids: Sequence[int], prefixes: PrefixCache | None = None) -> tuple[np.ndarray, KVSlots]:
@@ -219,31 +221,12 @@ class Decoder:
 
     def prefill_many(self, prompts: Sequence[Sequence[int]], prefixes: PrefixCache | None = None
                      ) -> tuple[np.ndarray, KVSlots]:
-        """Prompts that arrive together: (logits [k, V], their rows as one batch, in the order given).
+        """Prompts that arrive together, in one forward pass: (logits [k, V], their rows as one batch).
 
-        Each prompt starts from its own longest cached prefix, copied into its slot. Prompts without one run in one
-        forward pass, right-padded to the longest (the padding lands after a row's last token, where its next step
-        writes); a prompt that continues a cached prefix runs in a pass of its own (GroupQueryAttention takes one
-        row when new tokens follow a cache). Every prompt's cache is then stored for later prompts."""
+        Each row starts from its own longest cached prefix, copied into its slot; the rest of each prompt is
+        right-padded to the longest rest (`query_seqlens`: the padding never enters the cache). Every prompt's
+        cache is then stored for later prompts."""
         found = [prefixes.lookup(p) if prefixes is not None else (0, None) for p in prompts]
-        fresh = [i for i, (n, _) in enumerate(found) if n == 0]
-        passes = ([fresh] if fresh else []) + [[i] for i, (n, _) in enumerate(found) if n > 0]
-        done = [self._prefill_pass([prompts[i] for i in rows], [found[i] for i in rows]) for rows in passes]
-        order = [i for rows in passes for i in rows]
-        if len(done) == 1:
-            logits, slots = done[0]
-        else:
-            logits, slots = np.concatenate([d[0] for d in done]), KVSlots.stacked([d[1] for d in done])
-        if order != sorted(order):
-            inverse = np.argsort(order)
-            logits, slots = logits[inverse], slots.selected(list(inverse))
-        if prefixes is not None:
-            for i, prompt in enumerate(prompts):
-                prefixes.store(prompt, slots.row(i))
-        return logits, slots
-
-    def _prefill_pass(self, prompts: Sequence[Sequence[int]], found: Sequence[tuple[int, list | None]]
-                      ) -> tuple[np.ndarray, KVSlots]:
         rests = [list(p[n:]) for p, (n, _) in zip(prompts, found, strict=True)]
         columns = max(len(r) for r in rests)
         slots = self.empty(len(prompts), max(n for n, _ in found) + columns)
@@ -253,7 +236,11 @@ class Decoder:
             slots.lengths[i] = n
             for buffer, part in zip(slots.cache, past or (), strict=False):
                 buffer[i, :, :n] = part[0]
-        return self.step(ids, np.array([len(r) for r in rests], dtype=np.int64), slots)
+        logits, slots = self.step(ids, np.array([len(r) for r in rests], dtype=np.int64), slots)
+        if prefixes is not None:
+            for i, prompt in enumerate(prompts):
+                prefixes.store(prompt, slots.row(i))
+        return logits, slots
 
     def decode(self, last_tokens: Sequence[int], slots: KVSlots) -> tuple[np.ndarray, KVSlots]:
         """One token per row: (logits [B, V], the batch one token longer per row)."""

@@ -227,9 +227,10 @@ def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) ->
 
 STRATEGY = (
     "Batching strategy: iteration-level (continuous) batching inside the decoupled python model. A scheduler "
-    "thread prefills the requests that arrived since its last step (each over its own cached prefix, e.g. the "
-    "shared system prompt; prompts with nothing cached in one right-padded pass per group of similar lengths, a "
-    "prompt continuing a cached prefix in a pass of its own), puts them in slots of the running batch and runs one "
+    "thread prefills the requests that arrived since its last step in one pass per group of similar lengths (each "
+    "row over its own cached prefix, e.g. the shared system prompt, its new tokens right-padded: "
+    "GroupQueryAttention's `query_seqlens` keeps padding out of the cache), puts them in slots of the running "
+    "batch and runs one "
     "decode step for all rows per iteration, so a step reads the weights once for up to `max_batch_rows` streams. "
     "Finished rows leave between steps, new ones join at the next step. The decoder graph is built node by node "
     "(`export/llm_graph.py`): ONNX Runtime's GroupQueryAttention with the KV cache updated in place (past and "
