@@ -6,9 +6,8 @@ Checks on a fixed prompt set (chat template applied by the tokenizer, as served)
   and for the decode steps (up to the first differing token) and gated on `atol`;
 - batched: the prompts prefilled in two arrivals, as the served scheduler does when requests come together: the
   first two in one right-padded pass, the rest in one pass, each over the system prompt cached by the first ones;
-  then decoded
-  together as one continuous batch (rows of different lengths, rows leave when they finish); must produce the same
-  tokens as the single runs;
+  then decoded together as one continuous batch (rows of different lengths, rows leave when they finish); must
+  produce the same tokens as the single runs;
 - template: the served prompt builder (`llm_text.PromptBuilder`: jinja + tokenizers, no transformers) must give
   the same prompt ids as transformers' `apply_chat_template`.
 """
