@@ -76,6 +76,9 @@ def test_kv_slots_keep_each_rows_tokens_when_rows_join_leave_and_grow() -> None:
     kept = merged.selected([2, 0])
     assert kept.lengths.tolist() == [3, 2] and [_row(kept, 0), _row(kept, 1)] == [_row(pair, 1), _row(first, 0)]
     assert merged.reserve(8) is merged
+    sized = first.merged(pair, capacity=100)  # the scheduler sizes a batch for its rows' longest possible length
+    assert sized.capacity >= 100 and [_row(sized, r) for r in range(3)] == [_row(merged, r) for r in range(3)]
+    assert sized.selected([1], capacity=100).capacity >= 100
     grown = merged.reserve(9)  # past the capacity: a copy, in whole chunks of columns
     assert grown.capacity % 64 == 0 and [_row(grown, r) for r in range(3)] == [_row(merged, r) for r in range(3)]
     alone = merged.row(1)  # one row, exactly its length (what the prefix cache keeps)
@@ -119,6 +122,7 @@ class FakeDecoder:
     def decode(self, last: list[int], batch: KVSlots):
         self.batches.append(len(last))
         grown = batch.reserve(batch.width + 1)
+        assert grown is batch, "the scheduler sizes a batch for its rows' last tokens: decode never grows it"
         grown.lengths += 1
         return np.stack([self._logits(t) for t in last]), grown
 

@@ -9,7 +9,8 @@ each row's length: row r's tokens occupy columns [0, length_r) of its slot. A st
 values at its own length and attends to its own columns only, so rows of different lengths share a step with no
 padding and no mask, and a decode step copies nothing. The buffers are copied only when the batch changes: a new
 row joins (`merged`), rows leave (`selected`), or the longest row outgrows the capacity (`reserve`, in chunks of
-`CHUNK` columns).
+`CHUNK` columns; the scheduler sizes a batch for its rows' longest possible length, so a generation never waits
+for that copy).
 """
 
 from __future__ import annotations
@@ -113,10 +114,10 @@ class KVSlots:
         return self._copied(range(self.rows), _capacity(columns))
 
     @classmethod
-    def stacked(cls, parts: Sequence[KVSlots]) -> KVSlots:
-        """The rows of every part, in order, in one batch (one copy of each)."""
-        out = cls.allocate(sum(p.rows for p in parts), max(p.capacity for p in parts), parts[0].cache[0],
-                           len(parts[0].cache))
+    def stacked(cls, parts: Sequence[KVSlots], capacity: int = 0) -> KVSlots:
+        """The rows of every part, in order, in one batch (one copy of each), with at least `capacity` columns."""
+        capacity = max(_capacity(capacity) if capacity else 0, *(p.capacity for p in parts))
+        out = cls.allocate(sum(p.rows for p in parts), capacity, parts[0].cache[0], len(parts[0].cache))
         start = 0
         for part in parts:
             end, width = start + part.rows, part.width
@@ -126,17 +127,18 @@ class KVSlots:
             start = end
         return out
 
-    def merged(self, other: KVSlots) -> KVSlots:
-        """This batch's rows followed by `other`'s."""
-        return KVSlots.stacked([self, other])
+    def merged(self, other: KVSlots, capacity: int = 0) -> KVSlots:
+        """This batch's rows followed by `other`'s, with at least `capacity` columns."""
+        return KVSlots.stacked([self, other], capacity)
 
-    def selected(self, keep: Sequence[int]) -> KVSlots:
-        """Only the rows `keep`, in that order. When every row stays in place (every decode step where no row
-        finished) the batch is returned as is: no copy."""
+    def selected(self, keep: Sequence[int], capacity: int = 0) -> KVSlots:
+        """Only the rows `keep`, in that order, with at least `capacity` columns. When every row stays in place
+        (every decode step where no row finished) the batch is returned as is: no copy."""
         index = np.asarray(keep, dtype=np.int64)
         if index.size == self.rows and np.array_equal(index, np.arange(self.rows)):
             return self
-        return self._copied(list(index), _capacity(int(self.lengths[index].max()) + 1 if index.size else 1))
+        width = int(self.lengths[index].max()) + 1 if index.size else 1
+        return self._copied(list(index), _capacity(max(width, capacity)))
 
     def row(self, index: int) -> KVSlots:
         """Row `index` alone, with exactly its length as capacity (contiguous copies)."""

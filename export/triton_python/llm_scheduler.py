@@ -254,7 +254,8 @@ class Scheduler:
             rows = rows.selected(keep)
         with self._wake:
             self._running.extend(group[r] for r in keep)
-        self._batch = rows if self._batch is None else self._batch.merged(rows)
+        longest = self._longest()  # room for every row's last token: decode steps never grow the cache
+        self._batch = rows.reserve(longest) if self._batch is None else self._batch.merged(rows, longest)
 
     def _decode(self) -> None:
         rows = list(self._running)
@@ -268,7 +269,11 @@ class Scheduler:
                 keep.append(r)
         with self._wake:
             self._running = [rows[r] for r in keep]
-        self._batch = self._batch.selected(keep) if keep else None
+        self._batch = self._batch.selected(keep, self._longest()) if keep else None
+
+    def _longest(self) -> int:
+        """Cache columns the running rows may need at most (prompt + max_tokens, as admission budgets them)."""
+        return max((seq.reserved for seq in self._running), default=0)
 
     def _observed(self, rows: int, *, decode: bool) -> None:
         self.stats.forward_passes += 1
