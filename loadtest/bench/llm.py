@@ -243,8 +243,9 @@ STRATEGY = (
     "spin-wait (`allow_spinning` 0), leaving the cores to Triton's frontend and the response path. Why 8 streams "
     "stay under 4× one stream here: a batched step multiplies fp32 weights (518 MB read per step, ~37 ms of "
     "GEMM at this machine's ~14 GB/s), a single-row step the 4-bit blocks (~190 MB with the fp32 lm_head, ~20 ms "
-    "in all), so the steady state is about 8 × 20 / 45 ≈ 3.6–3.7×. The 4-bit kernel with fp32 activations is "
-    "no faster than fp32 from 2 rows on (it dequantises the blocks), and 4-bit kernels with int8 activations "
+    "in all), so the steady state is about 8 × 20 / 45 ≈ 3.6×, and a run with its ramp-up measures 3.4–3.7× "
+    "here. The 4-bit kernel with fp32 activations is no faster than fp32 from 2 rows on (it dequantises the "
+    "blocks), and 4-bit kernels with int8 activations "
     "(`accuracy_level` 4, VNNI) change greedy tokens (batched ≠ single on 2 of 5 parity prompts), so they are not "
     "used."
 )
