@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.backends.base import ModelInfo
 from gateway.cache import CachedItem, EmbeddingCache
 from gateway.embeddings.encoding import base64_rows
 from gateway.embeddings.service import CACHE_PARAMS
@@ -85,9 +86,10 @@ class EmbeddingWork:
 
 
 async def plan_embeddings(rt: Runtime, record: JobRecord, raw: bytes) -> EmbeddingWork:
-    """Chunk the documents and fix the batch size and model version (a retry reuses the stored plan): the newest
-    version Triton serves when the job is first planned computes all of it; if that version is unloaded before the
-    job ends, the job fails (`model_not_found`) rather than mixing two models' vectors."""
+    """Chunk the documents and fix the batch size and model version (a retry reuses the stored plan): the version
+    the gateway chose for the job's owner under the rollout table (`_first_version`), else the newest version Triton
+    serves when the job is first planned, computes all of it; if that version is unloaded before the job ends, the
+    job fails (`model_not_found`) rather than mixing two models' vectors."""
     job = orjson.loads(raw)
     model, chunking = job["model"], job["chunking"]
     ids = [d["id"] for d in job["documents"]]
@@ -95,7 +97,7 @@ async def plan_embeddings(rt: Runtime, record: JobRecord, raw: bytes) -> Embeddi
     info = await rt.backend.model_info(model)
     plan = record.plan or {
         "batch_size": rt.config.batch_size or info.max_batch_size or _DEFAULT_BATCH,
-        "model_version": info.version,
+        "model_version": _first_version(job.get("model_version"), info),
     }
     chunker = rt.chunkers.get(model, plan["model_version"])
     chunks = await asyncio.to_thread(chunker.chunks, texts, chunking["max_tokens"], chunking["overlap"])
@@ -113,6 +115,12 @@ async def plan_embeddings(rt: Runtime, record: JobRecord, raw: bytes) -> Embeddi
         return await plan_embeddings(rt, record, raw)
     return EmbeddingWork(rt, model, str(stored["model_version"]), ids, texts, chunks, int(stored["batch_size"]),
                          job.get("encoding_format", "float"))
+
+
+def _first_version(chosen: str | None, info: ModelInfo) -> str:
+    """The version that computes a job being planned: the one the gateway chose while it is still served (a
+    rollback may have unloaded it since: nothing is computed yet, so nothing mixes), else the newest."""
+    return chosen if chosen and chosen in info.versions else info.version
 
 
 async def embeddings(ctx: dict[str, Any], job_id: str) -> dict[str, Any]:

@@ -200,6 +200,40 @@ def test_a_job_keeps_the_version_it_started_with(minilm_repository: Path, redis_
         triton.stop()
 
 
+def test_a_job_is_computed_by_its_owners_version_under_the_rollout_table(redis_server: RedisServer,
+                                                                         minilm_repository: Path,
+                                                                         gateway_keys: GatewayKeys,
+                                                                         tmp_path: Path) -> None:
+    """Versions 1 and 2 served, the rollout table sends every caller to version 1: a job submitted by a caller is
+    computed by version 1 from end to end, like that caller's synchronous requests, not by the newest version."""
+    triton = start_triton(two_version_repository(minilm_repository, tmp_path / "repository"), tmp_path / "state")
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    config = json.loads(MessageToJson(client.get_model_config(MODEL).config, preserving_proto_field_name=True))
+    config["version_policy"] = {"specific": {"versions": [1, 2]}}
+    client.load_model(MODEL, config=json.dumps(config))
+    poll_until(lambda: client.is_model_ready(MODEL, "1") and client.is_model_ready(MODEL, "2"), 60, "both ready")
+    rollouts = tmp_path / "rollouts.yaml"
+    rollouts.write_text(yaml.safe_dump({"models": {MODEL: {"stable": "1", "versions": {"1": 100, "2": 0}}}}))
+    queue = new_queue()
+    worker = start_worker(triton, redis_server, minilm_repository, queue, tmp_path)
+    gw = jobs_gateway(triton, redis_server, gateway_keys, queue, rollouts_file=rollouts)
+    headers = auth(gateway_keys)
+    try:
+        job = submit(gw, headers, embeddings_job(sentences(40, f"routed {uuid.uuid4().hex[:6]}"))).json()
+        done, _ = wait_job(gw, headers, job["id"], finished, within_s=120)
+        assert done["status"] == "succeeded", done
+        sync = httpx.post(f"{gw.url}/v1/embeddings", json={"model": MODEL, "input": "a routed request"},
+                          headers=headers, timeout=30)
+        assert sync.status_code == 200 and sync.headers["x-tritonstack-model-version"] == "1"
+        counts = {s.version: s.inference_count for s in client.get_inference_statistics(MODEL).model_stats}
+        assert counts["1"] > 1 and counts["2"] == 0, counts  # without the table's choice: all on version 2
+    finally:
+        client.close()
+        gw.stop()
+        worker.process.stop()
+        triton.stop()
+
+
 def test_sigkilled_worker_job_completes_on_another_worker_each_item_once(
     worker_factory: Callable[..., Worker], triton_server: TritonServer, redis_server: RedisServer,
     gateway_keys: GatewayKeys,

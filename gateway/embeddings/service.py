@@ -158,6 +158,16 @@ class EmbeddingService:
         payload = embedding_payload(request.model, result.matrix, request.encoding_format, result.tokens)
         return EmbeddingOutcome(payload, status, result.backend_s, result.tokens, {VERSION_HEADER: choice.version})
 
+    async def job_version(self, name: str, principal: Principal) -> str | None:
+        """The version the rollout table gives `principal` for a background job of `name` (computed by the worker
+        later, all of it by that version), or None when no table routes the model (the worker then takes the
+        newest version Triton serves when it plans the job)."""
+        if self.rollouts is None:
+            return None
+        info = await self.model(name)
+        choice = self._route(info, principal.identity, None)
+        return choice.backend_version or None
+
     def _route(self, info: ModelInfo, identity: str, pin: str | None) -> Choice:
         return choose_version(self.rollouts, info.name, identity, info.versions, info.version, pin)
 

@@ -139,7 +139,7 @@ class JobsService:
                 raise InvalidRequestError(f"webhook URL not allowed: {refused}", param="webhook.url",
                                           code="webhook_url_not_allowed")
         if isinstance(request, EmbeddingsJobRequest):
-            job_input, items, model = await self._embeddings_input(request)
+            job_input, items, model = await self._embeddings_input(request, principal)
         else:
             job_input, items, model = self._chat_input(request)
         secret = request.webhook.secret if request.webhook else None
@@ -189,7 +189,8 @@ class JobsService:
             raise InvalidRequestError(f"'{param}' holds {n} items; at most {self.policy.max_items} per job",
                                       param=param, code="too_many_items")
 
-    async def _embeddings_input(self, request: EmbeddingsJobRequest) -> tuple[dict[str, Any], int, str]:
+    async def _embeddings_input(self, request: EmbeddingsJobRequest, principal: Principal
+                                ) -> tuple[dict[str, Any], int, str]:
         documents = request.document_list()
         param = "input" if request.input is not None else "documents"
         self._check_items(len(documents), param)
@@ -203,6 +204,9 @@ class JobsService:
                     else {"max_tokens": self.policy.chunk_tokens, "overlap": self.policy.chunk_overlap})
         job = {"model": request.model, "documents": [d.model_dump() for d in documents], "chunking": chunking,
                "encoding_format": request.encoding_format}
+        with contextlib.suppress(BackendUnavailableError, BackendTimeoutError):  # Triton down: the worker chooses
+            if (version := await self.embeddings.job_version(request.model, principal)) is not None:
+                job["model_version"] = version  # the owner's version under the rollout table, as its requests get
         return job, len(documents), request.model
 
     async def _check_model(self, model: str) -> None:
