@@ -183,7 +183,6 @@ class Decoder:
         binding = slots.bindings.get(id(session))
         if binding is None:
             binding = session.io_binding()
-            binding.bind_output("logits")  # first: get_outputs() lists outputs in binding order
             for past, present, buffer in zip(self.past_names, self.present_names, slots.cache, strict=True):
                 shape, pointer = list(buffer.shape), buffer.ctypes.data
                 binding.bind_input(past, "cpu", 0, np.float32, shape, pointer)
@@ -208,9 +207,11 @@ class Decoder:
         }
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
+        logits = np.empty((rows, self.info.vocab), dtype=np.float32)  # ours: no output wrappers, no copy
+        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         session.run_with_iobinding(binding)
         slots.lengths[:] = after
-        return binding.get_outputs()[0].numpy().copy(), slots  # the binding reuses that buffer at its next run
+        return logits, slots
 
     def prefill(self, token_ids: Sequence[int], prefixes: PrefixCache | None = None) -> tuple[np.ndarray, KVSlots]:
         """Run a prompt as one row: (logits [V], the row's cache).
