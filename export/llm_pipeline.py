@@ -69,10 +69,11 @@ def _build(req: Smollm2Request, model, tokenizer, work: Path, result: ExportResu
            reporter: Reporter) -> tuple[Path, Path | None, dict[str, Path]]:
     """The served ONNX decoder(s) and the tokenizer assets, in `work`: (main graph, single-row graph, assets)."""
     from export import smollm2
+    from export.llm_graph import build_decoder
 
     onnx_path = work / "model.onnx"
     with _timed(reporter, result, "build ONNX decoder (GroupQueryAttention, KV cache in place)"):
-        smollm2.export_onnx(model, onnx_path)
+        build_decoder(model, onnx_path)
         assets = smollm2.write_assets(model, tokenizer, work / "assets")
     if req.weights == "fp32":
         return onnx_path, None, assets

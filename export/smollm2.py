@@ -65,13 +65,6 @@ def load_model(source: Path):  # -> transformers.PreTrainedModel, fp32, eval, ea
     return model.eval()
 
 
-def export_onnx(model: Any, destination: Path) -> Path:
-    """Write the decoder graph (`export.llm_graph`: dynamic batch, sequence and cache capacity) to `destination`."""
-    from export.llm_graph import build_decoder
-
-    return build_decoder(model, destination)
-
-
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """Token ids that end a generation (the generation config's, plus the tokenizer's eos)."""
     configured = model.generation_config.eos_token_id

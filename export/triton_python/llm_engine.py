@@ -80,10 +80,15 @@ class KVSlots:
     bindings: dict = field(default_factory=dict, repr=False)  # session id → its IOBinding with these buffers bound
 
     @classmethod
-    def allocate(cls, rows: int, capacity: int, like: np.ndarray, count: int) -> KVSlots:
-        """`rows` empty slots of `capacity` columns, buffers shaped like `like` otherwise."""
-        shape = (rows, like.shape[1], capacity, like.shape[3])
+    def allocate(cls, rows: int, capacity: int, heads: int, head_dim: int, count: int) -> KVSlots:
+        """`rows` empty slots of `capacity` columns in `count` buffers [rows, heads, capacity, head_dim]."""
+        shape = (rows, heads, capacity, head_dim)
         return cls(np.zeros(rows, dtype=np.int64), [np.zeros(shape, dtype=np.float32) for _ in range(count)])
+
+    def _empty(self, rows: int, capacity: int) -> KVSlots:
+        """Empty slots with this batch's geometry."""
+        _, heads, _, head_dim = self.cache[0].shape
+        return KVSlots.allocate(rows, capacity, heads, head_dim, len(self.cache))
 
     @property
     def rows(self) -> int:
@@ -100,7 +105,7 @@ class KVSlots:
 
     def _copied(self, rows: Sequence[int], capacity: int) -> KVSlots:
         width = int(self.lengths[list(rows)].max()) if len(rows) else 0
-        out = KVSlots.allocate(len(rows), capacity, self.cache[0], len(self.cache))
+        out = self._empty(len(rows), capacity)
         index = np.asarray(rows, dtype=np.int64)
         out.lengths[:] = self.lengths[index]
         for dst, src in zip(out.cache, self.cache, strict=True):
@@ -113,11 +118,11 @@ class KVSlots:
             return self
         return self._copied(range(self.rows), _capacity(columns))
 
-    @classmethod
-    def stacked(cls, parts: Sequence[KVSlots], capacity: int = 0) -> KVSlots:
+    @staticmethod
+    def stacked(parts: Sequence[KVSlots], capacity: int = 0) -> KVSlots:
         """The rows of every part, in order, in one batch (one copy of each), with at least `capacity` columns."""
         capacity = max(_capacity(capacity) if capacity else 0, *(p.capacity for p in parts))
-        out = cls.allocate(sum(p.rows for p in parts), capacity, parts[0].cache[0], len(parts[0].cache))
+        out = parts[0]._empty(sum(p.rows for p in parts), capacity)
         start = 0
         for part in parts:
             end, width = start + part.rows, part.width
@@ -150,10 +155,6 @@ class KVSlots:
         """Row 0's first `columns` columns, as contiguous [1, heads, columns, head_dim] tensors."""
         return [np.ascontiguousarray(t[:1, :, :columns]) for t in self.cache]
 
-    def nbytes(self) -> int:
-        """Bytes held by the cache buffers."""
-        return sum(t.nbytes for t in self.cache)
-
 
 class Decoder:
     """ONNX Runtime sessions of the exported decoder (`export.llm_graph`).
@@ -172,11 +173,11 @@ class Decoder:
         self.info = info
         self.past_names = [f"past.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
         self.present_names = [f"present.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
-        self._shape = np.zeros((1, info.kv_heads, 1, info.head_dim), dtype=np.float32)
 
     def empty(self, rows: int, capacity: int = CHUNK) -> KVSlots:
         """`rows` empty slots."""
-        return KVSlots.allocate(rows, _capacity(capacity), self._shape, len(self.past_names))
+        return KVSlots.allocate(rows, _capacity(capacity), self.info.kv_heads, self.info.head_dim,
+                                len(self.past_names))
 
     def _binding(self, session: ort.InferenceSession, slots: KVSlots) -> ort.IOBinding:
         """The session's binding with `slots`' buffers as both past and present (made once per batch)."""

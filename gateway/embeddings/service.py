@@ -32,7 +32,7 @@ from gateway.embeddings.protocol import EmbeddingRequest
 from gateway.errors import BackendUnavailableError, InvalidRequestError, NotFoundError
 from gateway.limiting import TokenLedger
 from gateway.metrics import GatewayMetrics
-from gateway.rollout.service import VERSION_HEADER, Choice, RolloutService, choose_version
+from gateway.rollout.service import VERSION_HEADER, Choice, RolloutService, choose_version, with_pinned
 
 # the cached vector depends on nothing but model, version and text (dimensions must equal the model's)
 CACHE_PARAMS = "embed:v1"
@@ -173,9 +173,7 @@ class EmbeddingService:
 
     async def _choose(self, info: ModelInfo, identity: str, pin: str | None) -> tuple[ModelInfo, Choice]:
         """The version for this request; a pin of a version missing from cached metadata refreshes it first."""
-        if pin is not None and pin not in info.versions:
-            self.backend.invalidate(info.name)  # loaded since the metadata was cached?
-            info = await self.model(info.name)
+        info = await with_pinned(self.backend, info, pin)
         return info, self._route(info, identity, pin)
 
     async def _rechoose(self, info: ModelInfo, identity: str, failed: Choice, error: Exception

@@ -27,7 +27,7 @@ import aiohttp
 from gateway.backends.base import Backend, valid_model_name
 from gateway.backends.pool import TritonPool
 from gateway.errors import BackendTimeoutError, BackendUnavailableError, NotFoundError
-from gateway.rollout.service import Choice, RolloutService, choose_version
+from gateway.rollout.service import Choice, RolloutService, choose_version, with_pinned
 
 FORWARD_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "content-encoding",
                            "accept-encoding")
@@ -59,10 +59,7 @@ async def routed_version(rollouts: RolloutService | None, backend: Backend, mode
     model without a rollout and no pin (no metadata lookup then)."""
     if pin is None and (rollouts is None or rollouts.rollout(model) is None):
         return None
-    info = await backend.model_info(model)
-    if pin is not None and pin not in info.versions:  # loaded since the metadata was cached?
-        backend.invalidate(model)
-        info = await backend.model_info(model)
+    info = await with_pinned(backend, await backend.model_info(model), pin)
     choice = choose_version(rollouts, model, identity, info.versions, info.version, pin)
     if rollouts is not None:
         rollouts.metrics.served(model, choice)

@@ -29,6 +29,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from gateway.backends.base import Backend, ModelInfo
 from gateway.errors import InvalidRequestError
 from gateway.rollout.config import ModelRollout, RolloutConfigError, RolloutsConfig, load_rollouts, version_key
 
@@ -110,6 +111,14 @@ def choose_version(rollouts: RolloutService | None, model: str, identity: str, r
     if rollouts is not None:
         return rollouts.choose(model, identity, ready, newest, pin)
     return pinned(model, pin, ready) if pin is not None else Choice(newest, "", "default")
+
+
+async def with_pinned(backend: Backend, info: ModelInfo, pin: str | None) -> ModelInfo:
+    """`info`, fetched again when `pin` names a version it lacks (loaded since the metadata was cached)."""
+    if pin is None or pin in info.versions:
+        return info
+    backend.invalidate(info.name)
+    return await backend.model_info(info.name)
 
 
 class RolloutMetrics:
