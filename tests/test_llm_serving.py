@@ -6,13 +6,16 @@ Export parity (token for token vs transformers), streaming, finish reasons, dete
 
 from __future__ import annotations
 
+import random
 import time
 import urllib.request
 
 import pytest
+from tokenizers import Tokenizer
 
 from deploy.local.triton import TritonServer
 from export.generation_parity import PROMPTS
+from export.triton_python.llm_text import TextStream
 from tests.fixtures.exported import ExportedRepository
 from tests.fixtures.llm import MAX_BATCH_ROWS, GenerationStream, chat, generate
 
@@ -30,6 +33,44 @@ def test_export_parity_token_for_token(smollm2_export: ExportedRepository) -> No
     names = {p.name for p in version.iterdir()}
     assert {"model.py", "model.onnx", "tokenizer.json", "chat_template.jinja", "generation.json"} <= names
     assert "decoupled: true" in (version.parent / "config.pbtxt").read_text()
+
+
+def _streamed(tokenizer: Tokenizer, ids: list[int], stop: tuple[str, ...]) -> tuple[str, int | None]:
+    """(the text a TextStream hands out for `ids`, the index of the token it stopped at)."""
+    stream, out = TextStream(tokenizer, stop), []
+    for i, token in enumerate(ids):
+        delta, stopped = stream.push(token)
+        out.append(delta)
+        assert "\ufffd" not in delta or "\ufffd" in tokenizer.decode(ids[: i + 1])  # never half a character
+        if stopped:
+            return "".join(out), i
+    return "".join(out) + stream.flush(), None
+
+
+def _expected(tokenizer: Tokenizer, ids: list[int], stop: tuple[str, ...]) -> tuple[str, int | None]:
+    """The same by decoding every id at every token (what TextStream did before it decoded a window)."""
+    for i in range(len(ids)):
+        text = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
+        hits = [h for h in (text.find(s) for s in stop) if h >= 0]
+        if hits:
+            return text[: min(hits)], i
+    return tokenizer.decode(ids, skip_special_tokens=True).removesuffix("\ufffd"), None
+
+
+def test_incremental_detokenisation_equals_decoding_everything(smollm2_export: ExportedRepository) -> None:
+    tokenizer = Tokenizer.from_file(str(smollm2_export.repository / "smollm2" / "1" / "tokenizer.json"))
+    texts = ["The capital of France is Paris. Ça coûte 5 € — naïve café, 東京タワー 🚀🇫🇷 and 👩‍💻 done.",
+             "Line one\n\n  indented\tcode: `x = [1, 2]` ### Heading\r\n", "日本語のテキストです。" * 3]
+    rng = random.Random(0)
+    vocab = tokenizer.get_vocab_size()
+    cases = [tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+    cases += [[rng.randrange(vocab) for _ in range(60)] for _ in range(20)]  # arbitrary bytes, special tokens
+    for ids in cases:
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        cut = text[len(text) // 2 : len(text) // 2 + 3]
+        for stop in [(), ("zzzz",), (cut,), (cut, text[-2:]), (text[: len(text) // 3],)]:
+            stop = tuple(s for s in stop if s)
+            assert _streamed(tokenizer, ids, stop) == _expected(tokenizer, ids, stop), (ids, stop)
 
 
 def test_stream_arrives_token_by_token(smollm2_triton: TritonServer) -> None:

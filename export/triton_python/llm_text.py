@@ -112,33 +112,69 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
 
 
 class TextStream:
-    """Detokenises generated ids incrementally; holds back text that may still become a stop string."""
+    """Detokenises generated ids incrementally; holds back text that may still become a stop string.
+
+    Each token decodes only a short window of ids (as vLLM does): the ids from the last point where the text was
+    complete, so a token costs the same at the 2,000th token as at the first (decoding every id at every token
+    made a generation quadratic). The window keeps the token before the new ones as context, so decoders that
+    treat the first token specially (a stripped leading space) give the same text as decoding everything.
+    """
 
     def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...]) -> None:
         self.tokenizer = tokenizer
         self.stop = stop
         self.ids: list[int] = []
-        self.sent = ""
+        self.text = ""  # the complete text decoded so far
+        self.sent = 0  # how much of it was handed out
+        self._prefix = 0  # the window: ids[_prefix:_read] decoded to the end of `text`, ids[_read:] are pending
+        self._read = 0
+        self._longest_stop = max((len(s) for s in stop), default=0)
 
     def push(self, token: int) -> tuple[str, bool]:
         """Add a token: (text that is now safe to send, whether a stop string was reached)."""
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
-        if hits:
-            return self._advance(text[: min(hits)]), True
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+        before = len(self.text)
+        new, complete = self._pending()
+        if complete:
+            self._commit(new)
+            visible = self.text
+        else:  # an incomplete UTF-8 sequence: send nothing until the next token, but a stop string counts
+            visible = self.text + new.rstrip("\ufffd")
+        hit = self._first_stop(visible, max(0, before - self._longest_stop + 1))  # a new stop ends in the new part
+        if hit >= 0:
+            self.text = visible
+            return self._advance(hit), True
+        if not complete:
             return "", False
-        return self._advance(text[: len(text) - self._held(text)]), False
+        return self._advance(len(self.text) - self._held()), False
 
     def flush(self) -> str:
         """Everything not sent yet (at the end of a generation that did not stop on a stop string)."""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        return self._advance(text.removesuffix("\ufffd"))
+        new, _ = self._pending()
+        self._commit(new.removesuffix("\ufffd"))
+        return self._advance(len(self.text))
 
-    def _held(self, text: str) -> int:
-        """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
-        longest = 0
+    def _pending(self) -> tuple[str, bool]:
+        """The text the pending ids add, and whether it ends in a complete character."""
+        if self._read == len(self.ids):
+            return "", True
+        known = self.tokenizer.decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        full = self.tokenizer.decode(self.ids[self._prefix :], skip_special_tokens=True)
+        new = full[len(known) :]
+        return new, not new.endswith("\ufffd")
+
+    def _commit(self, new: str) -> None:
+        if new:  # special tokens alone add nothing: the window stays until text appears
+            self.text += new
+            self._prefix, self._read = self._read, len(self.ids)
+
+    def _first_stop(self, text: str, start: int) -> int:
+        hits = [i for i in (text.find(s, start) for s in self.stop) if i >= 0]
+        return min(hits, default=-1)
+
+    def _held(self) -> int:
+        """Length of the longest suffix of the text that is a proper prefix of a stop string."""
+        text, longest = self.text, 0
         for s in self.stop:
             for n in range(min(len(s) - 1, len(text)), longest, -1):
                 if text.endswith(s[:n]):
@@ -146,10 +182,8 @@ class TextStream:
                     break
         return longest
 
-    def _advance(self, text: str) -> str:
-        if not text.startswith(self.sent):  # detokenisation is prefix-stable for byte-level BPE; be safe anyway
-            self.sent = text
-            return ""
-        delta = text[len(self.sent) :]
-        self.sent = text
+    def _advance(self, end: int) -> str:
+        """The text from what was sent up to `end` (never back: held text is never sent, so `end` ≥ sent)."""
+        delta = self.text[self.sent : end]
+        self.sent = max(self.sent, end)
         return delta
