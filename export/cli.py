@@ -309,6 +309,14 @@ def smollm2(
     prefix_cache_tokens: Annotated[
         int, typer.Option("--prefix-cache-tokens", min=0, help="Token slots of recent prompts kept for prefix reuse.")
     ] = 4096,
+    prefill_chunk_tokens: Annotated[
+        int,
+        typer.Option(
+            "--prefill-chunk-tokens", min=0,
+            help="Prompt tokens prefilled between two decode steps; longer prompts are prefilled in chunks "
+            "(0: whole prompts).",
+        ),
+    ] = 256,
     intra_op_threads: IntraOpt = 0,
     inter_op_threads: InterOpt = 1,
     ort_spinning: SpinOpt = False,
@@ -330,6 +338,7 @@ def smollm2(
         max_kv_tokens=max_kv_tokens,
         max_context=max_context,
         prefix_cache_tokens=prefix_cache_tokens,
+        prefill_chunk_tokens=prefill_chunk_tokens,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
         ort_spinning=ort_spinning,

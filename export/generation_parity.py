@@ -4,10 +4,11 @@ Checks on a fixed prompt set (chat template applied by the tokenizer, as served)
 - single: each prompt alone through `llm_engine.greedy_generate` must produce exactly the tokens of
   transformers `generate(do_sample=False)`; the max abs logit difference is reported for the prefill step
   and for the decode steps (up to the first differing token) and gated on `atol`;
-- batched: the prompts prefilled in two arrivals, as the served scheduler does when requests come together: the
-  first two in one right-padded pass, the rest in one pass, each over the system prompt cached by the first ones;
-  then decoded together as one continuous batch (rows of different lengths, rows leave when they finish); must
-  produce the same tokens as the single runs;
+- batched: the prompts prefilled in three arrivals, as the served scheduler does when requests come together: the
+  first two in one right-padded pass, the next ones in one pass, each over the system prompt cached by the first
+  ones, and the last one in chunks of `CHUNK` tokens (chunked prefill, `llm_engine.PromptPrefill`); then decoded
+  together as one continuous batch (rows of different lengths, rows leave when they finish); must produce the same
+  tokens as the single runs;
 - template: the served prompt builder (`llm_text.PromptBuilder`: jinja + tokenizers, no transformers) must give
   the same prompt ids as transformers' `apply_chat_template`.
 """
@@ -30,6 +31,7 @@ PROMPTS = (
 )
 MAX_NEW_TOKENS = 24
 DEFAULT_ATOL = 1e-2
+CHUNK = 5  # prompt tokens per pass of the chunked prefill in the batched check
 
 
 @dataclass
@@ -75,7 +77,7 @@ class GenerationParity:
             f"{'PASS' if self.passed else 'FAIL'}",
             f"  token-for-token vs transformers generate: {len(self.prompts) - len(self.mismatches)}"
             f"/{len(self.prompts)} equal",
-            f"  batched (right-padded pass, prefix reuse, continuous) vs single: "
+            f"  batched (right-padded pass, prefix reuse, chunked prefill, continuous) vs single: "
             f"{len(self.prompts) - len(self.batch_mismatches)}/{len(self.prompts)} equal",
             f"  served chat template vs transformers apply_chat_template: "
             f"{len(self.prompts) - len(self.template_mismatches)}/{len(self.prompts)} equal",
@@ -113,9 +115,9 @@ def reference_generate(model, ids: list[int], max_new_tokens: int) -> tuple[list
 
 def batched_greedy(decoder, prompts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
     """Greedy decoding of all prompts as one continuous batch, as the served model runs them when requests arrive in
-    two bursts (`Decoder.prefill_many`): the first two prompts in one pass (nothing cached yet: right-padded to the
-    longer), the rest in one pass, each over the system prompt the first ones cached; then merged and decoded
-    together."""
+    bursts (`Decoder.prefill_many`): the first two prompts in one pass (nothing cached yet: right-padded to the
+    longer), the next ones in one pass, each over the system prompt the first ones cached, the last one (from 4
+    prompts on) in chunks of `CHUNK` tokens over that prefix; then merged and decoded together."""
     from export.triton_python.llm_engine import PrefixCache
 
     eos = set(decoder.info.eos_token_ids)
@@ -123,9 +125,13 @@ def batched_greedy(decoder, prompts: Sequence[list[int]], max_new_tokens: int) -
     rows: list[int] = []
     batch = None
     prefixes = PrefixCache(max_tokens=4096)  # the prompts share the chat template's system prompt
-    arrivals = [list(range(min(2, len(prompts)))), list(range(2, len(prompts)))]
+    last = len(prompts) - 1 if len(prompts) >= 4 else len(prompts)
+    arrivals = [list(range(min(2, len(prompts)))), list(range(2, last)), list(range(last, len(prompts)))]
     for group in filter(None, arrivals):
-        logits, grouped = decoder.prefill_many([prompts[i] for i in group], prefixes)
+        if group[0] == last:
+            logits, grouped = _chunked(decoder, prompts[last], prefixes)
+        else:
+            logits, grouped = decoder.prefill_many([prompts[i] for i in group], prefixes)
         going = []
         for r, i in enumerate(group):
             outputs[i].append(int(np.argmax(logits[r])))
@@ -145,6 +151,14 @@ def batched_greedy(decoder, prompts: Sequence[list[int]], max_new_tokens: int) -
         rows = [rows[r] for r in keep]
         batch = batch.selected(keep) if rows else None
     return outputs
+
+
+def _chunked(decoder, prompt: list[int], prefixes):
+    """Prefill `prompt` `CHUNK` tokens at a time: (logits [1, V], its row)."""
+    prefill = decoder.prefill_start(prompt, prefixes)
+    while (logits := prefill.advance(CHUNK)) is None:
+        pass
+    return logits[None], prefill.slots
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

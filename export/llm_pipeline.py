@@ -54,6 +54,8 @@ def validate_smollm2(req: Smollm2Request) -> None:
     s = req.serving
     if min(s.max_batch_rows, s.max_kv_tokens, s.max_context) < 1:
         raise OptionError("--max-batch-rows, --max-kv-tokens and --max-context must be >= 1")
+    if min(s.prefix_cache_tokens, s.prefill_chunk_tokens) < 0:
+        raise OptionError("--prefix-cache-tokens and --prefill-chunk-tokens must be >= 0")
     if s.max_kv_tokens < s.max_context:
         raise OptionError(
             f"--max-kv-tokens ({s.max_kv_tokens}) must be at least --max-context ({s.max_context}), "

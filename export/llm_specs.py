@@ -44,6 +44,7 @@ class GenerationServing:
     max_kv_tokens: int = 16384
     max_context: int = 2048
     prefix_cache_tokens: int = 4096
+    prefill_chunk_tokens: int = 256
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     # off: on a shared machine spin-waiting ORT threads fight other processes for the cores (measured in Triton with
@@ -76,6 +77,7 @@ def text_generation_cpu(name: str, onnx_file: Path, assets: dict[str, Path], opt
             "max_kv_tokens": str(opts.max_kv_tokens),
             "max_context": str(opts.max_context),
             "prefix_cache_tokens": str(opts.prefix_cache_tokens),
+            "prefill_chunk_tokens": str(opts.prefill_chunk_tokens),
             "intra_op_num_threads": str(opts.intra_op_threads),
             "inter_op_num_threads": str(opts.inter_op_threads),
             "allow_spinning": "1" if opts.ort_spinning else "0",

@@ -105,6 +105,7 @@ class FakeDecoder:
 
     def __init__(self) -> None:
         self.batches: list[int] = []
+        self.passes: list[tuple[str, int]] = []  # (kind, rows or prompt tokens) of every forward pass
 
     def _logits(self, last: int) -> np.ndarray:
         out = np.zeros(16, dtype=np.float32)
@@ -117,14 +118,36 @@ class FakeDecoder:
 
     def prefill_many(self, prompts: list[list[int]], prefixes=None):
         self.batches.append(len(prompts))
+        self.passes.append(("prefill", len(prompts)))
         return np.stack([self._logits(ids[-1]) for ids in prompts]), _slots([len(ids) for ids in prompts])
+
+    def prefill_start(self, ids: list[int], prefixes=None) -> FakePrefill:
+        return FakePrefill(self, ids)
 
     def decode(self, last: list[int], batch: KVSlots):
         self.batches.append(len(last))
+        self.passes.append(("decode", len(last)))
         grown = batch.reserve(batch.width + 1)
         assert grown is batch, "the scheduler sizes a batch for its rows' last tokens: decode never grows it"
         grown.lengths += 1
         return np.stack([self._logits(t) for t in last]), grown
+
+
+class FakePrefill:
+    """`llm_engine.PromptPrefill` of the fake decoder: `chunk` prompt tokens per pass."""
+
+    def __init__(self, decoder: FakeDecoder, prompt: list[int]) -> None:
+        self.decoder, self.prompt, self.done = decoder, prompt, 0
+        self.slots = _slots([0])
+
+    def advance(self, chunk: int):
+        n = min(chunk, len(self.prompt) - self.done)
+        self.done += n
+        self.decoder.passes.append(("chunk", n))
+        if self.done < len(self.prompt):
+            return None
+        self.slots = _slots([len(self.prompt)])
+        return self.decoder._logits(self.prompt[-1])
 
 
 class Recorder:
@@ -211,6 +234,33 @@ def test_prompts_admitted_together_prefill_in_groups_of_similar_length(schedulin
     scheduler.stop()
     assert all(s.finished == ("length", 4) for s in sinks)
     assert decoder.batches[0] == 3  # the three waiting prompts: one prefill pass
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps_of_the_running_rows(scheduling) -> None:
+    decoder = FakeDecoder()
+    limits = scheduling.Limits(max_batch_size=4, max_kv_tokens=400, prefill_chunk=4)
+    scheduler = scheduling.Scheduler(decoder, limits, ())
+
+    def submit(prompt: list[int], max_tokens: int) -> Recorder:
+        sink = Recorder()
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=None)
+        scheduler.submit(scheduling.Sequence(prompt, params, sink, TextStream(Numbered(), ()),
+                                             np.random.default_rng()))
+        return sink
+
+    running, long = submit([0], 8), submit(list(range(10)), 3)
+    assert scheduler.in_flight() == 2
+    scheduler.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (running.finished is None or long.finished is None):
+        time.sleep(0.01)
+    scheduler.stop()
+    # the short prompt starts at once; the 10-token prompt (over the 4-token budget) comes in chunks of 4, 4, 2,
+    # each followed by a decode step of the running row, then joins the batch
+    assert decoder.passes[:8] == [("prefill", 1), ("decode", 1), ("chunk", 4), ("decode", 1), ("chunk", 4),
+                                  ("decode", 1), ("chunk", 2), ("decode", 2)]
+    assert running.finished == ("length", 8) and long.finished == ("length", 3)
+    assert "".join(long.tokens) == " t10 t11 t12"  # first token from the last chunk's logits, then decoded
 
 
 class Breaking(Recorder):
@@ -302,3 +352,5 @@ def test_parity_gate_and_option_checks() -> None:
         validate_smollm2(Smollm2Request(serving=GenerationServing(max_kv_tokens=100, max_context=2048)))
     with pytest.raises(OptionError):
         validate_smollm2(Smollm2Request(weights="int3"))
+    with pytest.raises(OptionError, match="prefill-chunk-tokens"):
+        validate_smollm2(Smollm2Request(serving=GenerationServing(prefill_chunk_tokens=-1)))

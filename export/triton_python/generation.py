@@ -142,6 +142,7 @@ class TritonPythonModel:
             max_kv_tokens=int(param(config, "max_kv_tokens", "16384")),
             max_context=int(param(config, "max_context", str(info.defaults.get("max_context", 2048)))),
             prefix_cache_tokens=int(param(config, "prefix_cache_tokens", "4096")),
+            prefill_chunk=int(param(config, "prefill_chunk_tokens", "256")),
         )
         _, warm = decoder.prefill(self.prompts.encode("Hello"))  # first ORT runs allocate; do it before traffic
         decoder.decode([0], warm)

@@ -233,23 +233,63 @@ class Decoder:
         found = [prefixes.lookup(p) if prefixes is not None else (0, None) for p in prompts]
         rests = [list(p[n:]) for p, (n, _) in zip(prompts, found, strict=True)]
         columns = max(len(r) for r in rests)
-        slots = self.empty(len(prompts), max(n for n, _ in found) + columns)
+        slots = self._seeded(found, max(n for n, _ in found) + columns)
         ids = np.zeros((len(prompts), columns), dtype=np.int64)
-        for i, ((n, past), rest) in enumerate(zip(found, rests, strict=True)):
+        for i, rest in enumerate(rests):
             ids[i, : len(rest)] = rest
-            slots.lengths[i] = n
-            for buffer, part in zip(slots.cache, past or (), strict=False):
-                buffer[i, :, :n] = part[0]
         logits, slots = self.step(ids, np.array([len(r) for r in rests], dtype=np.int64), slots)
         if prefixes is not None:
             for i, prompt in enumerate(prompts):
                 prefixes.store(prompt, slots.row(i))
         return logits, slots
 
+    def prefill_start(self, token_ids: Sequence[int], prefixes: PrefixCache | None = None) -> PromptPrefill:
+        """A prompt to prefill in chunks (`PromptPrefill.advance`), from its longest cached prefix."""
+        found = prefixes.lookup(token_ids) if prefixes is not None else (0, None)
+        return PromptPrefill(self, list(token_ids), self._seeded([found], len(token_ids)), prefixes)
+
+    def _seeded(self, found: Sequence[tuple[int, list[np.ndarray] | None]], capacity: int) -> KVSlots:
+        """Empty rows, each holding its cached prefix (`PrefixCache.lookup`) at the start of its slot."""
+        slots = self.empty(len(found), capacity)
+        for i, (n, past) in enumerate(found):
+            slots.lengths[i] = n
+            for buffer, part in zip(slots.cache, past or (), strict=False):
+                buffer[i, :, :n] = part[0]
+        return slots
+
     def decode(self, last_tokens: Sequence[int], slots: KVSlots) -> tuple[np.ndarray, KVSlots]:
         """One token per row: (logits [B, V], the batch one token longer per row)."""
         ids = np.asarray(last_tokens, dtype=np.int64).reshape(-1, 1)
         return self.step(ids, np.ones(ids.shape[0], dtype=np.int64), slots)
+
+
+@dataclass
+class PromptPrefill:
+    """One prompt prefilled a chunk at a time, so that a long prompt does not hold the running batch up for its
+    whole prefill: the scheduler runs a decode step of the running rows between chunks (chunked prefill)."""
+
+    decoder: Decoder
+    prompt: list[int]
+    slots: KVSlots  # one row: the prompt's tokens so far
+    prefixes: PrefixCache | None = None
+
+    @property
+    def remaining(self) -> int:
+        """Prompt tokens not in the cache yet."""
+        return len(self.prompt) - int(self.slots.lengths[0])
+
+    def advance(self, chunk: int) -> np.ndarray | None:
+        """Compute the next `chunk` prompt tokens over the cache so far: the logits of the prompt's last token [V]
+        once the prompt is complete (its cache is then stored for later prompts), else None."""
+        done = int(self.slots.lengths[0])
+        part = self.prompt[done : done + max(1, chunk)]
+        logits, self.slots = self.decoder.step(np.asarray([part], dtype=np.int64),
+                                               np.array([len(part)], dtype=np.int64), self.slots)
+        if self.remaining:
+            return None
+        if self.prefixes is not None:
+            self.prefixes.store(self.prompt, self.slots.row(0))
+        return logits[0]
 
 
 class PrefixCache:
@@ -268,7 +308,19 @@ class PrefixCache:
 
     def lookup(self, token_ids: Sequence[int]) -> tuple[int, list[np.ndarray] | None]:
         """(tokens reused, their cache as contiguous [1, heads, n, dim] tensors) or (0, None)."""
-        ids = tuple(token_ids)
+        best, best_key = self._best(tuple(token_ids))
+        if best_key is None:
+            return 0, None
+        self.entries.move_to_end(best_key)
+        self.hits += 1
+        self.reused_tokens += best
+        return best, self.entries[best_key].prefix(best)
+
+    def match(self, token_ids: Sequence[int]) -> int:
+        """How many leading tokens of `token_ids` `lookup` would reuse (nothing copied, nothing counted)."""
+        return self._best(tuple(token_ids))[0]
+
+    def _best(self, ids: tuple[int, ...]) -> tuple[int, tuple[int, ...] | None]:
         best, best_key = 0, None
         for key in self.entries:
             n = _common_prefix(key, ids)
@@ -277,10 +329,7 @@ class PrefixCache:
         best = min(best, len(ids) - 1)
         if best_key is None or best < self.min_tokens:
             return 0, None
-        self.entries.move_to_end(best_key)
-        self.hits += 1
-        self.reused_tokens += best
-        return best, self.entries[best_key].prefix(best)
+        return best, best_key
 
     def store(self, token_ids: Sequence[int], row: KVSlots) -> None:
         """Keep `row` (the cache of exactly `token_ids`), evicting the oldest entries beyond the budget."""

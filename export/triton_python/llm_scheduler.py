@@ -1,10 +1,13 @@
 """Iteration-level (continuous) batching of generation requests on one decoder, in a background thread.
 
 Each loop iteration:
-1. admits every waiting request: prompts that arrived together are prefilled together (`prefill_groups`: one pass
-   per group of similar lengths; each reuses the longest prefix it shares with a recent prompt from
-   `llm_engine.PrefixCache`), each first token sampled and sent, and the rows merged into the running batch
-   (each row in its own slot of the in-place cache, see `llm_engine.KVSlots`);
+1. prefills waiting prompts, at most `prefill_chunk` prompt tokens in all (the tokens a prompt shares with a cached
+   prefix do not count): prompts that arrived together are prefilled together (`prefill_groups`: one pass per group
+   of similar lengths; each reuses the longest prefix it shares with a recent prompt from
+   `llm_engine.PrefixCache`), each first token sampled and sent, and the rows merged into the running batch (each
+   row in its own slot of the in-place cache, see `llm_engine.KVSlots`). A prompt longer than the budget is
+   prefilled `prefill_chunk` tokens per iteration (chunked prefill, `llm_engine.PromptPrefill`), so the running
+   rows keep getting a token per iteration instead of waiting for its whole prefill;
 2. runs one decode step for all running rows together — one forward pass, one new token per row;
 3. samples each row's token and hands its text delta to the sender thread (`Outbox`); rows that finished (eos, stop
    string, max_tokens, context) or were cancelled get their final response and leave the batch before the next step.
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from llm_engine import Decoder, KVSlots, PrefixCache
+from llm_engine import Decoder, KVSlots, PrefixCache, PromptPrefill
 from llm_text import SamplingParams, TextStream, sample
 
 log = logging.getLogger("tritonstack.generation")
@@ -71,6 +74,7 @@ class Limits:
     max_kv_tokens: int = 16384
     max_context: int = 2048
     prefix_cache_tokens: int = 4096  # token slots of recent prompts kept for prefix reuse (0 = off)
+    prefill_chunk: int = 256  # prompt tokens prefilled per iteration, between decode steps (0 = no limit)
 
 
 @dataclass
@@ -163,6 +167,7 @@ class Scheduler:
         self.prefixes = PrefixCache(limits.prefix_cache_tokens) if limits.prefix_cache_tokens > 0 else None
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
+        self._chunked: tuple[Sequence, PromptPrefill] | None = None  # a long prompt being prefilled chunk by chunk
         self._batch: KVSlots | None = None
         self._wake = threading.Condition()
         self._stopping = False
@@ -180,15 +185,20 @@ class Scheduler:
             self._stopping = True
             self._wake.notify_all()
         self._thread.join(timeout)
-        for seq in [*self._waiting, *self._running]:
+        for seq in self._flight():
             self._end(seq, "the model is being unloaded")
         self._waiting.clear()
-        self._running = []
+        self._running, self._chunked = [], None
         self.outbox.stop(timeout)
 
     def in_flight(self) -> int:
         with self._wake:
-            return len(self._waiting) + len(self._running)
+            return len(self._flight())
+
+    def _flight(self) -> list[Sequence]:
+        """Every accepted request not finished yet (call with the lock held, or once the thread has stopped)."""
+        chunked = [self._chunked[0]] if self._chunked is not None else []
+        return [*self._running, *chunked, *self._waiting]
 
     def submit(self, seq: Sequence) -> None:
         """Queue a request for the next iteration, or raise OverloadedError when the model is at capacity."""
@@ -198,7 +208,7 @@ class Scheduler:
                 f"of {self.limits.max_context} tokens"
             )
         with self._wake:
-            flight = [*self._running, *self._waiting]
+            flight = self._flight()
             if len(flight) >= self.limits.max_batch_size:
                 raise OverloadedError(f"generation is at capacity: {len(flight)} requests in flight (max_batch_size)")
             longest = max([seq.reserved, *(s.reserved for s in flight)])
@@ -211,17 +221,36 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._stopping and not self._waiting and not self._running:
+                while not self._stopping and not self._flight():
                     self._wake.wait()
                 if self._stopping:
                     return
-                admitted = list(self._waiting)
-                self._waiting.clear()
+                admitted = self._take()
             try:
                 self._iterate(admitted)
             except Exception as exc:  # a failed forward pass fails the rows it carried, not the thread
                 log.exception("generation step failed")
                 self._fail_all(admitted, f"generation failed: {exc}")
+
+    def _take(self) -> list[Sequence]:
+        """The waiting prompts to prefill in this iteration (lock held): in arrival order while their uncached
+        tokens fit the `prefill_chunk` budget, at least one; none while a long prompt is being prefilled."""
+        if self._chunked is not None:
+            return []
+        budget = self.limits.prefill_chunk or float("inf")
+        taken: list[Sequence] = []
+        tokens = 0
+        while self._waiting:
+            cost = self._cost(self._waiting[0])
+            if taken and tokens + cost > budget:
+                break
+            taken.append(self._waiting.popleft())
+            tokens += cost
+        return taken
+
+    def _cost(self, seq: Sequence) -> int:
+        """Prompt tokens a prefill of `seq` computes (what a cached prefix does not cover)."""
+        return len(seq.prompt) - (self.prefixes.match(seq.prompt) if self.prefixes is not None else 0)
 
     def _iterate(self, admitted: list[Sequence]) -> None:
         live = []
@@ -230,14 +259,38 @@ class Scheduler:
                 self._end(seq, "request cancelled")
             else:
                 live.append(seq)
-        for group in prefill_groups(live):
-            self._admit(group)
+        chunk = self.limits.prefill_chunk
+        if chunk and len(live) == 1 and self._cost(live[0]) > chunk:  # alone over the budget: in chunks
+            self._chunked = (live[0], self.decoder.prefill_start(live[0].prompt, self.prefixes))
+        else:
+            for group in prefill_groups(live):
+                self._admit(group)
+        if self._chunked is not None:
+            self._prefill_chunk()
         if self._running:
             self._decode()
 
+    def _prefill_chunk(self) -> None:
+        """The next chunk of the long prompt; once it is complete, its first token, and its row joins the batch."""
+        assert self._chunked is not None
+        seq, prefill = self._chunked
+        if seq.sink.cancelled():
+            self._chunked = None
+            self._end(seq, "request cancelled")
+            return
+        logits = prefill.advance(self.limits.prefill_chunk)
+        self._observed(1, decode=False)
+        if logits is None:
+            return
+        self._chunked = None
+        info = StepInfo(self.stats.forward_passes, 1, len(seq.prompt), 1)
+        if not self._advance(seq, logits, info):
+            self._join([seq], prefill.slots)
+
     def _fail_all(self, admitted: list[Sequence], message: str) -> None:
         with self._wake:
-            failed, self._running, self._batch = [*self._running, *admitted], [], None
+            chunked = [self._chunked[0]] if self._chunked is not None else []
+            failed, self._running, self._chunked, self._batch = [*self._running, *chunked, *admitted], [], None, None
         for seq in failed:
             self._end(seq, message)
 
@@ -250,10 +303,12 @@ class Scheduler:
                 if not self._advance(seq, logits[r], StepInfo(step, len(group), len(seq.prompt), 1))]
         if not keep:
             return
-        if len(keep) < len(group):
-            rows = rows.selected(keep)
+        self._join([group[r] for r in keep], rows.selected(keep) if len(keep) < len(group) else rows)
+
+    def _join(self, seqs: list[Sequence], rows: KVSlots) -> None:
+        """Prefilled rows join the running batch."""
         with self._wake:
-            self._running.extend(group[r] for r in keep)
+            self._running.extend(seqs)
         longest = self._longest()  # room for every row's last token: decode steps never grow the cache
         self._batch = rows.reserve(longest) if self._batch is None else self._batch.merged(rows, longest)
 

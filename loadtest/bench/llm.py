@@ -5,7 +5,10 @@ Each round measures, one after the other on one machine:
 2. Triton (gRPC streaming, official tritonclient), one stream, greedy: tokens/s end to end (prefill included)
    and time to first token;
 3. Triton with `streams` concurrent streams, greedy, different prompts: aggregate tokens/s, TTFT, and the mean
-   batch size of the forward passes (from the model's own `batch_size` output).
+   batch size of the forward passes (from the model's own `batch_size` output);
+4. Triton, one stream while a long prompt arrives: the stream's longest wait between two tokens while that prompt
+   is prefilled (chunked prefill bounds it), against the long prompt's prefill time alone (what the stream would
+   wait without chunks).
 Ratios are medians of per-round ratios: the machine is shared and noisy.
 """
 
@@ -37,6 +40,9 @@ PROMPTS = (
     "Write a story about a lighthouse keeper and a storm.",
 )
 
+LONG_PROMPT = "Summarise these requests in one sentence:\n" + "\n".join(PROMPTS * 12)  # ~1,400 tokens
+INTERRUPT_AFTER = 10  # the long prompt is sent once the running stream has this many tokens
+
 
 @dataclass
 class StreamTiming:
@@ -45,6 +51,7 @@ class StreamTiming:
     sent: float
     arrivals: list[float] = field(default_factory=list)
     tokens: int = 0
+    prompt_tokens: int = 0
     batch_sizes: list[int] = field(default_factory=list)
     error: str | None = None
     done: bool = False
@@ -113,31 +120,54 @@ def _inputs(prompt: str, max_tokens: int) -> list:
     return inputs
 
 
-def run_streams(server: TritonServer, prompts: list[str], max_tokens: int) -> list[StreamTiming]:
-    """Send every prompt at once on one gRPC stream; wait for all final responses."""
+def run_streams(server: TritonServer, prompts: list[str], max_tokens: int,
+                interrupt: tuple[str, int] | None = None) -> list[StreamTiming]:
+    """Send every prompt at once on one gRPC stream; wait for all final responses. With `interrupt` (prompt,
+    max_tokens), that prompt is sent too, once the first stream has `INTERRUPT_AFTER` tokens (its timing last)."""
     import tritonclient.grpc as grpcclient
 
     events: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(server.grpc_url)
     client.start_stream(callback=lambda result, error: events.put((time.perf_counter(), result, error)))
     timings: dict[str, StreamTiming] = {}
+
+    def send(key: str, prompt: str, tokens: int) -> None:
+        timings[key] = StreamTiming(sent=time.perf_counter())
+        client.async_stream_infer(MODEL, _inputs(prompt, tokens), request_id=key)
+
     try:
         for i, prompt in enumerate(prompts):
-            timings[str(i)] = StreamTiming(sent=time.perf_counter())
-            client.async_stream_infer(MODEL, _inputs(prompt, max_tokens), request_id=str(i))
-        while not all(t.done for t in timings.values()):
+            send(str(i), prompt, max_tokens)
+        while not all(t.done for t in timings.values()) or (interrupt is not None and "late" not in timings):
             at, result, error = events.get(timeout=600)
             if error is not None:
                 raise RuntimeError(f"generation failed: {error}")
             timing = timings[result.get_response().id]
             timing.arrivals.append(at)
             timing.tokens = int(result.as_numpy("completion_tokens")[0])
+            timing.prompt_tokens = int(result.as_numpy("prompt_tokens")[0])
             timing.batch_sizes.append(int(result.as_numpy("batch_size")[0]))
             timing.done = bool(result.as_numpy("finish_reason")[0])
+            if interrupt is not None and "late" not in timings and len(timings["0"].arrivals) >= INTERRUPT_AFTER:
+                send("late", *interrupt)
     finally:
         client.stop_stream()
         client.close()
     return list(timings.values())
+
+
+def interrupted(server: TritonServer, max_tokens: int) -> dict[str, float]:
+    """One stream while `LONG_PROMPT` arrives: the stream's longest and median gap between tokens from the long
+    prompt's arrival to its first token, and that prompt's time to first token; then its prefill time alone."""
+    stream, late = run_streams(server, [PROMPTS[0]], max_tokens, interrupt=(LONG_PROMPT, 1))
+    before = [t for t in stream.arrivals if t < late.sent]
+    after = [t for t in stream.arrivals if t > late.arrivals[0]]
+    window = [before[-1], *(t for t in stream.arrivals if late.sent <= t <= late.arrivals[0]), *after[:1]]
+    gaps = np.diff(window) * 1000
+    alone = run_streams(server, [LONG_PROMPT], 1)[0]
+    return {"max_gap_ms": float(gaps.max()), "median_gap_ms": float(np.median(gaps)),
+            "late_ttft_ms": late.ttft_s * 1000, "alone_ttft_ms": alone.ttft_s * 1000,
+            "late_tokens": late.prompt_tokens}
 
 
 def _median(values: list[float]) -> float:
@@ -151,6 +181,7 @@ class Rounds:
     hf: list[float] = field(default_factory=list)
     single: list[StreamTiming] = field(default_factory=list)
     many: list[list[StreamTiming]] = field(default_factory=list)
+    interrupts: list[dict[str, float]] = field(default_factory=list)
 
     def summary(self) -> dict:
         aggregate = [sum(t.tokens for t in run) / (max(t.arrivals[-1] for t in run) - min(t.sent for t in run))
@@ -167,6 +198,7 @@ class Rounds:
             "many_batch": _median([statistics.fmean(b for t in run for b in t.batch_sizes[1:]) for run in self.many]),
             "ratio_single": _median([s / h for s, h in zip(single, self.hf, strict=True)]),
             "ratio_many": _median([a / s for a, s in zip(aggregate, single, strict=True)]),
+            **{f"long_{key}": _median([i[key] for i in self.interrupts]) for key in self.interrupts[0]},
         }
 
 
@@ -186,6 +218,7 @@ def measure(repository: Path, state_dir: Path, max_tokens: int, streams: int, ro
             measured.single.append(run_streams(server, [PROMPTS[0]], max_tokens)[0])
             measured.many.append(run_streams(server, [PROMPTS[i % len(PROMPTS)] for i in range(streams)],
                                              max_tokens))
+            measured.interrupts.append(interrupted(server, max_tokens))
     finally:
         server.stop()
     return {**measured.summary(), "load": (load_before, os.getloadavg()[0])}
@@ -221,6 +254,18 @@ def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) ->
         "median of per-round ratios. Batch: mean rows per decode forward pass, from the model's `batch_size` output.",
         markdown_table(["setup", "tokens/s", "time to first token (ms)", "mean batch"], rows),
         markdown_table(["ratio (same run)", "measured", "target"], ratios),
+        f"**A long prompt arriving during a stream** ({m['long_late_tokens']:.0f} prompt tokens, sent once a "
+        f"greedy stream has {INTERRUPT_AFTER} tokens; the model's default `--prefill-chunk-tokens 256`; medians "
+        "over rounds): chunked prefill computes it 256 tokens per iteration with a decode step of the running "
+        "stream between chunks, so the stream slows down instead of stopping for the whole prefill.",
+        markdown_table(["measure", "ms"], [
+            ["running stream: longest wait between two tokens while the long prompt is prefilled",
+             f"{m['long_max_gap_ms']:.0f}"],
+            ["running stream: median wait between two tokens meanwhile", f"{m['long_median_gap_ms']:.0f}"],
+            ["long prompt: time to first token, beside the stream", f"{m['long_late_ttft_ms']:.0f}"],
+            ["long prompt: time to first token alone (an unchunked prefill stalls the stream about this long)",
+             f"{m['long_alone_ttft_ms']:.0f}"],
+        ]),
         STRATEGY,
     ])
 
