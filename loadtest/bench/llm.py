@@ -40,7 +40,7 @@ PROMPTS = (
     "Write a story about a lighthouse keeper and a storm.",
 )
 
-LONG_PROMPT = "Summarise these requests in one sentence:\n" + "\n".join(PROMPTS * 12)  # ~1,400 tokens
+LONG_REQUESTS = "\n".join(PROMPTS * 12)  # ~1,300 tokens
 INTERRUPT_AFTER = 10  # the long prompt is sent once the running stream has this many tokens
 
 
@@ -156,15 +156,21 @@ def run_streams(server: TritonServer, prompts: list[str], max_tokens: int,
     return list(timings.values())
 
 
-def interrupted(server: TritonServer, max_tokens: int) -> dict[str, float]:
-    """One stream while `LONG_PROMPT` arrives: the stream's longest and median gap between tokens from the long
-    prompt's arrival to its first token, and that prompt's time to first token; then its prefill time alone."""
-    stream, late = run_streams(server, [PROMPTS[0]], max_tokens, interrupt=(LONG_PROMPT, 1))
+def long_prompt(tag: str) -> str:
+    """A ~1,300-token prompt that shares no cached prefix with another tag's (the model reuses cached prefixes)."""
+    return f"{tag}: summarise these requests in one sentence.\n{LONG_REQUESTS}"
+
+
+def interrupted(server: TritonServer, max_tokens: int, tag: str) -> dict[str, float]:
+    """One stream while a long prompt arrives: the stream's longest and median gap between tokens from the long
+    prompt's arrival to its first token, and that prompt's time to first token; then the prefill time of another
+    long prompt alone."""
+    stream, late = run_streams(server, [PROMPTS[0]], max_tokens, interrupt=(long_prompt(f"{tag} beside"), 1))
     before = [t for t in stream.arrivals if t < late.sent]
     after = [t for t in stream.arrivals if t > late.arrivals[0]]
     window = [before[-1], *(t for t in stream.arrivals if late.sent <= t <= late.arrivals[0]), *after[:1]]
     gaps = np.diff(window) * 1000
-    alone = run_streams(server, [LONG_PROMPT], 1)[0]
+    alone = run_streams(server, [long_prompt(f"{tag} alone")], 1)[0]
     return {"max_gap_ms": float(gaps.max()), "median_gap_ms": float(np.median(gaps)),
             "late_ttft_ms": late.ttft_s * 1000, "alone_ttft_ms": alone.ttft_s * 1000,
             "late_tokens": late.prompt_tokens}
@@ -218,7 +224,7 @@ def measure(repository: Path, state_dir: Path, max_tokens: int, streams: int, ro
             measured.single.append(run_streams(server, [PROMPTS[0]], max_tokens)[0])
             measured.many.append(run_streams(server, [PROMPTS[i % len(PROMPTS)] for i in range(streams)],
                                              max_tokens))
-            measured.interrupts.append(interrupted(server, max_tokens))
+            measured.interrupts.append(interrupted(server, max_tokens, f"Round {len(measured.interrupts) + 1}"))
     finally:
         server.stop()
     return {**measured.summary(), "load": (load_before, os.getloadavg()[0])}
@@ -274,25 +280,27 @@ STRATEGY = (
     "Batching strategy: iteration-level (continuous) batching inside the decoupled python model. A scheduler "
     "thread prefills the requests that arrived since its last step in one pass per group of similar lengths (each "
     "row over its own cached prefix, e.g. the shared system prompt, its new tokens right-padded: "
-    "GroupQueryAttention's `query_seqlens` keeps padding out of the cache), puts them in slots of the running "
-    "batch and runs one "
-    "decode step for all rows per iteration, so a step reads the weights once for up to `max_batch_rows` streams. "
-    "Finished rows leave between steps, new ones join at the next step. The decoder graph is built node by node "
-    "(`export/llm_graph.py`): ONNX Runtime's GroupQueryAttention with the KV cache updated in place (past and "
-    "present bound to the same buffers, each row written at its own length: a decode step copies no cache, rows of "
-    "different lengths need no padding), ~10 nodes per layer. Single-row decode steps — bound by reading the "
-    "weights — run the same graph with the GGUF's own 4-bit blocks (ONNX Runtime `MatMulNBits`, lossless, fp32 "
-    "compute); prefill and batched steps run it with fp32 weights, faster there than ONNX Runtime's 4-bit kernel "
-    "for several rows. Responses leave through a sender thread, so handing them to Triton (an IPC round trip per "
-    "response) and checking for cancelled requests overlap the next forward pass; ONNX Runtime's threads do not "
-    "spin-wait (`allow_spinning` 0), leaving the cores to Triton's frontend and the response path. Why 8 streams "
-    "stay under 4× one stream here: a batched step multiplies fp32 weights (518 MB read per step, ~32–37 ms "
-    "of GEMM, ~15 GB/s effective), a single-row step the 4-bit blocks (~190 MB with the fp32 lm_head, ~20 ms "
-    "in all), so the steady state is about 8 × 20 / 45 ≈ 3.6×, and a run with its ramp-up measures 3.4–3.7× "
-    "here. The 4-bit kernel with fp32 activations is no faster than fp32 from 2 rows on (it dequantises the "
-    "blocks), and 4-bit kernels with int8 activations "
-    "(`accuracy_level` 4, VNNI) change greedy tokens (batched ≠ single on 2 of 5 parity prompts), so they are not "
-    "used."
+    "GroupQueryAttention's `query_seqlens` keeps padding out of the cache; at most `--prefill-chunk-tokens` "
+    "uncached prompt tokens per iteration, a longer prompt in chunks between decode steps), puts them in slots of "
+    "the running batch and runs one decode step for all rows per iteration, so a step reads the weights once for up "
+    "to `max_batch_rows` streams. Finished rows leave between steps, new ones join at the next step. The decoder "
+    "graph is built node by node (`export/llm_graph.py`): ONNX Runtime's GroupQueryAttention with the KV cache "
+    "updated in place (past and present bound to the same buffers, each row written at its own length: a decode "
+    "step copies no cache, rows of different lengths need no padding), ~10 nodes per layer. Single-row decode "
+    "steps — bound by reading the weights — run the same graph with the GGUF's own 4-bit blocks (ONNX Runtime "
+    "`MatMulNBits`, lossless, fp32 compute); prefill and batched steps run it with fp32 weights, faster there than "
+    "ONNX Runtime's 4-bit kernel for several rows. Responses leave through a sender thread, so handing them to "
+    "Triton (an IPC round trip per response) and checking for cancelled requests overlap the next forward pass; "
+    "ONNX Runtime's threads do not spin-wait (`allow_spinning` 0), leaving the cores to Triton's frontend and the "
+    "response path. Why 8 streams land at about 4× one stream here, and not clearly above: a batched step "
+    "multiplies fp32 weights (518 MB streamed from memory per step, ~30 ms of GEMM at ~17 GB/s, the rate a single "
+    "core reads memory here) plus ~5–8 ms of attention that grows with each row's context (its fp32 cache is "
+    "read per row), ~40 ms in all; a single-row step multiplies the 4-bit blocks, ~20–22 ms; so the steady state "
+    "is about 8 × 21 / 41 ≈ 4.1×, and runs measure 3.5–4.0× on this shared machine. The 4-bit kernel with fp32 "
+    "activations is no faster than fp32 from 2 rows on (it dequantises the blocks: 0.19 vs 0.18 ms per "
+    "576×1536 matrix at 2 rows, streamed from memory), its 8-bit variant is far slower (the lm_head stays fp32), "
+    "and 4-bit kernels with int8 activations (`accuracy_level` 4, VNNI) change greedy tokens (batched ≠ single on "
+    "2 of 5 parity prompts), so they are not used."
 )
 
 
