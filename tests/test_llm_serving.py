@@ -151,6 +151,28 @@ def test_concurrent_streams_share_forward_passes(smollm2_triton: TritonServer) -
     assert passes < tokens  # fewer forward passes than tokens: passes were shared
 
 
+def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_streams_tokens(smollm2_triton: TritonServer) -> None:
+    stream = GenerationStream(smollm2_triton)
+    try:
+        running = stream.send("run", chat("Write a long story about the sea."), temperature=0.0, max_tokens=40,
+                              min_tokens=40)
+        stream.wait(until=lambda gens: len(gens["run"].responses) >= 3)
+        long = stream.send("long", chat("Summarise: " + "The quick brown fox jumps over the lazy dog. " * 80),
+                           temperature=0.0, max_tokens=2)
+        stream.wait()
+    finally:
+        stream.close()
+    assert long.final.finish_reason == "length" and running.final.finish_reason == "length"
+    first = long.responses[0]
+    assert first.prompt_tokens > 3 * 256  # the model's default --prefill-chunk-tokens 256: at least 4 chunks
+    steps = [r.step for r in running.responses]
+    chunks = set(range(steps[0], first.step)) - set(steps)  # forward passes that gave the running stream no token
+    assert len(chunks) >= 3, "the long prompt was prefilled in one pass: the running stream waited for all of it"
+    assert any(r.step in range(min(chunks), first.step) for r in running.responses)  # tokens between the chunks
+    joined = next(r for r in running.responses if r.step > first.step)
+    assert joined.batch_size == 2 and joined.step in {r.step for r in long.responses}  # then it joined the batch
+
+
 def test_full_model_rejects_at_once(smollm2_triton: TritonServer) -> None:
     busy = GenerationStream(smollm2_triton)
     probe = GenerationStream(smollm2_triton)
