@@ -263,6 +263,59 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps_of_the_runnin
     assert "".join(long.tokens) == " t10 t11 t12"  # first token from the last chunk's logits, then decoded
 
 
+class CancelledLater(Recorder):
+    """A client that goes away after the scheduler has asked `calls` times whether it did."""
+
+    def __init__(self, calls: int) -> None:
+        super().__init__()
+        self.calls = calls
+
+    def cancelled(self) -> bool:
+        self.calls -= 1
+        return self.calls < 0
+
+
+class FailingPrefill(FakePrefill):
+    def advance(self, chunk: int):
+        if self.done:
+            raise RuntimeError("out of memory")
+        return super().advance(chunk)
+
+
+def test_a_chunked_prompt_can_be_cancelled_or_fail_between_chunks(scheduling) -> None:
+    params = SamplingParams(max_tokens=6, temperature=0.0, top_p=1.0, seed=None)
+
+    def run(decoder: FakeDecoder, long_sink: Recorder) -> Recorder:
+        scheduler = scheduling.Scheduler(decoder, scheduling.Limits(max_batch_size=4, max_kv_tokens=400,
+                                                                    prefill_chunk=4), ())
+        running = Recorder()
+        for prompt, sink in (([0], running), (list(range(10)), long_sink)):
+            scheduler.submit(scheduling.Sequence(prompt, params, sink, TextStream(Numbered(), ()),
+                                                 np.random.default_rng()))
+        scheduler.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(r.finished is None and r.error is None
+                                                  for r in (running, long_sink)):
+            time.sleep(0.01)
+        scheduler.stop()
+        return running
+
+    decoder = FakeDecoder()
+    gone = CancelledLater(calls=2)  # asked at admission and before the first chunk: gone before the second
+    running = run(decoder, gone)
+    assert gone.error == "request cancelled" and not gone.tokens
+    assert running.finished == ("length", 6)  # the running stream goes on alone
+    assert [kind for kind, _ in decoder.passes].count("chunk") == 1 and ("decode", 2) not in decoder.passes
+
+    failing = FakeDecoder()
+    failing.prefill_start = lambda ids, prefixes=None: FailingPrefill(failing, ids)  # type: ignore[method-assign]
+    broken = Recorder()
+    running = run(failing, broken)
+    # a failed forward pass fails the rows it could have touched: the chunked prompt and the running batch
+    assert broken.error is not None and "out of memory" in broken.error
+    assert running.error is not None and "out of memory" in running.error
+
+
 class Breaking(Recorder):
     """A sink whose client goes away: sending its `fail_at`-th token raises; optionally reports cancellation."""
 
