@@ -3,10 +3,11 @@
 Starts its own redis-server, a Triton serving a freshly exported MiniLM repository, and two gateway processes
 (`tritonstack gateway`, one with rate limits on, one with them off), all on free loopback ports. `wrk` then
 measures, in the same run: direct Triton (KServe v2 JSON) vs the gateway's `/v1/embeddings` and its `/v2`
-passthrough with unique sentences (never cached) at concurrency 1 (added p50 latency) and 32 (throughput ratio),
-alternating the order per round; then cache-hit throughput of one gateway process (one fixed sentence) with and
-without rate limits. The gateway's CPU time per request is read from /proc around every run, and `py-spy`
-(when installed) samples the gateway during a cache-hit and a cache-miss run to say where that time goes.
+passthrough with unique sentences (never cached) at concurrency 1 (added p50 latency; with two bare apps as
+floors, `loadtest.bench.floors`) and 32 (throughput ratio), alternating the order per round; then cache-hit
+throughput of one gateway process (one fixed sentence) with and without rate limits. The gateway's CPU time per
+request is read from /proc around every run, and `py-spy` (when installed) samples the gateway during a cache-hit
+and a cache-miss run to say where that time goes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import psutil
 from deploy.local.process import ManagedProcess, free_port
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonOptions, TritonServer
-from loadtest.bench import latency, profile
+from loadtest.bench import floors, latency, profile
 from loadtest.bench.report import machine_description, markdown_table, write_section
 from loadtest.bench.triton import INFER_BODY
 from loadtest.wrk import WrkResult, run_wrk
@@ -41,7 +42,7 @@ HIT_BODY = EMBED_BODY.replace("{TEXT}", "one sentence that every request repeats
 UNLIMITED = {"TRITONSTACK_GATEWAY_REQUESTS_PER_MINUTE": "1000000000",
              "TRITONSTACK_GATEWAY_TOKENS_PER_MINUTE": "1000000000000"}
 HIT_RUNS = ((True, 16), (True, 32), (True, 64), (False, 32))  # (rate limits on, concurrency)
-PASSTHROUGH = "gateway /v2 passthrough"
+DIRECT, EMBED, PASSTHROUGH = "direct Triton (KServe v2 JSON)", "gateway /v1/embeddings", "gateway /v2 passthrough"
 TARGET_ADDED_P50_MS, TARGET_RATIO, TARGET_HIT_RPS, TARGET_HIT_P99_MS = 1.0, 0.85, 3000, 10.0
 
 
@@ -100,6 +101,7 @@ class Stack:
     limited: Gateway
     unlimited: Gateway
     key: str
+    floors: dict[str, Gateway]  # label → a bare app (`floors`), measured at c=1 only
 
 
 def start_gateway(tmp: Path, name: str, triton: TritonServer, redis_url: str, key: str, limits: bool) -> Gateway:
@@ -118,6 +120,16 @@ def start_gateway(tmp: Path, name: str, triton: TritonServer, redis_url: str, ke
     gateway = Gateway(name, process, port)
     process.wait_ready(lambda: _ok(gateway.url("/healthz")), timeout=60)
     return gateway
+
+
+def start_floor(tmp: Path, kind: str, triton: TritonServer) -> Gateway:
+    """A bare app of `floors` on a free port, ready on /healthz."""
+    port = free_port()
+    process = ManagedProcess(f"floor-{kind}", floors.argv(kind, triton.grpc_url, port),
+                             log_path=tmp / f"floor-{kind}.log").start()
+    app = Gateway(f"floor-{kind}", process, port)
+    process.wait_ready(lambda: _ok(app.url("/healthz")), timeout=60)
+    return app
 
 
 def _sha256(key: str) -> str:
@@ -150,15 +162,18 @@ class Bench:
                          script="fixed_text.lua" if fixed else "unique_text.lua", salt=f"run{self.runs}")
         return result, (gateway.cpu_s() - before) if gateway is not None and before is not None else None
 
-    def paths(self) -> dict[str, tuple[str, str, Gateway | None]]:
-        """Cache-cold paths: label → (url, body, gateway)."""
+    def paths(self, concurrency: int) -> dict[str, tuple[str, str, Gateway | None]]:
+        """Cache-cold paths: label → (url, body, gateway); at c=1 the floors too (no gateway: no CPU, no key)."""
         gw = self.stack.limited
-        return {"direct Triton (KServe v2 JSON)": (self.direct_url, INFER_BODY, None),
-                "gateway /v1/embeddings": (gw.url("/v1/embeddings"), EMBED_BODY, gw),
-                PASSTHROUGH: (gw.url(f"/v2/models/{MODEL}/infer"), INFER_BODY, gw)}
+        paths = {DIRECT: (self.direct_url, INFER_BODY, None), EMBED: (gw.url("/v1/embeddings"), EMBED_BODY, gw),
+                 PASSTHROUGH: (gw.url(f"/v2/models/{MODEL}/infer"), INFER_BODY, gw)}
+        if concurrency == 1:
+            paths.update({label: (app.url("/v1/embeddings"), EMBED_BODY, None)
+                          for label, app in self.stack.floors.items()})
+        return paths
 
     def warm_up(self) -> None:
-        for url, body, gateway in self.paths().values():
+        for url, body, gateway in self.paths(1).values():
             self.wrk(url, body, 8, gateway, duration_s=2)
         for gateway in (self.stack.limited, self.stack.unlimited):
             self.wrk(gateway.url("/v1/embeddings"), HIT_BODY, 8, gateway, fixed=True, duration_s=2)
@@ -166,12 +181,12 @@ class Bench:
     def cold(self, concurrency: int, rounds: int) -> dict[str, Measured]:
         """Every cache-cold path at `concurrency`, `rounds` times, reversing the order each round; at c=1 the
         direct and /v1/embeddings runs are also split layer by layer (`latency`, into `self.splits`)."""
-        paths = self.paths()
+        paths = self.paths(concurrency)
         measured = {label: Measured(label, [], 0.0 if gw is not None else None) for label, (_, _, gw) in paths.items()}
         for r in range(rounds):
             for label in (list(paths) if r % 2 == 0 else list(reversed(paths))):
                 url, body, gateway = paths[label]
-                timed = concurrency == 1 and label != PASSTHROUGH
+                timed = concurrency == 1 and label in (DIRECT, EMBED)
                 before = self._timers(gateway) if timed else None
                 result, cpu = self.wrk(url, body, concurrency, gateway)
                 if before is not None:
@@ -260,7 +275,9 @@ def run(duration_s: int, rounds: int, with_profile: bool, output: Path | None, c
             started.append(limited.process)
             unlimited = start_gateway(tmp, "nolimits", triton, redis.url, key, limits=False)
             started.append(unlimited.process)
-            results = measure(Bench(Stack(triton, limited, unlimited, key), duration_s), rounds, with_profile)
+            apps = {label: start_floor(tmp, kind, triton) for kind, label in floors.LABELS.items()}
+            started.extend(app.process for app in apps.values())
+            results = measure(Bench(Stack(triton, limited, unlimited, key, apps), duration_s), rounds, with_profile)
         finally:
             for process in reversed(started):
                 process.stop()
@@ -308,12 +325,11 @@ def _paired(a: Measured, b: Measured, fn: Callable[[WrkResult, WrkResult], float
 
 
 def _targets(res: Results) -> list[list[str]]:
-    direct, embed, passthrough = list(res.c1)
     p50_diff, rps_ratio = (lambda x, y: x.p50_ms - y.p50_ms), (lambda x, y: x.rps / y.rps)
-    added = _paired(res.c1[embed], res.c1[direct], p50_diff)
-    ratio = _paired(res.c32[embed], res.c32[direct], rps_ratio)
-    pt_added = _paired(res.c1[passthrough], res.c1[direct], p50_diff)
-    pt_ratio = _paired(res.c32[passthrough], res.c32[direct], rps_ratio)
+    added = _paired(res.c1[EMBED], res.c1[DIRECT], p50_diff)
+    ratio = _paired(res.c32[EMBED], res.c32[DIRECT], rps_ratio)
+    pt_added = _paired(res.c1[PASSTHROUGH], res.c1[DIRECT], p50_diff)
+    pt_ratio = _paired(res.c32[PASSTHROUGH], res.c32[DIRECT], rps_ratio)
     rows = [
         ["/v1/embeddings: added p50 latency at c=1", f"{added:+.2f} ms", f"≤ {TARGET_ADDED_P50_MS:g} ms",
          _verdict(added <= TARGET_ADDED_P50_MS)],
@@ -321,6 +337,8 @@ def _targets(res: Results) -> list[list[str]]:
          _verdict(ratio >= TARGET_RATIO)],
         ["/v2 passthrough: added p50 latency at c=1", f"{pt_added:+.2f} ms", "—", ""],
         ["/v2 passthrough / direct throughput at c=32", f"{pt_ratio:.2f}×", "—", ""],
+        *([f"{label}: added p50 latency at c=1", f"{_paired(res.c1[label], res.c1[DIRECT], p50_diff):+.2f} ms",
+           "—", ""] for label in floors.LABELS.values() if label in res.c1),
     ]
     for hit in (h for h in res.hits if h.path.endswith("on")):  # the targets are for the gateway as deployed
         c = hit.runs[0].connections
@@ -367,6 +385,11 @@ def render(res: Results, command: str) -> str:
         markdown_table(["path", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "CPU µs/req", "errors"],
                        rows),
         markdown_table(["measure", "measured", "target", ""], _targets(res)),
+        "The `floor:` rows are two bare apps (`loadtest/bench/floors.py`) measured in the same c=1 rounds: one "
+        "text per request through tritonclient's gRPC aio client (as the gateway calls Triton), answered with the "
+        "OpenAI body, and nothing else (no validation, cache, auth, limits, metrics, coalescing): one as a FastAPI "
+        "route, one as a bare ASGI app, both on uvicorn with uvloop and httptools. They show what the gateway's "
+        "framework and gRPC client cost by themselves at c=1 on this machine.",
         f"Rate limiting costs {limit_cost:.0f} µs of gateway CPU per cache hit (at c=32, throughput with limits "
         f"on / off: {cost_ratio:.2f}×, median of rounds). Redis errors (timeouts) during the run: "
         f"{res.redis_errors:.0f}. In a closed loop the mean latency is concurrency / throughput, so p99 ≤ 10 ms "

@@ -1,0 +1,99 @@
+"""Floors of the gateway's added latency at c=1: what a bare Python hop in front of Triton costs on this machine.
+
+Two bare apps embed one text per request with tritonclient's `grpc.aio` client (as the gateway does) and answer the
+OpenAI body (base64), with nothing else — no validation, cache, auth, limits, metrics or coalescing:
+- `fastapi`: one FastAPI route on uvicorn (uvloop, httptools), the stack the gateway is built on;
+- `asgi`: the same on a bare ASGI callable, no framework.
+`bench gateway` runs them (`python -m loadtest.bench.floors KIND GRPC_URL PORT`) at c=1 in the same rounds as
+direct Triton and the gateway, so the gateway's added latency reads against what its framework and gRPC client
+cost by themselves here.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request, Response  # module level: FastAPI resolves the route's annotations here
+
+LABELS = {"fastapi": "floor: bare FastAPI route + tritonclient gRPC aio",
+          "asgi": "floor: bare ASGI app + tritonclient gRPC aio"}
+MODEL = "minilm"
+
+Asgi = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
+
+class Embedder:
+    """One text → the OpenAI embeddings body, through Triton over gRPC (client made on first use, in the loop)."""
+
+    def __init__(self, grpc_url: str) -> None:
+        self.grpc_url = grpc_url
+        self.client: Any = None
+
+    async def __call__(self, body: bytes) -> bytes:
+        from tritonclient.grpc import InferInput
+        from tritonclient.grpc.aio import InferenceServerClient
+
+        if self.client is None:
+            self.client = InferenceServerClient(self.grpc_url)
+        text = orjson.loads(body)["input"]
+        tensor = InferInput("text", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
+        result = await self.client.infer(MODEL, [tensor])
+        vector = base64.b64encode(result.as_numpy("embedding").astype("<f4").tobytes()).decode()
+        return orjson.dumps({"object": "list", "model": MODEL,
+                             "data": [{"object": "embedding", "index": 0, "embedding": vector}]})
+
+
+def fastapi_app(embed: Embedder) -> Asgi:
+    app = FastAPI()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return Response(await embed(await request.body()), media_type="application/json")
+
+    return app
+
+
+def asgi_app(embed: Embedder) -> Asgi:
+    async def app(scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]
+                  ) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        out = await embed(body) if scope["method"] == "POST" else b'{"status":"ok"}'
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": out})
+
+    return app
+
+
+def argv(kind: str, grpc_url: str, port: int) -> list[str]:
+    """The command that serves floor `kind` on `port`."""
+    return [sys.executable, "-m", "loadtest.bench.floors", kind, grpc_url, str(port)]
+
+
+def main() -> None:
+    import uvicorn
+
+    kind, grpc_url, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    app = {"fastapi": fastapi_app, "asgi": asgi_app}[kind](Embedder(grpc_url))
+    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
