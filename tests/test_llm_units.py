@@ -316,6 +316,44 @@ def test_a_chunked_prompt_can_be_cancelled_or_fail_between_chunks(scheduling) ->
     assert running.error is not None and "out of memory" in running.error
 
 
+class GatedDecoder(FakeDecoder):
+    """A prefill that waits for `release` (and says when it started): the scheduler is caught mid-prefill."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def prefill_many(self, prompts: list[list[int]], prefixes=None):
+        self.started.set()
+        assert self.release.wait(10)
+        return super().prefill_many(prompts, prefixes)
+
+
+def test_prompts_being_prefilled_count_against_capacity(scheduling) -> None:
+    decoder = GatedDecoder()
+    scheduler = scheduling.Scheduler(decoder, scheduling.Limits(max_batch_size=1, max_kv_tokens=400), ())
+    params = SamplingParams(max_tokens=3, temperature=0.0, top_p=1.0, seed=None)
+
+    def sequence(sink: Recorder):
+        return scheduling.Sequence([0], params, sink, TextStream(Numbered(), ()), np.random.default_rng())
+
+    first = Recorder()
+    scheduler.submit(sequence(first))
+    scheduler.start()
+    try:
+        assert decoder.started.wait(10)  # taken from the queue, not in the batch yet
+        assert scheduler.in_flight() == 1
+        with pytest.raises(scheduling.OverloadedError):
+            scheduler.submit(sequence(Recorder()))
+    finally:
+        decoder.release.set()
+    deadline = time.monotonic() + 10
+    while first.finished is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    scheduler.stop()
+    assert first.finished == ("length", 3)
+
+
 class Breaking(Recorder):
     """A sink whose client goes away: sending its `fail_at`-th token raises; optionally reports cancellation."""
 

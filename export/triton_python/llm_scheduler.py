@@ -167,6 +167,7 @@ class Scheduler:
         self.prefixes = PrefixCache(limits.prefix_cache_tokens) if limits.prefix_cache_tokens > 0 else None
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
+        self._admitting: list[Sequence] = []  # taken from `_waiting`, being prefilled in this iteration
         self._chunked: tuple[Sequence, PromptPrefill] | None = None  # a long prompt being prefilled chunk by chunk
         self._batch: KVSlots | None = None
         self._wake = threading.Condition()
@@ -188,7 +189,7 @@ class Scheduler:
         for seq in self._flight():
             self._end(seq, "the model is being unloaded")
         self._waiting.clear()
-        self._running, self._chunked = [], None
+        self._running, self._admitting, self._chunked = [], [], None
         self.outbox.stop(timeout)
 
     def in_flight(self) -> int:
@@ -198,7 +199,7 @@ class Scheduler:
     def _flight(self) -> list[Sequence]:
         """Every accepted request not finished yet (call with the lock held, or once the thread has stopped)."""
         chunked = [self._chunked[0]] if self._chunked is not None else []
-        return [*self._running, *chunked, *self._waiting]
+        return [*self._running, *self._admitting, *chunked, *self._waiting]
 
     def submit(self, seq: Sequence) -> None:
         """Queue a request for the next iteration, or raise OverloadedError when the model is at capacity."""
@@ -246,6 +247,7 @@ class Scheduler:
                 break
             taken.append(self._waiting.popleft())
             tokens += cost
+        self._admitting = taken  # still counted by `submit` until they join the batch or end
         return taken
 
     def _cost(self, seq: Sequence) -> int:
@@ -261,10 +263,14 @@ class Scheduler:
                 live.append(seq)
         chunk = self.limits.prefill_chunk
         if chunk and len(live) == 1 and self._cost(live[0]) > chunk:  # alone over the budget: in chunks
-            self._chunked = (live[0], self.decoder.prefill_start(live[0].prompt, self.prefixes))
+            prefill = self.decoder.prefill_start(live[0].prompt, self.prefixes)
+            with self._wake:
+                self._chunked, self._admitting = (live[0], prefill), []
         else:
             for group in prefill_groups(live):
                 self._admit(group)
+        with self._wake:
+            self._admitting = []
         if self._chunked is not None:
             self._prefill_chunk()
         if self._running:
@@ -275,22 +281,25 @@ class Scheduler:
         assert self._chunked is not None
         seq, prefill = self._chunked
         if seq.sink.cancelled():
-            self._chunked = None
+            with self._wake:
+                self._chunked = None
             self._end(seq, "request cancelled")
             return
         logits = prefill.advance(self.limits.prefill_chunk)
         self._observed(1, decode=False)
         if logits is None:
             return
-        self._chunked = None
         info = StepInfo(self.stats.forward_passes, 1, len(seq.prompt), 1)
         if not self._advance(seq, logits, info):
-            self._join([seq], prefill.slots)
+            self._join([seq], prefill.slots)  # no longer chunked, in the same step as it joins
+        with self._wake:
+            self._chunked = None
 
     def _fail_all(self, admitted: list[Sequence], message: str) -> None:
         with self._wake:
             chunked = [self._chunked[0]] if self._chunked is not None else []
             failed, self._running, self._chunked, self._batch = [*self._running, *chunked, *admitted], [], None, None
+            self._admitting = []
         for seq in failed:
             self._end(seq, message)
 
@@ -307,8 +316,12 @@ class Scheduler:
 
     def _join(self, seqs: list[Sequence], rows: KVSlots) -> None:
         """Prefilled rows join the running batch."""
-        with self._wake:
+        joined = {id(seq) for seq in seqs}
+        with self._wake:  # counted as running from now on, and no longer as being prefilled
             self._running.extend(seqs)
+            self._admitting = [seq for seq in self._admitting if id(seq) not in joined]
+            if self._chunked is not None and id(self._chunked[0]) in joined:
+                self._chunked = None
         longest = self._longest()  # room for every row's last token: decode steps never grow the cache
         self._batch = rows.reserve(longest) if self._batch is None else self._batch.merged(rows, longest)
 
