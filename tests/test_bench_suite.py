@@ -1,4 +1,5 @@
-"""`tritonstack bench` (the all-in-one suite): step selection, skips with reasons, the summary section.
+"""`tritonstack bench` (the all-in-one suite): step selection, skips with reasons, the summary section; and the
+bare apps the gateway step measures as floors.
 
 The measuring steps themselves are benchmarks, not tests (`make bench`); here the orchestration runs for real
 with steps that have nothing to measure, so it finishes in seconds.
@@ -6,12 +7,20 @@ with steps that have nothing to measure, so it finishes in seconds.
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
+import tritonclient.http
+
+from deploy.local.process import ManagedProcess, free_port
+from deploy.local.triton import TritonServer
+from loadtest.bench import floors
 
 CLI = [str(Path(sys.executable).parent / "tritonstack"), "bench"]
 
@@ -42,3 +51,30 @@ def test_unknown_step_is_refused(tmp_path: Path) -> None:
     message = " ".join(proc.stderr.replace("│", " ").split())  # rich wraps the error box
     assert "unknown step(s) ['everything']" in message and "triton, baseline, gateway, jobs, llm" in message
     assert not (tmp_path / "B.md").exists()
+
+
+@pytest.mark.parametrize("kind", sorted(floors.LABELS))
+def test_floor_apps_answer_like_the_gateway(kind: str, triton_server: TritonServer, tmp_path: Path) -> None:
+    """The bare apps `bench gateway` measures as floors really embed (a broken floor would measure errors)."""
+    port = free_port()
+    app = ManagedProcess(f"floor-{kind}", floors.argv(kind, triton_server.grpc_url, port),
+                         log_path=tmp_path / "floor.log").start()
+    try:
+        app.wait_ready(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=60)
+        body = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "minilm", "input": "hello"},
+                          timeout=30).json()
+    finally:
+        app.stop()
+    vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
+    tensor = tritonclient.http.InferInput("text", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[b"hello"]], dtype=np.object_))
+    with tritonclient.http.InferenceServerClient(triton_server.http_url) as client:
+        direct = client.infer("minilm", [tensor]).as_numpy("embedding")[0]
+    np.testing.assert_allclose(vector, direct, rtol=1e-5, atol=1e-6)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
