@@ -6,7 +6,7 @@ Checks on a fixed prompt set (chat template applied by the tokenizer, as served)
   and for the decode steps (up to the first differing token) and gated on `atol`;
 - batched: the prompts prefilled in three arrivals, as the served scheduler does when requests come together: the
   first two in one right-padded pass, the next ones in one pass, each over the system prompt cached by the first
-  ones, and the last one in chunks of `CHUNK` tokens (chunked prefill, `llm_engine.PromptPrefill`); then decoded
+  ones, and the last one in chunks of `PREFILL_CHUNK` tokens (chunked prefill, `llm_engine.PromptPrefill`); then decoded
   together as one continuous batch (rows of different lengths, rows leave when they finish); must produce the same
   tokens as the single runs;
 - template: the served prompt builder (`llm_text.PromptBuilder`: jinja + tokenizers, no transformers) must give
@@ -31,7 +31,7 @@ PROMPTS = (
 )
 MAX_NEW_TOKENS = 24
 DEFAULT_ATOL = 1e-2
-CHUNK = 5  # prompt tokens per pass of the chunked prefill in the batched check
+PREFILL_CHUNK = 5  # prompt tokens per pass of the chunked prefill in the batched check
 
 
 @dataclass
@@ -117,7 +117,7 @@ def batched_greedy(decoder, prompts: Sequence[list[int]], max_new_tokens: int) -
     """Greedy decoding of all prompts as one continuous batch, as the served model runs them when requests arrive in
     bursts (`Decoder.prefill_many`): the first two prompts in one pass (nothing cached yet: right-padded to the
     longer), the next ones in one pass, each over the system prompt the first ones cached, the last one (from 4
-    prompts on) in chunks of `CHUNK` tokens over that prefix; then merged and decoded together."""
+    prompts on) in chunks of `PREFILL_CHUNK` tokens over that prefix; then merged and decoded together."""
     from export.triton_python.llm_engine import PrefixCache
 
     eos = set(decoder.info.eos_token_ids)
@@ -154,9 +154,9 @@ def batched_greedy(decoder, prompts: Sequence[list[int]], max_new_tokens: int) -
 
 
 def _chunked(decoder, prompt: list[int], prefixes):
-    """Prefill `prompt` `CHUNK` tokens at a time: (logits [1, V], its row)."""
+    """Prefill `prompt` `PREFILL_CHUNK` tokens at a time: (logits [1, V], its row)."""
     prefill = decoder.prefill_start(prompt, prefixes)
-    while (logits := prefill.advance(CHUNK)) is None:
+    while (logits := prefill.advance(PREFILL_CHUNK)) is None:
         pass
     return logits[None], prefill.slots
 

@@ -269,8 +269,8 @@ class Scheduler:
         else:
             for group in prefill_groups(live):
                 self._admit(group)
-        with self._wake:
-            self._admitting = []
+            with self._wake:
+                self._admitting = []  # those that did not join ended at their first token
         if self._chunked is not None:
             self._prefill_chunk()
         if self._running:
@@ -290,10 +290,11 @@ class Scheduler:
         if logits is None:
             return
         info = StepInfo(self.stats.forward_passes, 1, len(seq.prompt), 1)
-        if not self._advance(seq, logits, info):
-            self._join([seq], prefill.slots)  # no longer chunked, in the same step as it joins
-        with self._wake:
-            self._chunked = None
+        if self._advance(seq, logits, info):  # ended at its first token
+            with self._wake:
+                self._chunked = None
+        else:
+            self._join([seq], prefill.slots)  # no longer chunked from the moment it counts as running
 
     def _fail_all(self, admitted: list[Sequence], message: str) -> None:
         with self._wake:
