@@ -307,6 +307,9 @@ def test_rollback_under_load_fails_no_request(stack: Stack) -> None:
     try:
         assert embed_all(stale, [(v2_key, "stale before")])[0].headers[VERSION_HEADER] == "2"
         _rollback_under_load(stack)
+        # its metadata still lists version 2: a pin to it fails at Triton, and the answer is the pin's 400, not a 404
+        pinned = embed_all(stale, [(0, "stale pin")], headers={VERSION_HEADER: "2"})[0]
+        assert pinned.status_code == 400 and pinned.json()["error"]["code"] == "model_version_not_available"
         late = embed_all(stale, [(v2_key, "stale after")])[0]
         assert late.status_code == 200 and late.headers[VERSION_HEADER] == "1", late.text
     finally:

@@ -179,14 +179,18 @@ class EmbeddingService:
     async def _rechoose(self, info: ModelInfo, identity: str, failed: Choice, error: Exception
                         ) -> tuple[ModelInfo, Choice]:
         """After a routed version failed as missing or unavailable (unloaded by a rollback): fresh metadata and
-        rollout table, and another version if they now choose one; otherwise the original error."""
+        rollout table, and another version if they now choose one; otherwise the original error. A pinned version
+        that turns out missing is checked again on fresh metadata: gone, it is the pin's 400, as when the metadata
+        already knew."""
         overloaded = isinstance(error, BackendUnavailableError) and error.code == "backend_overloaded"
-        if not failed.routed or self.rollouts is None or overloaded:
+        pin_gone = failed.selection == "pinned" and isinstance(error, NotFoundError)
+        if overloaded or not (pin_gone or (failed.routed and self.rollouts is not None)):
             raise error
         self.backend.invalidate(info.name)
-        self.rollouts.refresh(force=True)
+        if self.rollouts is not None:
+            self.rollouts.refresh(force=True)
         fresh = await self.model(info.name)
-        choice = self._route(fresh, identity, None)
+        choice = self._route(fresh, identity, failed.version if pin_gone else None)
         if choice.version == failed.version:
             raise error
         return fresh, choice
