@@ -151,7 +151,8 @@ def test_concurrent_streams_share_forward_passes(smollm2_triton: TritonServer) -
     assert passes < tokens  # fewer forward passes than tokens: passes were shared
 
 
-def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_streams_tokens(smollm2_triton: TritonServer) -> None:
+def test_a_long_prompt_is_prefilled_in_chunks_while_streams_run_and_short_prompts_start(
+        smollm2_triton: TritonServer) -> None:
     stream = GenerationStream(smollm2_triton)
     try:
         running = stream.send("run", chat("Write a long story about the sea."), temperature=0.0, max_tokens=40,
@@ -159,11 +160,13 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_streams_tokens
         stream.wait(until=lambda gens: len(gens["run"].responses) >= 3)
         long = stream.send("long", chat("Summarise: " + "The quick brown fox jumps over the lazy dog. " * 80),
                            temperature=0.0, max_tokens=2)
+        short = stream.send("short", chat("What is 2 + 2?"), temperature=0.0, max_tokens=2)
         stream.wait()
     finally:
         stream.close()
-    assert long.final.finish_reason == "length" and running.final.finish_reason == "length"
+    assert long.final.finish_reason == short.final.finish_reason == running.final.finish_reason == "length"
     first = long.responses[0]
+    assert short.responses[0].step < first.step, "the short prompt waited for the long prompt's last chunk"
     assert first.prompt_tokens > 3 * 256  # the model's default --prefill-chunk-tokens 256: at least 4 chunks
     steps = [r.step for r in running.responses]
     chunks = set(range(steps[0], first.step)) - set(steps)  # forward passes that gave the running stream no token

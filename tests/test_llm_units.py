@@ -316,6 +316,56 @@ def test_a_chunked_prompt_can_be_cancelled_or_fail_between_chunks(scheduling) ->
     assert running.error is not None and "out of memory" in running.error
 
 
+class GatedPrefill(FakePrefill):
+    """A chunked prefill whose first chunk waits for `release` (and says when it started)."""
+
+    def __init__(self, decoder: FakeDecoder, prompt: list[int], started: threading.Event,
+                 release: threading.Event) -> None:
+        super().__init__(decoder, prompt)
+        self.started, self.release = started, release
+
+    def advance(self, chunk: int):
+        if not self.done:
+            self.started.set()
+            assert self.release.wait(10)
+        return super().advance(chunk)
+
+
+def test_short_prompts_start_during_a_chunked_prefill_and_the_long_prompt_keeps_half_the_budget(scheduling) -> None:
+    decoder = FakeDecoder()
+    started, release = threading.Event(), threading.Event()
+    decoder.prefill_start = lambda ids, prefixes=None: GatedPrefill(  # type: ignore[method-assign]
+        decoder, ids, started, release)
+    scheduler = scheduling.Scheduler(decoder, scheduling.Limits(max_batch_size=4, max_kv_tokens=400,
+                                                                prefill_chunk=4), ())
+
+    def submit(prompt: list[int], max_tokens: int) -> Recorder:
+        sink = Recorder()
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=None)
+        scheduler.submit(scheduling.Sequence(prompt, params, sink, TextStream(Numbered(), ()),
+                                             np.random.default_rng()))
+        return sink
+
+    long = submit(list(range(10)), 2)
+    scheduler.start()
+    assert started.wait(10)  # the long prompt's first chunk is being computed
+    medium = submit([1, 2, 3], 2)  # 3 tokens: over half the budget, waits for the long prompt
+    short = submit([5, 6], 3)  # 2 tokens: fits half the budget, passes the medium one
+    release.set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(s.finished is None for s in (long, medium, short)):
+        time.sleep(0.01)
+    scheduler.stop()
+    assert decoder.passes[:8] == [
+        ("chunk", 4),  # the long prompt alone
+        ("prefill", 1), ("chunk", 2), ("decode", 1),  # the short one starts; the chunk gets what it left
+        ("chunk", 4), ("decode", 2),  # the long prompt's last chunk; it joins the short one
+        ("prefill", 1), ("decode", 1),  # the medium one, once no prompt is chunked (the others are done)
+    ]
+    assert "".join(short.tokens) == " t7 t8 t9" and "".join(long.tokens) == " t10 t11"
+    assert "".join(medium.tokens) == " t4 t5"
+
+
 class GatedDecoder(FakeDecoder):
     """A prefill that waits for `release` (and says when it started): the scheduler is caught mid-prefill."""
 

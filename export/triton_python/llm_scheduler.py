@@ -7,7 +7,9 @@ Each loop iteration:
    `llm_engine.PrefixCache`), each first token sampled and sent, and the rows merged into the running batch (each
    row in its own slot of the in-place cache, see `llm_engine.KVSlots`). A prompt longer than the budget is
    prefilled `prefill_chunk` tokens per iteration (chunked prefill, `llm_engine.PromptPrefill`), so the running
-   rows keep getting a token per iteration instead of waiting for its whole prefill;
+   rows keep getting a token per iteration instead of waiting for its whole prefill; meanwhile prompts that fit
+   half the budget are prefilled first in each iteration (they pass the long prompt and any other that does not
+   fit), and the long prompt's chunk gets what they leave, at least half;
 2. runs one decode step for all running rows together — one forward pass, one new token per row;
 3. samples each row's token and hands its text delta to the sender thread (`Outbox`); rows that finished (eos, stop
    string, max_tokens, context) or were cancelled get their final response and leave the batch before the next step.
@@ -226,42 +228,51 @@ class Scheduler:
                     self._wake.wait()
                 if self._stopping:
                     return
-                admitted = self._take()
+                admitted, tokens = self._take()
             try:
-                self._iterate(admitted)
+                self._iterate(admitted, tokens)
             except Exception as exc:  # a failed forward pass fails the rows it carried, not the thread
                 log.exception("generation step failed")
                 self._fail_all(admitted, f"generation failed: {exc}")
 
-    def _take(self) -> list[Sequence]:
-        """The waiting prompts to prefill in this iteration (lock held): in arrival order while their uncached
-        tokens fit the `prefill_chunk` budget, at least one; none while a long prompt is being prefilled."""
-        if self._chunked is not None:
-            return []
+    def _take(self) -> tuple[list[Sequence], int]:
+        """The waiting prompts to prefill in this iteration and their uncached tokens (lock held): in arrival order
+        while they fit the `prefill_chunk` budget, at least one. While a long prompt is prefilled in chunks, those
+        that fit half the budget, passing any that do not: a short prompt starts within an iteration instead of
+        waiting for the long prompt's last chunk, and the long prompt keeps at least half of each iteration."""
         budget = self.limits.prefill_chunk or float("inf")
+        chunking = self._chunked is not None
+        if chunking:
+            budget //= 2
         taken: list[Sequence] = []
+        passed: deque[Sequence] = deque()
         tokens = 0
         while self._waiting:
             cost = self._cost(self._waiting[0])
-            if taken and tokens + cost > budget:
-                break
+            if (taken or chunking) and tokens + cost > budget:
+                if not chunking:
+                    break
+                passed.append(self._waiting.popleft())
+                continue
             taken.append(self._waiting.popleft())
             tokens += cost
+        if chunking:  # every waiting prompt was either taken or passed
+            self._waiting = passed
         self._admitting = taken  # still counted by `submit` until they join the batch or end
-        return taken
+        return taken, tokens
 
     def _cost(self, seq: Sequence) -> int:
         """Prompt tokens a prefill of `seq` computes (what a cached prefix does not cover)."""
         return len(seq.prompt) - (self.prefixes.match(seq.prompt) if self.prefixes is not None else 0)
 
-    def _iterate(self, admitted: list[Sequence]) -> None:
+    def _iterate(self, admitted: list[Sequence], tokens: int) -> None:
         live = []
         for seq in admitted:
             if seq.sink.cancelled():
                 self._end(seq, "request cancelled")
             else:
                 live.append(seq)
-        chunk = self.limits.prefill_chunk
+        chunk = left = self.limits.prefill_chunk
         if chunk and len(live) == 1 and self._cost(live[0]) > chunk:  # alone over the budget: in chunks
             prefill = self.decoder.prefill_start(live[0].prompt, self.prefixes)
             with self._wake:
@@ -271,13 +282,15 @@ class Scheduler:
                 self._admit(group)
             with self._wake:
                 self._admitting = []  # those that did not join ended at their first token
-        if self._chunked is not None:
-            self._prefill_chunk()
+            left -= tokens
+        if self._chunked is not None:  # what short prompts left of this iteration's budget: at least half
+            self._prefill_chunk(left)
         if self._running:
             self._decode()
 
-    def _prefill_chunk(self) -> None:
-        """The next chunk of the long prompt; once it is complete, its first token, and its row joins the batch."""
+    def _prefill_chunk(self, chunk: int) -> None:
+        """The next `chunk` tokens of the long prompt; once it is complete, its first token, and its row joins the
+        batch."""
         assert self._chunked is not None
         seq, prefill = self._chunked
         if seq.sink.cancelled():
@@ -285,7 +298,7 @@ class Scheduler:
                 self._chunked = None
             self._end(seq, "request cancelled")
             return
-        logits = prefill.advance(self.limits.prefill_chunk)
+        logits = prefill.advance(chunk)
         self._observed(1, decode=False)
         if logits is None:
             return

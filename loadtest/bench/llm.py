@@ -6,9 +6,10 @@ Each round measures, one after the other on one machine:
    and time to first token;
 3. Triton with `streams` concurrent streams, greedy, different prompts: aggregate tokens/s, TTFT, and the mean
    batch size of the forward passes (from the model's own `batch_size` output);
-4. Triton, one stream while a long prompt arrives: the stream's longest wait between two tokens while that prompt
-   is prefilled (chunked prefill bounds it), against the long prompt's prefill time alone (what the stream would
-   wait without chunks).
+4. Triton, one stream while a long prompt arrives with a short one: the stream's longest wait between two tokens
+   while the long prompt is prefilled (chunked prefill bounds it), against the long prompt's prefill time alone
+   (what the stream would wait without chunks), and the short prompt's time to first token (it starts between
+   the long prompt's chunks instead of after the last).
 Ratios are medians of per-round ratios: the machine is shared and noisy.
 """
 
@@ -41,7 +42,8 @@ PROMPTS = (
 )
 
 LONG_REQUESTS = "\n".join(PROMPTS * 12)  # ~1,300 tokens
-INTERRUPT_AFTER = 10  # the long prompt is sent once the running stream has this many tokens
+INTERRUPT_AFTER = 10  # the long (and short) prompt are sent once the running stream has this many tokens
+SHORT = "What is the capital of France?"
 
 
 @dataclass
@@ -121,9 +123,10 @@ def _inputs(prompt: str, max_tokens: int) -> list:
 
 
 def run_streams(server: TritonServer, prompts: list[str], max_tokens: int,
-                interrupt: tuple[str, int] | None = None) -> list[StreamTiming]:
-    """Send every prompt at once on one gRPC stream; wait for all final responses. With `interrupt` (prompt,
-    max_tokens), that prompt is sent too, once the first stream has `INTERRUPT_AFTER` tokens (its timing last)."""
+                interrupt: tuple[tuple[str, int], ...] = ()) -> list[StreamTiming]:
+    """Send every prompt at once on one gRPC stream; wait for all final responses. The `interrupt` prompts
+    ((prompt, max_tokens) each) are sent too, in order, once the first stream has `INTERRUPT_AFTER` tokens (their
+    timings last)."""
     import tritonclient.grpc as grpcclient
 
     events: queue.Queue = queue.Queue()
@@ -138,7 +141,7 @@ def run_streams(server: TritonServer, prompts: list[str], max_tokens: int,
     try:
         for i, prompt in enumerate(prompts):
             send(str(i), prompt, max_tokens)
-        while not all(t.done for t in timings.values()) or (interrupt is not None and "late" not in timings):
+        while not all(t.done for t in timings.values()) or (interrupt and "late0" not in timings):
             at, result, error = events.get(timeout=600)
             if error is not None:
                 raise RuntimeError(f"generation failed: {error}")
@@ -148,8 +151,9 @@ def run_streams(server: TritonServer, prompts: list[str], max_tokens: int,
             timing.prompt_tokens = int(result.as_numpy("prompt_tokens")[0])
             timing.batch_sizes.append(int(result.as_numpy("batch_size")[0]))
             timing.done = bool(result.as_numpy("finish_reason")[0])
-            if interrupt is not None and "late" not in timings and len(timings["0"].arrivals) >= INTERRUPT_AFTER:
-                send("late", *interrupt)
+            if interrupt and "late0" not in timings and len(timings["0"].arrivals) >= INTERRUPT_AFTER:
+                for i, (prompt, tokens) in enumerate(interrupt):
+                    send(f"late{i}", prompt, tokens)
     finally:
         client.stop_stream()
         client.close()
@@ -162,10 +166,11 @@ def long_prompt(tag: str) -> str:
 
 
 def interrupted(server: TritonServer, max_tokens: int, tag: str) -> dict[str, float]:
-    """One stream while a long prompt arrives: the stream's longest and median gap between tokens from the long
-    prompt's arrival to its first token, and that prompt's time to first token; then the prefill time of another
-    long prompt alone."""
-    stream, late = run_streams(server, [PROMPTS[0]], max_tokens, interrupt=(long_prompt(f"{tag} beside"), 1))
+    """One stream while a long prompt arrives, a short one right behind it: the stream's longest and median gap
+    between tokens from the long prompt's arrival to its first token, the long and the short prompt's times to
+    first token; then the prefill time of another long prompt alone."""
+    stream, late, short = run_streams(server, [PROMPTS[0]], max_tokens,
+                                      interrupt=((long_prompt(f"{tag} beside"), 1), (f"{tag}: {SHORT}", 1)))
     before = [t for t in stream.arrivals if t < late.sent]
     after = [t for t in stream.arrivals if t > late.arrivals[0]]
     window = [before[-1], *(t for t in stream.arrivals if late.sent <= t <= late.arrivals[0]), *after[:1]]
@@ -173,6 +178,7 @@ def interrupted(server: TritonServer, max_tokens: int, tag: str) -> dict[str, fl
     alone = run_streams(server, [long_prompt(f"{tag} alone")], 1)[0]
     return {"max_gap_ms": float(gaps.max()), "median_gap_ms": float(np.median(gaps)),
             "late_ttft_ms": late.ttft_s * 1000, "alone_ttft_ms": alone.ttft_s * 1000,
+            "short_ttft_ms": short.ttft_s * 1000,
             "late_tokens": late.prompt_tokens}
 
 
@@ -261,9 +267,12 @@ def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) ->
         markdown_table(["setup", "tokens/s", "time to first token (ms)", "mean batch"], rows),
         markdown_table(["ratio (same run)", "measured", "target"], ratios),
         f"**A long prompt arriving during a stream** ({m['long_late_tokens']:.0f} prompt tokens, sent once a "
-        f"greedy stream has {INTERRUPT_AFTER} tokens; the model's default `--prefill-chunk-tokens 256`; medians "
-        "over rounds): chunked prefill computes it 256 tokens per iteration with a decode step of the running "
-        "stream between chunks, so the stream slows down instead of stopping for the whole prefill.",
+        f"greedy stream has {INTERRUPT_AFTER} tokens, a short prompt right behind it; the model's default "
+        "`--prefill-chunk-tokens 256`; medians over rounds): chunked prefill computes the long prompt 256 tokens "
+        "per iteration with a decode step of the running stream between chunks, so the stream slows down instead "
+        "of stopping for the whole prefill; a short prompt that arrives meanwhile is prefilled in the next "
+        "iteration (prompts that fit half the budget pass the long one, which keeps the other half), not after its "
+        "last chunk.",
         markdown_table(["measure", "ms"], [
             ["running stream: longest wait between two tokens while the long prompt is prefilled",
              f"{m['long_max_gap_ms']:.0f}"],
@@ -271,6 +280,7 @@ def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) ->
             ["long prompt: time to first token, beside the stream", f"{m['long_late_ttft_ms']:.0f}"],
             ["long prompt: time to first token alone (an unchunked prefill stalls the stream about this long)",
              f"{m['long_alone_ttft_ms']:.0f}"],
+            ["short prompt sent right after the long one: time to first token", f"{m['long_short_ttft_ms']:.0f}"],
         ]),
         STRATEGY,
     ])
