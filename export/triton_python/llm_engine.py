@@ -152,8 +152,9 @@ class KVSlots:
                        [np.ascontiguousarray(t[index : index + 1, :, :n]) for t in self.cache])
 
     def prefix(self, columns: int) -> list[np.ndarray]:
-        """Row 0's first `columns` columns, as contiguous [1, heads, columns, head_dim] tensors."""
-        return [np.ascontiguousarray(t[:1, :, :columns]) for t in self.cache]
+        """Row 0's first `columns` columns, as [1, heads, columns, head_dim] views (no copy: a prompt that reuses
+        them copies them once, into its own slot)."""
+        return [t[:1, :, :columns] for t in self.cache]
 
 
 class Decoder:
@@ -307,7 +308,7 @@ class PrefixCache:
         self.reused_tokens = 0
 
     def lookup(self, token_ids: Sequence[int]) -> tuple[int, list[np.ndarray] | None]:
-        """(tokens reused, their cache as contiguous [1, heads, n, dim] tensors) or (0, None)."""
+        """(tokens reused, views of their cache [1, heads, n, dim]) or (0, None)."""
         best, best_key = self._best(tuple(token_ids))
         if best_key is None:
             return 0, None
