@@ -78,3 +78,22 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.mark.slow
+def test_engine_ceiling_times_the_served_decoders_graphs(smollm2_export, monkeypatch: pytest.MonkeyPatch) -> None:
+    from export.triton_python.llm_engine import Decoder
+    from loadtest.bench.llm_steps import engine_steps
+
+    sessions = []
+    step = Decoder.step
+
+    def recording(self, input_ids, new, slots):  # which graph ran each step, by the rows it carried
+        sessions.append((input_ids.shape[0], self.single_row is not None and input_ids.size == 1))
+        return step(self, input_ids, new, slots)
+
+    monkeypatch.setattr(Decoder, "step", recording)
+    steps = engine_steps(smollm2_export.repository, "smollm2", rows=4, context=20, steps=3, alternations=1)
+    assert steps["step_1_ms"] > 0 and steps["step_n_ms"] > 0
+    assert steps["ceiling"] == pytest.approx(4 * steps["step_1_ms"] / steps["step_n_ms"])
+    assert {rows: packed for rows, packed in sessions} == {1: True, 4: False}  # one row: the 4-bit graph
