@@ -177,7 +177,7 @@ def scheduling(monkeypatch: pytest.MonkeyPatch):
     import llm_scheduler
 
     yield llm_scheduler
-    for name in ("llm_scheduler", "llm_engine", "llm_text"):
+    for name in ("llm_scheduler", "llm_requests", "llm_engine", "llm_text"):
         sys.modules.pop(name, None)
 
 

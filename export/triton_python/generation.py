@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-# llm_engine, llm_text, llm_scheduler and model_support are copied next to this file (model.py)
+# llm_engine, llm_text, llm_requests, llm_scheduler and model_support are copied next to this file (model.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_support import error_response, param
 
@@ -156,7 +156,7 @@ class TritonPythonModel:
                 self.metrics["decode_rows"].increment(rows)
 
     def _sequence(self, request, sink: ResponseSink):
-        from llm_scheduler import Sequence
+        from llm_requests import Sequence
         from llm_text import RequestError, TextStream
 
         messages, prompt = _scalar(request, "messages"), _scalar(request, "prompt")

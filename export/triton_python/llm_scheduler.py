@@ -14,58 +14,34 @@ Each loop iteration:
 3. samples each row's token and hands its text delta to the sender thread (`Outbox`); rows that finished (eos, stop
    string, max_tokens, context) or were cancelled get their final response and leave the batch before the next step.
 
-Responses leave through one sender thread, in order per request: handing a response to Triton is an IPC round trip
-of the python backend (~0.5 ms measured here, per row and step), and whether a request was cancelled is another;
-both now overlap the next forward pass instead of delaying it (8 streams: ~5 ms per step).
+Responses leave through one sender thread (`llm_requests.Outbox`), overlapping the next forward pass.
 
 Capacity is checked when a request is submitted, so a full model answers at once instead of queueing: at most
 `max_batch_size` requests in flight (running + waiting), and the cache of all of them at their longest
 (rows × max(prompt + max_tokens)) must stay within `max_kv_tokens` token slots.
 
-Nothing here imports Triton: a request's responses go to its `Sink` (the Triton model adapts a response sender).
+Nothing here imports Triton: a request's responses go to its `llm_requests.Sink` (the Triton model adapts a
+response sender).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import numpy as np
 from llm_engine import Decoder, KVSlots, PrefixCache, PromptPrefill
-from llm_text import SamplingParams, TextStream, sample
+from llm_requests import Outbox, Sequence, StepInfo
+from llm_text import sample
 
 log = logging.getLogger("tritonstack.generation")
 
 
 class OverloadedError(RuntimeError):
     """The model is at capacity; the request was not accepted."""
-
-
-class Sink(Protocol):
-    """Where a request's responses go."""
-
-    def token(self, text: str, info: StepInfo) -> None: ...
-
-    def finish(self, text: str, reason: str, info: StepInfo) -> None: ...
-
-    def fail(self, message: str) -> None: ...
-
-    def cancelled(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """What a response reports: the forward pass that produced it and the running token counts."""
-
-    step: int
-    batch_size: int
-    prompt_tokens: int
-    completion_tokens: int
 
 
 @dataclass(frozen=True)
@@ -77,72 +53,6 @@ class Limits:
     max_context: int = 2048
     prefix_cache_tokens: int = 4096  # token slots of recent prompts kept for prefix reuse (0 = off)
     prefill_chunk: int = 256  # prompt tokens prefilled per iteration, between decode steps (0 = no limit)
-
-
-@dataclass
-class Sequence:
-    """One request being generated."""
-
-    prompt: list[int]
-    params: SamplingParams
-    sink: Sink
-    text: TextStream
-    rng: np.random.Generator
-    generated: list[int] = field(default_factory=list)
-    done: bool = False  # its final response (or error) is decided; the scheduler drops it at the next step
-    cancelled: bool = False  # seen by the sender thread; the scheduler ends it at the next step
-
-    def close(self, message: str) -> None:
-        """End the request with an error (once); on the sender thread, or once that has stopped."""
-        if not self.done:
-            self.done = True
-            self.send_error(message)
-
-    def send_error(self, message: str) -> None:
-        """Send the final error response (a failure to send is logged: the client is gone)."""
-        try:
-            self.sink.fail(message)
-        except Exception:
-            log.exception("sending an error response failed")
-
-    @property
-    def reserved(self) -> int:
-        """Cache slots this request may need at its longest."""
-        return len(self.prompt) + self.params.max_tokens
-
-
-class Outbox:
-    """One sender thread: every response of every request, in the order the scheduler posted them."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[Sequence, Callable[[], None]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="generation-sender", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def post(self, seq: Sequence, send: Callable[[], None]) -> None:
-        """Queue `send` (one response of `seq`)."""
-        self._queue.put((seq, send))
-
-    def stop(self, timeout: float) -> None:
-        """Send what is queued, then end the thread (never started: send it here)."""
-        self._queue.put(None)
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        else:
-            self._run()
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            seq, send = item
-            try:
-                send()
-                if not seq.done and seq.sink.cancelled():
-                    seq.cancelled = True
-            except Exception as exc:  # e.g. the client went away: only this request ends
-                log.exception("sending a response failed")
-                seq.close(f"sending a response failed: {exc}")
 
 
 @dataclass
