@@ -237,17 +237,21 @@ def test_prompts_admitted_together_prefill_in_groups_of_similar_length(schedulin
     assert decoder.batches[0] == 3  # the three waiting prompts: one prefill pass
 
 
+def _submit_greedy(scheduling, scheduler, prompt: list[int], max_tokens: int) -> Recorder:
+    """Submit a greedy request whose tokens read " t<id>"; its recorder."""
+    sink = Recorder()
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=None)
+    scheduler.submit(scheduling.Sequence(prompt, params, sink, TextStream(Numbered(), ()), np.random.default_rng()))
+    return sink
+
+
 def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps_of_the_running_rows(scheduling) -> None:
     decoder = FakeDecoder()
     limits = scheduling.Limits(max_batch_size=4, max_kv_tokens=400, prefill_chunk=4)
     scheduler = scheduling.Scheduler(decoder, limits, ())
 
     def submit(prompt: list[int], max_tokens: int) -> Recorder:
-        sink = Recorder()
-        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=None)
-        scheduler.submit(scheduling.Sequence(prompt, params, sink, TextStream(Numbered(), ()),
-                                             np.random.default_rng()))
-        return sink
+        return _submit_greedy(scheduling, scheduler, prompt, max_tokens)
 
     running, long = submit([0], 8), submit(list(range(10)), 3)
     assert scheduler.in_flight() == 2
@@ -341,11 +345,7 @@ def test_short_prompts_start_during_a_chunked_prefill_and_the_long_prompt_keeps_
                                                                 prefill_chunk=4), ())
 
     def submit(prompt: list[int], max_tokens: int) -> Recorder:
-        sink = Recorder()
-        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=None)
-        scheduler.submit(scheduling.Sequence(prompt, params, sink, TextStream(Numbered(), ()),
-                                             np.random.default_rng()))
-        return sink
+        return _submit_greedy(scheduling, scheduler, prompt, max_tokens)
 
     long = submit(list(range(10)), 2)
     scheduler.start()
