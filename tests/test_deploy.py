@@ -331,7 +331,9 @@ def test_dashboard_covers_the_required_panels() -> None:
                    "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
                    "nv_inference_exec_count", "nv_gpu_utilization", "nv_gpu_memory_used_bytes",
                    "tritonstack_jobs_queue_depth", "gateway_embedding_drift_cosine",
-                   "gateway_embedding_input_tokens_bucket", "gateway_budget_used_ratio"):
+                   "gateway_embedding_input_tokens_bucket", "gateway_budget_used_ratio",
+                   "tritonstack_llm_completion_tokens_total", "tritonstack_llm_decode_steps_total",
+                   "tritonstack_llm_requests_in_flight"):
         assert needed in text, needed
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le) (rate(gateway_request_duration_seconds_bucket" in text
@@ -368,13 +370,15 @@ def live_gateway(triton_server: Any, redis_server: Any, gateway_keys: Any) -> It
 
 
 @pytest.fixture(scope="module")
-def live_metric_names(live_gateway: Any, triton_server: Any) -> set[str]:
+def live_metric_names(live_gateway: Any, triton_server: Any, smollm2_triton: Any) -> set[str]:
+    """What the gateway, a Triton serving the embedders, one serving the generation model and the worker export."""
     from jobs.metrics import WorkerMetrics
 
-    gateway_text = httpx.get(f"{live_gateway.url}/metrics", timeout=10).text
-    triton_text = httpx.get(f"http://127.0.0.1:{triton_server.opts.metrics_port}/metrics", timeout=10).text
-    worker_text = generate_latest(WorkerMetrics().registry).decode()
-    return _exported_names(gateway_text) | _exported_names(triton_text) | _exported_names(worker_text)
+    texts = [httpx.get(url, timeout=10).text for url in (
+        f"{live_gateway.url}/metrics", f"http://127.0.0.1:{triton_server.opts.metrics_port}/metrics",
+        f"http://127.0.0.1:{smollm2_triton.opts.metrics_port}/metrics")]
+    texts.append(generate_latest(WorkerMetrics().registry).decode())
+    return set().union(*(_exported_names(text) for text in texts))
 
 
 def test_every_dashboard_query_names_an_exported_metric(live_metric_names: set[str]) -> None:

@@ -149,6 +149,9 @@ def test_concurrent_streams_share_forward_passes(smollm2_triton: TritonServer) -
     tokens = after["tritonstack_llm_completion_tokens_total"] - before.get("tritonstack_llm_completion_tokens_total", 0)
     assert tokens == sum(g.final.completion_tokens for g in gens.values())
     assert passes < tokens  # fewer forward passes than tokens: passes were shared
+    steps = after["tritonstack_llm_decode_steps_total"] - before.get("tritonstack_llm_decode_steps_total", 0)
+    rows = after["tritonstack_llm_decode_rows_total"] - before.get("tritonstack_llm_decode_rows_total", 0)
+    assert 0 < steps < passes and rows / steps > 1  # the mean decode batch the dashboard plots
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_while_streams_run_and_short_prompts_start(
@@ -183,6 +186,7 @@ def test_full_model_rejects_at_once(smollm2_triton: TritonServer) -> None:
         for i in range(MAX_BATCH_ROWS):
             busy.send(f"b{i}", chat(f"Count from {i} to 500, one number per line."), temperature=0.0, max_tokens=400)
         busy.wait(until=lambda gens: all(g.responses for g in gens.values()))  # all four are generating
+        assert _in_flight_reaches(smollm2_triton, MAX_BATCH_ROWS)  # the model's gauge counts them
         start = time.monotonic()
         rejected = probe.send("p", FRANCE, max_tokens=4)
         probe.wait()
@@ -198,6 +202,17 @@ def test_full_model_rejects_at_once(smollm2_triton: TritonServer) -> None:
         assert "overloaded" in after.final.error and time.monotonic() < deadline
         time.sleep(0.1)
     assert after.final.finish_reason == "length"
+    assert _in_flight_reaches(smollm2_triton, 0)  # cancelled and finished requests leave the gauge
+
+
+def _in_flight_reaches(server: TritonServer, value: int, timeout: float = 10.0) -> bool:
+    """Whether the model's in-flight gauge reads `value` within `timeout` (it follows each final response)."""
+    deadline = time.monotonic() + timeout
+    while _counters(server).get("tritonstack_llm_requests_in_flight") != value:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_invalid_request_is_an_error(smollm2_triton: TritonServer) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,11 +59,12 @@ def _scalar(request, name: str):
 
 
 class ResponseSink:
-    """A request's response sender, as the scheduler's `Sink`."""
+    """A request's response sender, as the scheduler's `Sink`; `ended` runs after its final response."""
 
-    def __init__(self, sender, metrics: dict) -> None:
+    def __init__(self, sender, metrics: dict, ended: Callable[[], None]) -> None:
         self.sender = sender
         self.metrics = metrics
+        self.ended = ended
 
     def _response(self, text: str, reason: str, info) -> pb_utils.InferenceResponse:
         return pb_utils.InferenceResponse(output_tensors=[
@@ -81,29 +83,42 @@ class ResponseSink:
         if "completion_tokens" in self.metrics:  # counted first: a client that saw the final response sees them
             self.metrics["completion_tokens"].increment(info.completion_tokens)
             self.metrics["requests"].increment(1)
-        self.sender.send(self._response(text, reason, info), flags=FINAL)
+        try:
+            self.sender.send(self._response(text, reason, info), flags=FINAL)
+        finally:
+            self.ended()
 
     def fail(self, message: str) -> None:
-        self.sender.send(error_response(message, "INTERNAL"), flags=FINAL)
+        try:
+            self.sender.send(error_response(message, "INTERNAL"), flags=FINAL)
+        finally:
+            self.ended()
 
     def cancelled(self) -> bool:
         return bool(self.sender.is_cancelled())
 
 
 def _metrics(model: str) -> tuple[list, dict]:
-    """Custom Prometheus counters on Triton's metrics endpoint: (families to keep alive, metrics by name)."""
+    """Custom Prometheus metrics on Triton's metrics endpoint: (families to keep alive, metrics by name)."""
     family_type = getattr(pb_utils, "MetricFamily", None)
     if family_type is None:
         return [], {}
+    counter, gauge = family_type.COUNTER, family_type.GAUGE
     specs = {
-        "forward_passes": ("tritonstack_llm_forward_passes_total", "Decoder forward passes (prefill + decode)"),
-        "decode_rows": ("tritonstack_llm_decode_rows_total", "Rows over all decode passes (sum of batch sizes)"),
-        "completion_tokens": ("tritonstack_llm_completion_tokens_total", "Tokens generated"),
-        "requests": ("tritonstack_llm_requests_total", "Generation requests completed"),
+        "forward_passes": ("tritonstack_llm_forward_passes_total", "Decoder forward passes (prefill + decode)",
+                           counter),
+        "decode_steps": ("tritonstack_llm_decode_steps_total", "Decode passes (one token for every running row)",
+                         counter),
+        "decode_rows": ("tritonstack_llm_decode_rows_total", "Rows over all decode passes (sum of batch sizes)",
+                        counter),
+        "completion_tokens": ("tritonstack_llm_completion_tokens_total", "Tokens generated", counter),
+        "requests": ("tritonstack_llm_requests_total", "Generation requests completed", counter),
+        "in_flight": ("tritonstack_llm_requests_in_flight",
+                      "Accepted generation requests not finished yet (waiting, being prefilled or decoding)", gauge),
     }
     families, metrics = [], {}
-    for key, (name, description) in specs.items():
-        family = family_type(name=name, description=description, kind=family_type.COUNTER)
+    for key, (name, description, kind) in specs.items():
+        family = family_type(name=name, description=description, kind=kind)
         families.append(family)  # a Metric is only valid while its family lives
         metrics[key] = family.Metric(labels={"model": model})
     return families, metrics
@@ -153,7 +168,13 @@ class TritonPythonModel:
         if self.metrics:
             self.metrics["forward_passes"].increment(1)
             if decode:
+                self.metrics["decode_steps"].increment(1)
                 self.metrics["decode_rows"].increment(rows)
+
+    def _in_flight_changed(self) -> None:
+        """Requests were accepted or ended: the in-flight gauge follows."""
+        if self.metrics:
+            self.metrics["in_flight"].set(self.scheduler.in_flight())
 
     def _sequence(self, request, sink: ResponseSink):
         from llm_requests import Sequence
@@ -213,13 +234,15 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                self.scheduler.submit(self._sequence(request, ResponseSink(sender, self.metrics)))
+                self.scheduler.submit(self._sequence(request, ResponseSink(sender, self.metrics,
+                                                                           self._in_flight_changed)))
             except OverloadedError as exc:
                 sender.send(error_response(f"overloaded: {exc}", "UNAVAILABLE"), flags=FINAL)
             except (ValueError, UnicodeDecodeError) as exc:
                 sender.send(error_response(f"invalid request: {exc}", "INVALID_ARG"), flags=FINAL)
             except Exception as exc:  # e.g. a chat template error: this request fails, never hangs
                 sender.send(error_response(f"request failed: {exc}", "INTERNAL"), flags=FINAL)
+        self._in_flight_changed()
         return None
 
     def finalize(self) -> None:

@@ -105,8 +105,9 @@ class Scheduler:
         self.outbox.stop(timeout)
 
     def in_flight(self) -> int:
+        """Accepted requests whose final response is not decided yet."""
         with self._wake:
-            return len(self._flight())
+            return sum(not seq.done for seq in self._flight())
 
     def _flight(self) -> list[Sequence]:
         """Every accepted request not finished yet (call with the lock held, or once the thread has stopped)."""
