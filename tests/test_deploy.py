@@ -12,11 +12,13 @@ A test is skipped only when its tool is absent, with the reason.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,6 +189,40 @@ def test_runtime_image_needs_no_export_stack_and_its_requirements_cover_every_im
     # the pins are what the test suite runs with: a bump of pyproject.toml must bump the images too
     stale = {n: (v, metadata.version(n)) for n, (v, _) in pins.items() if metadata.version(n) != v}
     assert not stale, f"requirements-runtime.txt pins differ from the tested versions (pin, tested): {stale}"
+
+
+def _model_imports() -> set[str]:
+    """Third-party distributions the packaged python-backend models import (export/triton_python/*.py)."""
+    folder = ROOT / "export" / "triton_python"
+    local = {path.stem for path in folder.glob("*.py")} | {"triton_python_backend_utils"}  # the latter: Triton's
+    names = set()
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {_norm(n) for n in names - local - set(sys.stdlib_module_names)}
+
+
+def test_both_triton_images_install_what_the_python_models_import() -> None:
+    """Every model `tritonstack export` writes must load in either image: the CPU one (our requirements) and NVIDIA's
+    (the pip line of triton-gpu.Dockerfile), with an onnxruntime that loads the generation graph."""
+    imported = _model_imports()
+    assert {"numpy", "onnxruntime", "tokenizers", "jinja2"} <= imported  # the walk sees the models' imports
+    triton_cpu = RUNTIME_REQUIREMENTS.with_name("requirements-triton-cpu.txt")
+    cpu = _requirements(RUNTIME_REQUIREMENTS) | _requirements(triton_cpu)
+    assert not imported - cpu.keys(), f"the CPU Triton image misses {sorted(imported - cpu.keys())}"
+    gpu_file = (ROOT / "deploy" / "docker" / "triton-gpu.Dockerfile").read_text()
+    gpu = {_norm(m) for m in re.findall(r'"([A-Za-z0-9_.-]+)[<>=]', gpu_file)}
+    assert not imported - gpu, f"NVIDIA's Triton image (triton-gpu.Dockerfile) misses {sorted(imported - gpu)}"
+    from export.triton_python.llm_engine import MIN_ORT
+
+    for name, version in (("CPU", cpu["onnxruntime"][0]), ("GPU", re.search(r'"onnxruntime==([\d.]+)"', gpu_file)[1])):
+        assert tuple(map(int, version.split(".")[:2])) >= MIN_ORT, f"{name} image: onnxruntime {version}"
+    # onnxruntime >= 1.32 has wheels for Python >= 3.11 only: NVIDIA's image from 24.12 on (Ubuntu 24.04, Python 3.12)
+    tag = re.search(r"tritonserver:(\d+)\.(\d+)-py3", gpu_file)
+    assert tag and (int(tag[1]), int(tag[2])) >= (24, 12), "NVIDIA's image before 24.12 has Python 3.10"
 
 
 @pytest.mark.parametrize("dockerfile", sorted((ROOT / "deploy" / "docker").glob("*.Dockerfile")), ids=lambda p: p.name)

@@ -15,7 +15,7 @@ from export.errors import OptionError, ParityError
 from export.generation_parity import GenerationParity, enforce
 from export.llm_pipeline import Smollm2Request, validate_smollm2
 from export.llm_specs import GenerationServing
-from export.triton_python.llm_engine import KVSlots, PrefixCache
+from export.triton_python.llm_engine import KVSlots, PrefixCache, check_runtime
 from export.triton_python.llm_text import SamplingParams, TextStream, sample
 
 TRITON_PYTHON = Path(__file__).parents[1] / "export" / "triton_python"
@@ -496,3 +496,11 @@ def test_parity_gate_and_option_checks() -> None:
         validate_smollm2(Smollm2Request(weights="int3"))
     with pytest.raises(OptionError, match="prefill-chunk-tokens"):
         validate_smollm2(Smollm2Request(serving=GenerationServing(prefill_chunk_tokens=-1)))
+
+
+def test_an_onnx_runtime_that_cannot_load_the_graph_is_refused_with_what_to_install() -> None:
+    check_runtime("1.32.0")
+    check_runtime("1.40.1")
+    for old in ("1.31.1", "1.23.2"):  # 1.23: the last release for Python 3.10 (NVIDIA's Triton 24.10 image)
+        with pytest.raises(RuntimeError, match=r"needs onnxruntime >= 1\.32 .*onnxruntime " + old.replace(".", r"\.")):
+            check_runtime(old)

@@ -25,6 +25,19 @@ import numpy as np
 import onnxruntime as ort
 
 CHUNK = 64  # cache capacity grows in steps of this many columns
+MIN_ORT = (1, 32)  # GroupQueryAttention's `query_seqlens` input (right-padded rows in one pass) is new in 1.32
+
+
+def check_runtime(version: str = ort.__version__) -> None:
+    """Refuse an ONNX Runtime that cannot load the exported graph, with what to install (instead of its INVALID_GRAPH
+    error about GroupQueryAttention's input count)."""
+    found = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    if found < MIN_ORT:
+        raise RuntimeError(
+            f"the generation graph needs onnxruntime >= {'.'.join(map(str, MIN_ORT))} (GroupQueryAttention's "
+            f"query_seqlens input); this Python has onnxruntime {version}: pip install 'onnxruntime>=1.32' "
+            "(wheels for Python >= 3.11)"
+        )
 
 
 @dataclass(frozen=True)
@@ -168,6 +181,7 @@ class Decoder:
 
     def __init__(self, onnx_path: Path, info: ModelInfo, *, intra_op_threads: int = 0, inter_op_threads: int = 1,
                  single_row_path: Path | None = None, allow_spinning: bool = False):
+        check_runtime()
         self.session = _session(onnx_path, intra_op_threads, inter_op_threads, allow_spinning)
         self.single_row = (_session(single_row_path, intra_op_threads, inter_op_threads, allow_spinning)
                            if single_row_path is not None else None)
