@@ -45,7 +45,7 @@ def validate_smollm2(req: Smollm2Request) -> None:
     if req.target != "cpu":
         raise OptionError(
             "--target gpu is not available for smollm2 yet: the generation model is a python-backend model that "
-            "runs ONNX Runtime on CPU (use --target cpu)"
+            "runs ONNX Runtime on CPU (use --target cpu: that export also loads in the GPU Triton image, on its CPU)"
         )
     try:
         parse_version_policy(req.serving.version_policy)
