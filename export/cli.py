@@ -286,9 +286,10 @@ def torch(
 def smollm2(
     repository: RepositoryOpt = Path("model_repository"),
     name: Annotated[str, typer.Option(help="Model name in the repository.")] = "smollm2",
-    target: Annotated[Target, typer.Option(help="cpu: python backend + ONNX Runtime (the only target so far).")] = (
-        Target.cpu
-    ),
+    target: Annotated[Target, typer.Option(
+        help="cpu: python backend + ONNX Runtime on the CPU. gpu: the fp16 graph on ONNX Runtime's CUDA provider, "
+        "KV cache in GPU memory (NVIDIA's Triton image: onnxruntime-gpu + CuPy); --weights does not apply."
+    )] = Target.cpu,
     weights: Annotated[
         str,
         typer.Option(

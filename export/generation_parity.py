@@ -77,7 +77,7 @@ class GenerationParity:
             f"{'PASS' if self.passed else 'FAIL'}",
             f"  token-for-token vs transformers generate: {len(self.prompts) - len(self.mismatches)}"
             f"/{len(self.prompts)} equal",
-            f"  batched (right-padded pass, prefix reuse, chunked prefill, continuous) vs single: "
+            f"  batched (bursts in one pass, prefix reuse, chunked prefill, continuous) vs single: "
             f"{len(self.prompts) - len(self.batch_mismatches)}/{len(self.prompts)} equal",
             f"  served chat template vs transformers apply_chat_template: "
             f"{len(self.prompts) - len(self.template_mismatches)}/{len(self.prompts)} equal",

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 OPSET = 17
+IR_VERSION = 10  # enough for opset 17; onnx's default here (14) is refused by older onnxruntime (1.23: max 11)
 INPUT_IDS, SEQLENS, QUERY_SEQLENS, TOTAL, LOGITS_INDEX, LOGITS = (
     "input_ids", "seqlens_k", "query_seqlens", "total_sequence_length", "logits_index", "logits")
 
@@ -97,8 +98,8 @@ def _rotary_tables(model: Any, shape: LlamaShape) -> tuple[np.ndarray, np.ndarra
     return cos[0, :, :half].numpy(), sin[0, :, :half].numpy()
 
 
-def _layer(g: _Graph, w: dict[str, np.ndarray], shape: LlamaShape, i: int, x: str, residual: str | None
-           ) -> tuple[str, str]:
+def _layer(g: _Graph, w: dict[str, np.ndarray], shape: LlamaShape, i: int, x: str, residual: str | None,
+           padded: bool = True) -> tuple[str, str]:
     """Layer `i` on the residual stream: (the MLP's output, the residual it is added to by the next norm)."""
     p = f"model.layers.{i}."
     eps = shape.eps
@@ -111,9 +112,10 @@ def _layer(g: _Graph, w: dict[str, np.ndarray], shape: LlamaShape, i: int, x: st
                                  [f"l{i}.h", "", "", f"l{i}.residual"], domain="com.microsoft", epsilon=eps)
     qkv_w = np.concatenate([w[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], axis=0).T
     (qkv,) = g.op("MatMul", [h, g.const(f"l{i}.qkv", qkv_w)], [f"l{i}.qkv_out"])
+    per_row = [*[""] * 7, QUERY_SEQLENS] if padded else []  # CUDA's GroupQueryAttention reads no query_seqlens
     att, _, _ = g.op("GroupQueryAttention",
                   [qkv, "", "", f"past.{i}.key", f"past.{i}.value", SEQLENS, TOTAL, "cos_cache", "sin_cache",
-                   *[""] * 7, QUERY_SEQLENS],
+                   *per_row],
                   [f"l{i}.attention", f"present.{i}.key", f"present.{i}.value"], domain="com.microsoft",
                   num_heads=shape.heads, kv_num_heads=shape.kv_heads, do_rotary=1)
     (out,) = g.op("MatMul", [att, g.const(f"l{i}.o", w[p + "self_attn.o_proj.weight"].T)], [f"l{i}.o_out"])
@@ -129,10 +131,18 @@ def _layer(g: _Graph, w: dict[str, np.ndarray], shape: LlamaShape, i: int, x: st
     return down, residual
 
 
-def build_decoder(model: Any, destination: Path) -> Path:
-    """Write the decoder graph of `model` (a transformers Llama-architecture causal LM, fp32) to `destination`."""
+def build_decoder(model: Any, destination: Path, precision: str = "fp32") -> Path:
+    """Write the decoder graph of `model` (a transformers Llama-architecture causal LM, fp32) to `destination`.
+
+    `precision` "fp16" writes the GPU graph: weights, activations and cache in fp16 (CUDA's GroupQueryAttention
+    takes fp16/bf16 only), logits still fp32, and no `query_seqlens` input (CUDA's kernel has none: a pass must not
+    pad rows, `llm_engine.Decoder.padded`)."""
     import onnx
     from onnx import TensorProto, helper
+
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision {precision!r}: expected fp32 or fp16")
+    padded = precision == "fp32"
 
     shape = LlamaShape.of(model)
     w = _weights(model)
@@ -144,7 +154,7 @@ def build_decoder(model: Any, destination: Path) -> Path:
     (x,) = g.op("Gather", [g.const("embed_tokens", embed), INPUT_IDS], ["embedded"])
     residual = None
     for i in range(shape.layers):
-        x, residual = _layer(g, w, shape, i, x, residual)
+        x, residual = _layer(g, w, shape, i, x, residual, padded)
     final_norm = g.const("final_norm", w["model.norm.weight"])
     final, _, _, _ = g.op("SkipSimplifiedLayerNormalization", [x, residual, final_norm], ["normed", "", "", ""],
                           domain="com.microsoft", epsilon=shape.eps)
@@ -157,7 +167,7 @@ def build_decoder(model: Any, destination: Path) -> Path:
     cache = ["batch", shape.kv_heads, "capacity", shape.head_dim]
     inputs = [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "sequence"]),
               helper.make_tensor_value_info(SEQLENS, TensorProto.INT32, ["batch"]),
-              helper.make_tensor_value_info(QUERY_SEQLENS, TensorProto.INT32, ["batch"]),
+              *([helper.make_tensor_value_info(QUERY_SEQLENS, TensorProto.INT32, ["batch"])] if padded else []),
               helper.make_tensor_value_info(TOTAL, TensorProto.INT32, []),
               helper.make_tensor_value_info(LOGITS_INDEX, TensorProto.INT64, ["batch"])]
     outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", shape.vocab])]
@@ -168,5 +178,10 @@ def build_decoder(model: Any, destination: Path) -> Path:
     graph = helper.make_graph(g.nodes, "decoder", inputs, outputs, g.initializers)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                          helper.make_opsetid("com.microsoft", 1)])
+    if precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        onnx_model = convert_float_to_float16(onnx_model, keep_io_types=[LOGITS], disable_shape_infer=True)
+    onnx_model.ir_version = IR_VERSION
     onnx.save(onnx_model, str(destination))
     return destination

@@ -14,12 +14,13 @@ from pathlib import Path
 
 from export.config import ConfigError, parse_version_policy
 from export.errors import OptionError
-from export.llm_specs import GenerationServing, text_generation_cpu
+from export.llm_specs import GenerationServing, text_generation
 from export.pipeline import ExportResult, Quiet, Reporter, _skip_if_present, _timed
 from export.repack import repack
 from export.repository import resolve_version, write_version
 
 WEIGHTS = ("mixed", "fp32", "packed")
+FP16_ATOL = 0.25  # the GPU graph's logits gate (fp16 weights, activations and cache; tokens must still match)
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,8 @@ class Smollm2Request:
 
 def validate_smollm2(req: Smollm2Request) -> None:
     """All checks that need no model."""
-    if req.target != "cpu":
-        raise OptionError(
-            "--target gpu is not available for smollm2 yet: the generation model is a python-backend model that "
-            "runs ONNX Runtime on CPU (use --target cpu: that export also loads in the GPU Triton image, on its CPU)"
-        )
+    if req.target not in ("cpu", "gpu"):
+        raise OptionError(f"--target {req.target!r}: expected cpu or gpu")
     try:
         parse_version_policy(req.serving.version_policy)
     except ConfigError as exc:
@@ -74,10 +72,11 @@ def _build(req: Smollm2Request, model, tokenizer, work: Path, result: ExportResu
     from export.llm_graph import build_decoder
 
     onnx_path = work / "model.onnx"
-    with _timed(reporter, result, "build ONNX decoder (GroupQueryAttention, KV cache in place)"):
-        build_decoder(model, onnx_path)
+    precision = "fp16" if req.target == "gpu" else "fp32"
+    with _timed(reporter, result, f"build {precision} ONNX decoder (GroupQueryAttention, KV cache in place)"):
+        build_decoder(model, onnx_path, precision)
         assets = smollm2.write_assets(model, tokenizer, work / "assets")
-    if req.weights == "fp32":
+    if req.weights == "fp32" or req.target == "gpu":  # the GPU graph is fp16 throughout: no 4-bit variant
         return onnx_path, None, assets
     packed = work / "model.packed.onnx"
     with _timed(reporter, result, "repack GGUF 4-bit blocks as MatMulNBits (lossless)"):
@@ -88,6 +87,28 @@ def _build(req: Smollm2Request, model, tokenizer, work: Path, result: ExportResu
     return onnx_path, packed, assets
 
 
+def _weights(req: Smollm2Request) -> str:
+    return "fp16" if req.target == "gpu" else req.weights
+
+
+def _parity_place(target: str):
+    """Where the parity check runs the graph: the GPU graph on CUDA when this machine can (onnxruntime-gpu and
+    CuPy), else on ONNX Runtime's CPU provider, which runs the same fp16 graph."""
+    import onnxruntime as ort
+
+    from export.triton_python.llm_engine import HOST, Place
+
+    if target != "gpu":
+        return HOST, "CPU"
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return HOST, "fp16 graph on the CPU: no CuPy here"
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return HOST, "fp16 graph on the CPU: no CUDA provider here"
+    return Place("cuda", 0), "CUDA"
+
+
 def _check(req: Smollm2Request, model, tokenizer, graphs: tuple[Path, Path | None], assets: dict[str, Path],
            result: ExportResult, reporter: Reporter) -> None:
     """Generation parity of the served decoder and prompt builder; ParityError (nothing written) on failure."""
@@ -95,13 +116,17 @@ def _check(req: Smollm2Request, model, tokenizer, graphs: tuple[Path, Path | Non
     from export.triton_python.llm_engine import Decoder, ModelInfo
     from export.triton_python.llm_text import PromptBuilder
 
-    with _timed(reporter, result, "parity: greedy ONNX vs transformers generate"):
-        decoder = Decoder(graphs[0], ModelInfo.load(assets["generation.json"]), single_row_path=graphs[1])
+    place, where = _parity_place(req.target)
+    with _timed(reporter, result, f"parity: greedy ONNX vs transformers generate ({where})"):
+        decoder = Decoder(graphs[0], ModelInfo.load(assets["generation.json"]), single_row_path=graphs[1],
+                          place=place)
         served = PromptBuilder(assets["tokenizer.json"], assets["chat_template.jinja"],
                                tokenizer.bos_token or "", tokenizer.eos_token or "")
-        report = generation_parity.check(model, tokenizer, decoder, served, atol=req.atol,
+        gpu = req.target == "gpu"
+        report = generation_parity.check(model, tokenizer, decoder, served,
+                                         atol=max(req.atol, FP16_ATOL) if gpu else req.atol,
                                          max_new_tokens=req.max_new_tokens,
-                                         label=f"{req.weights} ONNX decoder with KV cache")
+                                         label=f"{_weights(req)} ONNX decoder with KV cache, {where}")
     result.reports.append(report)  # type: ignore[arg-type]
     reporter.note(report.describe())
     generation_parity.enforce(report)
@@ -127,7 +152,7 @@ def export_smollm2(req: Smollm2Request, reporter: Reporter | None = None) -> Exp
     with tempfile.TemporaryDirectory(prefix="tritonstack-export-") as tmp:
         onnx_path, single_row, assets = _build(req, model, tokenizer, Path(tmp), result, reporter)
         _check(req, model, tokenizer, (onnx_path, single_row), assets, result, reporter)
-        files = text_generation_cpu(req.name, onnx_path, assets, req.serving, req.weights, single_row)
+        files = text_generation(req.name, onnx_path, assets, req.serving, _weights(req), single_row, req.target)
         with _timed(reporter, result, f"write version {version} to {req.repository}"):
             result.paths = write_version(req.repository, [files], version, force=req.force)
     return result

@@ -1,7 +1,9 @@
 """The Triton model an LLM export writes: a decoupled python-backend model streaming generated text.
 
-The CPU target (the pip-installed Triton has only the python backend) runs the ONNX decoder on ONNX Runtime inside
-`generation.py`, with continuous batching in a scheduler thread; see that file for the inputs and outputs.
+The model runs the ONNX decoder on ONNX Runtime inside `generation.py`, with continuous batching in a scheduler
+thread; see that file for the inputs and outputs. The CPU target (the pip-installed Triton has only the python
+backend) runs it on the CPU; the GPU target runs the fp16 graph on ONNX Runtime's CUDA provider, one instance per
+GPU (`KIND_GPU`), its KV cache in GPU memory.
 `max_batch_size` is 0: the model batches internally, iteration by iteration, not through Triton's batcher.
 """
 
@@ -54,8 +56,8 @@ class GenerationServing:
     version_policy: str = "latest:1"
 
 
-def text_generation_cpu(name: str, onnx_file: Path, assets: dict[str, Path], opts: GenerationServing,
-                        weights: str = "fp32", single_row_file: Path | None = None) -> ModelFiles:
+def text_generation(name: str, onnx_file: Path, assets: dict[str, Path], opts: GenerationServing,
+                    weights: str = "fp32", single_row_file: Path | None = None, target: str = "cpu") -> ModelFiles:
     """The decoupled generation model: model.py + its helper modules + ONNX decoder + tokenizer assets."""
     spec = ModelSpec(
         name=name,
@@ -65,11 +67,12 @@ def text_generation_cpu(name: str, onnx_file: Path, assets: dict[str, Path], opt
         outputs=list(GENERATION_OUTPUTS),
         batching=None,
         instance_count=1,
-        instance_kind="KIND_CPU",
+        instance_kind="KIND_GPU" if target == "gpu" else "KIND_CPU",
         version_policy=opts.version_policy,
         decoupled=True,
         parameters={
             "onnx_file": "model.onnx",
+            "execution_provider": "cuda" if target == "gpu" else "cpu",
             "tokenizer_file": "tokenizer.json",
             "chat_template_file": "chat_template.jinja",
             "generation_file": "generation.json",
@@ -81,7 +84,7 @@ def text_generation_cpu(name: str, onnx_file: Path, assets: dict[str, Path], opt
             "intra_op_num_threads": str(opts.intra_op_threads),
             "inter_op_num_threads": str(opts.inter_op_threads),
             "allow_spinning": "1" if opts.ort_spinning else "0",
-            "weights": weights,  # informational: fp32, packed or mixed (export.llm_pipeline)
+            "weights": weights,  # informational: fp32, packed, mixed or fp16 (export.llm_pipeline)
             "single_row_onnx_file": "model.packed.onnx" if single_row_file is not None else "",
         },
     )

@@ -205,21 +205,32 @@ def _model_imports() -> set[str]:
     return {_norm(n) for n in names - local - set(sys.stdlib_module_names)}
 
 
+GPU_ONLY_IMPORTS = {"cupy"}  # imported by the generation model for `--target gpu` only (KV cache on the GPU)
+
+
 def test_both_triton_images_install_what_the_python_models_import() -> None:
-    """Every model `tritonstack export` writes must load in either image: the CPU one (our requirements) and NVIDIA's
-    (the pip line of triton-gpu.Dockerfile), with an onnxruntime that loads the generation graph."""
+    """Every model `tritonstack export` writes must load in the image it targets: the CPU one (our requirements),
+    NVIDIA's with its default LLM_RUNTIME=cpu (onnxruntime >= 1.32 for the CPU generation graph), and NVIDIA's with
+    LLM_RUNTIME=gpu (onnxruntime-gpu and CuPy for the GPU one)."""
     imported = _model_imports()
-    assert {"numpy", "onnxruntime", "tokenizers", "jinja2"} <= imported  # the walk sees the models' imports
+    assert {"numpy", "onnxruntime", "tokenizers", "jinja2", "cupy"} <= imported  # the walk sees the models' imports
     triton_cpu = RUNTIME_REQUIREMENTS.with_name("requirements-triton-cpu.txt")
     cpu = _requirements(RUNTIME_REQUIREMENTS) | _requirements(triton_cpu)
-    assert not imported - cpu.keys(), f"the CPU Triton image misses {sorted(imported - cpu.keys())}"
+    needed = imported - GPU_ONLY_IMPORTS
+    assert not needed - cpu.keys(), f"the CPU Triton image misses {sorted(needed - cpu.keys())}"
     gpu_file = (ROOT / "deploy" / "docker" / "triton-gpu.Dockerfile").read_text()
-    gpu = {_norm(m) for m in re.findall(r'"([A-Za-z0-9_.-]+)[<>=]', gpu_file)}
-    assert not imported - gpu, f"NVIDIA's Triton image (triton-gpu.Dockerfile) misses {sorted(imported - gpu)}"
+    common, variants = gpu_file.split("if [")[0], gpu_file.split("then")[1].split("else")
+    pinned = [{_norm(m): v for m, v in re.findall(r'"([A-Za-z0-9_.-]+)[<>=]=?([\d.]*)', text)}
+              for text in (common, *variants)]
+    gpu_variant, cpu_variant = pinned[0] | pinned[1], pinned[0] | pinned[2]
+    missing = needed - cpu_variant.keys()
+    assert not missing, f"NVIDIA's image (LLM_RUNTIME=cpu) misses {sorted(missing)}"
+    assert {"onnxruntime-gpu", "cupy-cuda12x"} <= gpu_variant.keys()
+    assert not (needed - {"onnxruntime"}) - gpu_variant.keys(), "NVIDIA's image (LLM_RUNTIME=gpu) misses some"
     from export.triton_python.llm_engine import MIN_ORT
 
-    for name, version in (("CPU", cpu["onnxruntime"][0]), ("GPU", re.search(r'"onnxruntime==([\d.]+)"', gpu_file)[1])):
-        assert tuple(map(int, version.split(".")[:2])) >= MIN_ORT, f"{name} image: onnxruntime {version}"
+    for name, version in (("CPU image", cpu["onnxruntime"][0]), ("NVIDIA's image", cpu_variant["onnxruntime"])):
+        assert tuple(map(int, version.split(".")[:2])) >= MIN_ORT, f"{name}: onnxruntime {version}"
     # onnxruntime >= 1.32 has wheels for Python >= 3.11 only: NVIDIA's image from 24.12 on (Ubuntu 24.04, Python 3.12)
     tag = re.search(r"tritonserver:(\d+)\.(\d+)-py3", gpu_file)
     assert tag and (int(tag[1]), int(tag[2])) >= (24, 12), "NVIDIA's image before 24.12 has Python 3.10"

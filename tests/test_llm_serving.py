@@ -10,6 +10,7 @@ import random
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
@@ -218,3 +219,59 @@ def _in_flight_reaches(server: TritonServer, value: int, timeout: float = 10.0) 
 def test_invalid_request_is_an_error(smollm2_triton: TritonServer) -> None:
     gen = generate(smollm2_triton, FRANCE, max_tokens=0)
     assert gen.final.error is not None and "invalid request" in gen.final.error
+
+
+def test_a_decoder_that_cannot_pad_prefills_by_length_with_the_same_result(smollm2_export: ExportedRepository) -> None:
+    """The GPU graph has no `query_seqlens`: prompts of different lengths are prefilled one pass per length, and the
+    rows, their caches and logits must equal one padded pass (checked here on the CPU graph with padding off)."""
+    from export.triton_python.llm_engine import Decoder, ModelInfo, PrefixCache
+
+    version = smollm2_export.repository / "smollm2" / "1"
+    info = ModelInfo.load(version / "generation.json")
+    prompts = [list(range(100, 140)), [*range(100, 125), 7, 8, 9], list(range(300, 311)), [5, 6, 7, 8, 9, 10]]
+    results = []
+    for padded in (True, False):
+        decoder = Decoder(version / "model.onnx", info)
+        decoder.padded = padded
+        prefixes = PrefixCache(4096)
+        decoder.prefill(prompts[0][:20], prefixes)  # a cached prefix for the first two prompts
+        logits, slots = decoder.prefill_many(prompts, prefixes)
+        following, slots = decoder.decode(logits.argmax(-1).tolist(), slots)  # the rows go on decoding together
+        results.append((logits, slots.lengths.copy(), following))
+    (padded_logits, padded_lengths, padded_next), (logits, lengths, following) = results
+    assert lengths.tolist() == padded_lengths.tolist() == [len(p) + 1 for p in prompts]
+    np.testing.assert_allclose(logits, padded_logits, atol=1e-4)
+    np.testing.assert_allclose(following, padded_next, atol=1e-4)
+    assert (logits.argmax(-1) == padded_logits.argmax(-1)).all()
+    assert (following.argmax(-1) == padded_next.argmax(-1)).all()
+
+
+def test_gpu_target_writes_the_fp16_graph_checked_for_parity(tmp_path) -> None:
+    """`--target gpu`: the fp16 graph without `query_seqlens` (CUDA's GroupQueryAttention has none), a KIND_GPU model
+    on ONNX Runtime's CUDA provider; its parity runs here on the CPU provider (same graph, fp16 throughout)."""
+    import onnxruntime as ort
+
+    from export.llm_pipeline import Smollm2Request, export_smollm2
+
+    repository = tmp_path / "model_repository"
+    (report,) = export_smollm2(Smollm2Request(repository=repository, target="gpu", max_new_tokens=8)).reports
+    assert report.passed and not report.mismatches and not report.batch_mismatches, report.describe()
+    assert "fp16" in report.label and "on the CPU" in report.label
+    assert report.max_abs_diff > 1e-3  # fp16 really: the fp32 graph stays within 1e-4
+    config = (repository / "smollm2" / "config.pbtxt").read_text()
+    assert "KIND_GPU" in config and 'string_value: "cuda"' in config and 'string_value: "fp16"' in config
+    version = repository / "smollm2" / "1"
+    assert not (version / "model.packed.onnx").exists()
+    session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i.type for i in session.get_inputs()}
+    assert "query_seqlens" not in inputs and inputs["past.0.key"] == "tensor(float16)"
+    assert session.get_outputs()[0].type == "tensor(float)"  # logits stay fp32 for sampling
+
+
+def test_a_gpu_decoder_says_what_it_needs_where_it_cannot_run(smollm2_export: ExportedRepository) -> None:
+    from export.triton_python import llm_engine
+
+    version = smollm2_export.repository / "smollm2" / "1"
+    info = llm_engine.ModelInfo.load(version / "generation.json")
+    with pytest.raises(RuntimeError, match=r"pip install cupy-cuda12x"):  # CuPy is checked first; not here
+        llm_engine.Decoder(version / "model.onnx", info, place=llm_engine.Place("cuda", 0))

@@ -488,8 +488,9 @@ def test_parity_gate_and_option_checks() -> None:
     failing = GenerationParity("x", ["p"], [[1, 2]], [[1, 3]], [[1, 3]], 0.0, 0.0, 1e-2, ["a"])
     with pytest.raises(ParityError, match="greedy tokens differ"):
         enforce(failing)
-    with pytest.raises(OptionError, match="also loads in the GPU Triton image"):  # says what to do instead
-        validate_smollm2(Smollm2Request(target="gpu"))
+    validate_smollm2(Smollm2Request(target="gpu"))
+    with pytest.raises(OptionError, match="expected cpu or gpu"):
+        validate_smollm2(Smollm2Request(target="tpu"))
     with pytest.raises(OptionError):
         validate_smollm2(Smollm2Request(serving=GenerationServing(max_kv_tokens=100, max_context=2048)))
     with pytest.raises(OptionError):

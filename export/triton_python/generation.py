@@ -98,6 +98,19 @@ class ResponseSink:
         return bool(self.sender.is_cancelled())
 
 
+def _place(provider: str, args: dict):
+    """Where the decoder runs: the CPU, or the GPU Triton gave this instance (`KIND_GPU`)."""
+    from llm_engine import HOST, Place
+
+    if provider == "cpu":
+        return HOST
+    if provider != "cuda":
+        raise ValueError(f"parameter execution_provider {provider!r}: expected cpu or cuda")
+    if args.get("model_instance_kind") != "GPU":
+        raise ValueError("execution_provider cuda needs a KIND_GPU instance group (tritonstack export --target gpu)")
+    return Place("cuda", int(args["model_instance_device_id"]))
+
+
 def _metrics(model: str) -> tuple[list, dict]:
     """Custom Prometheus metrics on Triton's metrics endpoint: (families to keep alive, metrics by name)."""
     family_type = getattr(pb_utils, "MetricFamily", None)
@@ -151,6 +164,7 @@ class TritonPythonModel:
             inter_op_threads=int(param(config, "inter_op_num_threads", "1")),
             single_row_path=version_dir / single_row if single_row else None,
             allow_spinning=param(config, "allow_spinning", "0") == "1",
+            place=_place(param(config, "execution_provider", "cpu"), args),
         )
         self.limits = Limits(
             max_batch_size=int(param(config, "max_batch_rows", "8")),

@@ -15,17 +15,19 @@ for that copy).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 CHUNK = 64  # cache capacity grows in steps of this many columns
-MIN_ORT = (1, 32)  # GroupQueryAttention's `query_seqlens` input (right-padded rows in one pass) is new in 1.32
+MIN_ORT = (1, 32)  # the CPU graph: GroupQueryAttention's `query_seqlens` input (right-padded rows) is new in 1.32
 
 
 def check_runtime(version: str = ort.__version__) -> None:
@@ -71,37 +73,86 @@ class ModelInfo:
 
 
 def _session(onnx_path: Path, intra_op_threads: int, inter_op_threads: int,
-             allow_spinning: bool = True) -> ort.InferenceSession:
+             allow_spinning: bool = True, place: Place | None = None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(onnx_path), options, providers=_providers(place or HOST))
+
+
+def _providers(place: Place) -> list:
+    if place.device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeError(f"execution_provider cuda: this onnxruntime ({ort.__version__}) has no "
+                           "CUDAExecutionProvider: install onnxruntime-gpu (deploy/docker/triton-gpu.Dockerfile does)")
+    return [("CUDAExecutionProvider", {"device_id": place.device_id}), "CPUExecutionProvider"]
 
 
 def _capacity(columns: int) -> int:
     return max(CHUNK, -(-columns // CHUNK) * CHUNK)
 
 
+def _cupy() -> Any:
+    try:
+        import cupy
+    except ImportError as exc:
+        raise RuntimeError("the GPU generation model keeps its KV cache on the GPU with CuPy: pip install "
+                           "cupy-cuda12x (deploy/docker/triton-gpu.Dockerfile installs it)") from exc
+    return cupy
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where cache buffers live: host memory (numpy arrays) or a GPU (CuPy arrays); ONNX Runtime reads and writes
+    them in place either way, bound by pointer."""
+
+    device: str = "cpu"  # "cpu" or "cuda"
+    device_id: int = 0
+
+    def active(self) -> contextlib.AbstractContextManager:
+        """The context array operations on this place run in (the GPU's, for CuPy)."""
+        return contextlib.nullcontext() if self.device == "cpu" else _cupy().cuda.Device(self.device_id)
+
+    def zeros(self, shape: tuple[int, ...], dtype: type) -> Any:
+        if self.device == "cpu":
+            return np.zeros(shape, dtype=dtype)
+        with self.active():
+            return _cupy().zeros(shape, dtype=dtype)
+
+    def contiguous(self, array: Any) -> Any:
+        return np.ascontiguousarray(array) if self.device == "cpu" else _cupy().ascontiguousarray(array)
+
+    def pointer(self, array: Any) -> int:
+        return int(array.ctypes.data) if self.device == "cpu" else int(array.data.ptr)
+
+
+HOST = Place()
+
+
 @dataclass
 class KVSlots:
     """The cache of a running batch: each row's length and 2 × layers buffers [rows, heads, capacity, head_dim]."""
 
-    lengths: np.ndarray  # int64 [rows]
-    cache: list[np.ndarray]
+    lengths: np.ndarray  # int64 [rows], always on the host
+    cache: list[Any]  # numpy or CuPy arrays (`place`)
     bindings: dict = field(default_factory=dict, repr=False)  # session id → its IOBinding with these buffers bound
+    place: Place = HOST
 
     @classmethod
-    def allocate(cls, rows: int, capacity: int, heads: int, head_dim: int, count: int) -> KVSlots:
+    def allocate(cls, rows: int, capacity: int, heads: int, head_dim: int, count: int,
+                 dtype: type = np.float32, place: Place = HOST) -> KVSlots:
         """`rows` empty slots of `capacity` columns in `count` buffers [rows, heads, capacity, head_dim]."""
         shape = (rows, heads, capacity, head_dim)
-        return cls(np.zeros(rows, dtype=np.int64), [np.zeros(shape, dtype=np.float32) for _ in range(count)])
+        return cls(np.zeros(rows, dtype=np.int64), [place.zeros(shape, dtype) for _ in range(count)], place=place)
 
     def _empty(self, rows: int, capacity: int) -> KVSlots:
-        """Empty slots with this batch's geometry."""
+        """Empty slots with this batch's geometry, precision and place."""
         _, heads, _, head_dim = self.cache[0].shape
-        return KVSlots.allocate(rows, capacity, heads, head_dim, len(self.cache))
+        return KVSlots.allocate(rows, capacity, heads, head_dim, len(self.cache), self.cache[0].dtype.type,
+                                self.place)
 
     @property
     def rows(self) -> int:
@@ -121,8 +172,9 @@ class KVSlots:
         out = self._empty(len(rows), capacity)
         index = np.asarray(rows, dtype=np.int64)
         out.lengths[:] = self.lengths[index]
-        for dst, src in zip(out.cache, self.cache, strict=True):
-            dst[:, :, :width] = src[index, :, :width]
+        with self.place.active():
+            for dst, src in zip(out.cache, self.cache, strict=True):
+                dst[:, :, :width] = src[list(rows), :, :width]
         return out
 
     def reserve(self, columns: int) -> KVSlots:
@@ -137,12 +189,13 @@ class KVSlots:
         capacity = max(_capacity(capacity) if capacity else 0, *(p.capacity for p in parts))
         out = parts[0]._empty(sum(p.rows for p in parts), capacity)
         start = 0
-        for part in parts:
-            end, width = start + part.rows, part.width
-            out.lengths[start:end] = part.lengths
-            for dst, src in zip(out.cache, part.cache, strict=True):
-                dst[start:end, :, :width] = src[:, :, :width]
-            start = end
+        with out.place.active():
+            for part in parts:
+                end, width = start + part.rows, part.width
+                out.lengths[start:end] = part.lengths
+                for dst, src in zip(out.cache, part.cache, strict=True):
+                    dst[start:end, :, :width] = src[:, :, :width]
+                start = end
         return out
 
     def merged(self, other: KVSlots, capacity: int = 0) -> KVSlots:
@@ -161,8 +214,9 @@ class KVSlots:
     def row(self, index: int) -> KVSlots:
         """Row `index` alone, with exactly its length as capacity (contiguous copies)."""
         n = int(self.lengths[index])
-        return KVSlots(self.lengths[index : index + 1].copy(),
-                       [np.ascontiguousarray(t[index : index + 1, :, :n]) for t in self.cache])
+        with self.place.active():
+            cache = [self.place.contiguous(t[index : index + 1, :, :n]) for t in self.cache]
+        return KVSlots(self.lengths[index : index + 1].copy(), cache, place=self.place)
 
     def prefix(self, columns: int) -> list[np.ndarray]:
         """Row 0's first `columns` columns, as [1, heads, columns, head_dim] views (no copy: a prompt that reuses
@@ -177,22 +231,36 @@ class Decoder:
     steps that compute one token of one row: there the step is bound by reading the weights, which the 4-bit
     blocks make 5× smaller; every wider step (prefill, batched decode) runs the fp32 graph, whose GEMMs are faster
     once there are several rows. Both graphs read and write the same cache buffers.
+
+    With `place` on a GPU (the fp16 graph of `--target gpu`), ONNX Runtime runs on CUDA and the cache buffers are
+    CuPy arrays on that GPU; only token ids, lengths and the logits cross to the host.
     """
 
     def __init__(self, onnx_path: Path, info: ModelInfo, *, intra_op_threads: int = 0, inter_op_threads: int = 1,
-                 single_row_path: Path | None = None, allow_spinning: bool = False):
-        check_runtime()
-        self.session = _session(onnx_path, intra_op_threads, inter_op_threads, allow_spinning)
-        self.single_row = (_session(single_row_path, intra_op_threads, inter_op_threads, allow_spinning)
+                 single_row_path: Path | None = None, allow_spinning: bool = False, place: Place = HOST):
+        self.place = place
+        if place.device != "cpu":
+            _cupy()  # a clear error before the sessions load
+        try:
+            self.session = _session(onnx_path, intra_op_threads, inter_op_threads, allow_spinning, place)
+        except Exception:
+            check_runtime()  # the CPU graph on an onnxruntime too old for it: say what to install
+            raise
+        self.single_row = (_session(single_row_path, intra_op_threads, inter_op_threads, allow_spinning, place)
                            if single_row_path is not None else None)
         self.info = info
         self.past_names = [f"past.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
         self.present_names = [f"present.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
+        inputs = {i.name: i.type for i in self.session.get_inputs()}
+        self.kv_dtype = np.float16 if inputs[self.past_names[0]] == "tensor(float16)" else np.float32
+        # without `query_seqlens` (CUDA's GroupQueryAttention has no such input) a pass must not pad
+        self.takes_query_seqlens = "query_seqlens" in inputs
+        self.padded = self.takes_query_seqlens  # whether prefill_many pads rows of different lengths into one pass
 
     def empty(self, rows: int, capacity: int = CHUNK) -> KVSlots:
         """`rows` empty slots."""
         return KVSlots.allocate(rows, _capacity(capacity), self.info.kv_heads, self.info.head_dim,
-                                len(self.past_names))
+                                len(self.past_names), self.kv_dtype, self.place)
 
     def _binding(self, session: ort.InferenceSession, slots: KVSlots) -> ort.IOBinding:
         """The session's binding with `slots`' buffers as both past and present (made once per batch)."""
@@ -200,9 +268,10 @@ class Decoder:
         if binding is None:
             binding = session.io_binding()
             for past, present, buffer in zip(self.past_names, self.present_names, slots.cache, strict=True):
-                shape, pointer = list(buffer.shape), buffer.ctypes.data
-                binding.bind_input(past, "cpu", 0, np.float32, shape, pointer)
-                binding.bind_output(present, "cpu", 0, np.float32, shape, pointer)
+                shape, pointer, dtype = list(buffer.shape), slots.place.pointer(buffer), buffer.dtype.type
+                device, device_id = slots.place.device, slots.place.device_id
+                binding.bind_input(past, device, device_id, dtype, shape, pointer)
+                binding.bind_output(present, device, device_id, dtype, shape, pointer)
             slots.bindings[id(session)] = binding
         return binding
 
@@ -221,6 +290,9 @@ class Decoder:
             "total_sequence_length": np.array(max(int(after.max()), columns), dtype=np.int32),
             "logits_index": np.arange(rows, dtype=np.int64) * columns + new - 1,
         }
+        if not self.takes_query_seqlens:
+            assert bool((new == columns).all()), "this graph cannot pad: every row needs the same number of tokens"
+            del feeds["query_seqlens"]
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         logits = np.empty((rows, self.info.vocab), dtype=np.float32)  # ours: no output wrappers, no copy
@@ -243,20 +315,40 @@ class Decoder:
         """Prompts that arrive together, in one forward pass: (logits [k, V], their rows as one batch).
 
         Each row starts from its own longest cached prefix, copied into its slot; the rest of each prompt is
-        right-padded to the longest rest (`query_seqlens`: the padding never enters the cache). Every prompt's
-        cache is then stored for later prompts."""
+        right-padded to the longest rest (`query_seqlens`: the padding never enters the cache). A graph that cannot
+        pad (`padded` False) runs one pass per group of rows with as many uncached tokens, and the rows come back in
+        the prompts' order. Every prompt's cache is then stored for later prompts."""
         found = [prefixes.lookup(p) if prefixes is not None else (0, None) for p in prompts]
         rests = [list(p[n:]) for p, (n, _) in zip(prompts, found, strict=True)]
-        columns = max(len(r) for r in rests)
-        slots = self._seeded(found, max(n for n, _ in found) + columns)
-        ids = np.zeros((len(prompts), columns), dtype=np.int64)
-        for i, rest in enumerate(rests):
-            ids[i, : len(rest)] = rest
-        logits, slots = self.step(ids, np.array([len(r) for r in rests], dtype=np.int64), slots)
+        if self.padded or len({len(r) for r in rests}) == 1:
+            logits, slots = self._prefill_pass(found, rests)
+        else:
+            logits, slots = self._prefill_by_length(found, rests)
         if prefixes is not None:
             for i, prompt in enumerate(prompts):
                 prefixes.store(prompt, slots.row(i))
         return logits, slots
+
+    def _prefill_pass(self, found: Sequence[tuple[int, list[np.ndarray] | None]], rests: list[list[int]]
+                      ) -> tuple[np.ndarray, KVSlots]:
+        """One pass: each row's rest over its cached prefix, right-padded to the longest rest."""
+        columns = max(len(r) for r in rests)
+        slots = self._seeded(found, max(n for n, _ in found) + columns)
+        ids = np.zeros((len(rests), columns), dtype=np.int64)
+        for i, rest in enumerate(rests):
+            ids[i, : len(rest)] = rest
+        return self.step(ids, np.array([len(r) for r in rests], dtype=np.int64), slots)
+
+    def _prefill_by_length(self, found: Sequence[tuple[int, list[np.ndarray] | None]], rests: list[list[int]]
+                           ) -> tuple[np.ndarray, KVSlots]:
+        """One unpadded pass per number of uncached tokens; rows and logits in the prompts' order."""
+        groups: dict[int, list[int]] = {}
+        for i, rest in enumerate(rests):
+            groups.setdefault(len(rest), []).append(i)
+        passes = [self._prefill_pass([found[i] for i in rows], [rests[i] for i in rows]) for rows in groups.values()]
+        back = np.argsort([i for rows in groups.values() for i in rows])  # prompt i's row in the stacked passes
+        stacked = KVSlots.stacked([slots for _, slots in passes])
+        return np.concatenate([logits for logits, _ in passes])[back], stacked.selected(back.tolist())
 
     def prefill_start(self, token_ids: Sequence[int], prefixes: PrefixCache | None = None) -> PromptPrefill:
         """A prompt to prefill in chunks (`PromptPrefill.advance`), from its longest cached prefix."""
@@ -266,10 +358,11 @@ class Decoder:
     def _seeded(self, found: Sequence[tuple[int, list[np.ndarray] | None]], capacity: int) -> KVSlots:
         """Empty rows, each holding its cached prefix (`PrefixCache.lookup`) at the start of its slot."""
         slots = self.empty(len(found), capacity)
-        for i, (n, past) in enumerate(found):
-            slots.lengths[i] = n
-            for buffer, part in zip(slots.cache, past or (), strict=False):
-                buffer[i, :, :n] = part[0]
+        with self.place.active():
+            for i, (n, past) in enumerate(found):
+                slots.lengths[i] = n
+                for buffer, part in zip(slots.cache, past or (), strict=False):
+                    buffer[i, :, :n] = part[0]
         return slots
 
     def decode(self, last_tokens: Sequence[int], slots: KVSlots) -> tuple[np.ndarray, KVSlots]:
