@@ -7,7 +7,7 @@
 #     image's pin) running on the host's CPU;
 #   LLM_RUNTIME=gpu: onnxruntime-gpu + CuPy, for a `--target gpu` export (fp16 graph, KV cache on the GPU). PyPI has
 #     no onnxruntime-gpu 1.32 yet, so a `--target cpu` export does not load in this variant (the model says so).
-#   docker compose build --build-arg LLM_RUNTIME=gpu triton
+#   TRITONSTACK_LLM_RUNTIME=gpu docker compose --profile gpu build   (compose passes it as LLM_RUNTIME)
 # Built by docker-compose (service `triton`) and for Kubernetes (overlay `gpu`). Unchecked here (no GPU/engine).
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.12-py3
 FROM ${TRITON_IMAGE}
