@@ -118,7 +118,7 @@ def batched_greedy(decoder, prompts: Sequence[list[int]], max_new_tokens: int) -
     bursts (`Decoder.prefill_many`): the first two prompts in one pass (nothing cached yet: right-padded to the
     longer), the next ones in one pass, each over the system prompt the first ones cached, the last one (from 4
     prompts on) in chunks of `PREFILL_CHUNK` tokens over that prefix; then merged and decoded together."""
-    from export.triton_python.llm_engine import PrefixCache
+    from export.triton_python.llm_prefix import PrefixCache
 
     eos = set(decoder.info.eos_token_ids)
     outputs: list[list[int]] = [[] for _ in prompts]

@@ -16,7 +16,8 @@ from export.config import ModelSpec, Tensor, render_spec
 from export.repository import ModelFiles
 
 TRITON_PYTHON = Path(__file__).parent / "triton_python"
-MODEL_CODE = ("llm_engine.py", "llm_text.py", "llm_requests.py", "llm_scheduler.py", "model_support.py")
+MODEL_CODE = ("llm_engine.py", "llm_prefix.py", "llm_text.py", "llm_requests.py", "llm_scheduler.py",
+              "model_support.py")
 
 GENERATION_INPUTS = (
     Tensor("messages", "TYPE_STRING", (1,), optional=True),

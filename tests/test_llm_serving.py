@@ -224,7 +224,8 @@ def test_invalid_request_is_an_error(smollm2_triton: TritonServer) -> None:
 def test_a_decoder_that_cannot_pad_prefills_by_length_with_the_same_result(smollm2_export: ExportedRepository) -> None:
     """The GPU graph has no `query_seqlens`: prompts of different lengths are prefilled one pass per length, and the
     rows, their caches and logits must equal one padded pass (checked here on the CPU graph with padding off)."""
-    from export.triton_python.llm_engine import Decoder, ModelInfo, PrefixCache
+    from export.triton_python.llm_engine import Decoder, ModelInfo
+    from export.triton_python.llm_prefix import PrefixCache
 
     version = smollm2_export.repository / "smollm2" / "1"
     info = ModelInfo.load(version / "generation.json")

@@ -15,7 +15,8 @@ from export.errors import OptionError, ParityError
 from export.generation_parity import GenerationParity, enforce
 from export.llm_pipeline import Smollm2Request, validate_smollm2
 from export.llm_specs import GenerationServing
-from export.triton_python.llm_engine import KVSlots, PrefixCache, check_runtime
+from export.triton_python.llm_engine import KVSlots, check_runtime
+from export.triton_python.llm_prefix import PrefixCache
 from export.triton_python.llm_text import SamplingParams, TextStream, sample
 
 TRITON_PYTHON = Path(__file__).parents[1] / "export" / "triton_python"
@@ -177,7 +178,7 @@ def scheduling(monkeypatch: pytest.MonkeyPatch):
     import llm_scheduler
 
     yield llm_scheduler
-    for name in ("llm_scheduler", "llm_requests", "llm_engine", "llm_text"):
+    for name in ("llm_scheduler", "llm_requests", "llm_prefix", "llm_engine", "llm_text"):
         sys.modules.pop(name, None)
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-# llm_engine, llm_text, llm_requests, llm_scheduler and model_support are copied next to this file (model.py)
+# llm_engine, llm_prefix, llm_text, llm_requests, llm_scheduler and model_support are copied next to model.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_support import error_response, param
 

@@ -4,7 +4,7 @@ Each loop iteration:
 1. prefills waiting prompts, at most `prefill_chunk` prompt tokens in all (the tokens a prompt shares with a cached
    prefix do not count): prompts that arrived together are prefilled together (`prefill_groups`: one pass per group
    of similar lengths; each reuses the longest prefix it shares with a recent prompt from
-   `llm_engine.PrefixCache`), each first token sampled and sent, and the rows merged into the running batch (each
+   `llm_prefix.PrefixCache`), each first token sampled and sent, and the rows merged into the running batch (each
    row in its own slot of the in-place cache, see `llm_engine.KVSlots`). A prompt longer than the budget is
    prefilled `prefill_chunk` tokens per iteration (chunked prefill, `llm_engine.PromptPrefill`), so the running
    rows keep getting a token per iteration instead of waiting for its whole prefill; meanwhile prompts that fit
@@ -33,7 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from llm_engine import Decoder, KVSlots, PrefixCache, PromptPrefill
+from llm_engine import Decoder, KVSlots, PromptPrefill
+from llm_prefix import PrefixCache
 from llm_requests import Outbox, Sequence, StepInfo
 from llm_text import sample
 
