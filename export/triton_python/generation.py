@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,13 +60,45 @@ def _scalar(request, name: str):
     return value.decode("utf-8") if isinstance(value, bytes) else value.item()
 
 
+class PassCounts:
+    """Forward-pass counters, added up in the scheduler thread and pushed to Triton's metrics together, at most every
+    `interval` seconds and before each final response (each push is an IPC round trip of the python backend: three
+    per decode step were a serial cost of every step)."""
+
+    KEYS = ("forward_passes", "decode_steps", "decode_rows")
+
+    def __init__(self, metrics: dict, interval: float = 0.5) -> None:
+        self.metrics, self.interval = metrics, interval
+        self.lock = threading.Lock()
+        self.pending = dict.fromkeys(self.KEYS, 0)
+        self.flushed = time.monotonic()
+
+    def add(self, rows: int, decode: bool) -> None:
+        with self.lock:
+            self.pending["forward_passes"] += 1
+            if decode:
+                self.pending["decode_steps"] += 1
+                self.pending["decode_rows"] += rows
+        if time.monotonic() - self.flushed >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, dict.fromkeys(self.KEYS, 0)
+            self.flushed = time.monotonic()
+        for key, value in pending.items():
+            if value and key in self.metrics:
+                self.metrics[key].increment(value)
+
+
 class ResponseSink:
     """A request's response sender, as the scheduler's `Sink`; `ended` runs after its final response."""
 
-    def __init__(self, sender, metrics: dict, ended: Callable[[], None]) -> None:
+    def __init__(self, sender, metrics: dict, ended: Callable[[], None], counts: PassCounts | None = None) -> None:
         self.sender = sender
         self.metrics = metrics
         self.ended = ended
+        self.counts = counts
 
     def _response(self, text: str, reason: str, info) -> pb_utils.InferenceResponse:
         return pb_utils.InferenceResponse(output_tensors=[
@@ -83,6 +117,8 @@ class ResponseSink:
         if "completion_tokens" in self.metrics:  # counted first: a client that saw the final response sees them
             self.metrics["completion_tokens"].increment(info.completion_tokens)
             self.metrics["requests"].increment(1)
+            if self.counts is not None:
+                self.counts.flush()
         try:
             self.sender.send(self._response(text, reason, info), flags=FINAL)
         finally:
@@ -176,14 +212,12 @@ class TritonPythonModel:
         _, warm = decoder.prefill(self.prompts.encode("Hello"))  # first ORT runs allocate; do it before traffic
         decoder.decode([0], warm)
         self._metric_families, self.metrics = _metrics(args["model_name"])
+        self.counts = PassCounts(self.metrics)
         self.scheduler = Scheduler(decoder, self.limits, info.eos_token_ids, observer=self._observe).start()
 
     def _observe(self, rows: int, decode: bool) -> None:
         if self.metrics:
-            self.metrics["forward_passes"].increment(1)
-            if decode:
-                self.metrics["decode_steps"].increment(1)
-                self.metrics["decode_rows"].increment(rows)
+            self.counts.add(rows, decode)
 
     def _in_flight_changed(self) -> None:
         """Requests were accepted or ended: the in-flight gauge follows."""
@@ -248,8 +282,8 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                self.scheduler.submit(self._sequence(request, ResponseSink(sender, self.metrics,
-                                                                           self._in_flight_changed)))
+                sink = ResponseSink(sender, self.metrics, self._in_flight_changed, self.counts)
+                self.scheduler.submit(self._sequence(request, sink))
             except OverloadedError as exc:
                 sender.send(error_response(f"overloaded: {exc}", "UNAVAILABLE"), flags=FINAL)
             except (ValueError, UnicodeDecodeError) as exc:

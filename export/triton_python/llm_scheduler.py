@@ -286,8 +286,7 @@ class Scheduler:
             self._end(seq, "request cancelled")
             return True
         if len(seq.generated) < seq.params.min_tokens and self._eos_ids.size:
-            logits = logits.copy()  # as transformers' min_new_tokens: the end of sequence cannot be chosen yet
-            logits[self._eos_ids] = -np.inf
+            logits[self._eos_ids] = -np.inf  # as transformers' min_new_tokens (the step's own array: no copy)
         token = sample(logits, seq.params, seq.rng)
         seq.generated.append(token)
         reason = None
