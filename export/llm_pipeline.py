@@ -94,19 +94,14 @@ def _weights(req: Smollm2Request) -> str:
 def _parity_place(target: str):
     """Where the parity check runs the graph: the GPU graph on CUDA when this machine can (onnxruntime-gpu and
     CuPy), else on ONNX Runtime's CPU provider, which runs the same fp16 graph."""
-    import onnxruntime as ort
-
     from export.triton_python.llm_engine import HOST, Place
 
     if target != "gpu":
         return HOST, "CPU"
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        return HOST, "fp16 graph on the CPU: no CuPy here"
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return HOST, "fp16 graph on the CPU: no CUDA provider here"
-    return Place("cuda", 0), "CUDA"
+    gpu = Place("cuda", 0)
+    if gpu.missing() is not None:
+        return HOST, "fp16 graph on the CPU: no CUDA runtime here"
+    return gpu, "CUDA"
 
 
 def _check(req: Smollm2Request, model, tokenizer, graphs: tuple[Path, Path | None], assets: dict[str, Path],

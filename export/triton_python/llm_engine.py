@@ -16,6 +16,7 @@ for that copy).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -87,9 +88,6 @@ def _session(onnx_path: Path, intra_op_threads: int, inter_op_threads: int,
 def _providers(place: Place) -> list:
     if place.device == "cpu":
         return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise RuntimeError(f"execution_provider cuda: this onnxruntime ({ort.__version__}) has no "
-                           "CUDAExecutionProvider: install onnxruntime-gpu (deploy/docker/triton-gpu.Dockerfile does)")
     return [("CUDAExecutionProvider", {"device_id": place.device_id}), "CPUExecutionProvider"]
 
 
@@ -98,11 +96,8 @@ def _capacity(columns: int) -> int:
 
 
 def _cupy() -> Any:
-    try:
-        import cupy
-    except ImportError as exc:
-        raise RuntimeError("the GPU generation model keeps its KV cache on the GPU with CuPy: pip install "
-                           "cupy-cuda12x (deploy/docker/triton-gpu.Dockerfile installs it)") from exc
+    import cupy  # present wherever a GPU place is used: `Place.missing` is checked first
+
     return cupy
 
 
@@ -113,6 +108,18 @@ class Place:
 
     device: str = "cpu"  # "cpu" or "cuda"
     device_id: int = 0
+
+    def missing(self) -> str | None:
+        """What this machine lacks to run the decoder here, with what to install; None when nothing is missing."""
+        if self.device == "cpu":
+            return None
+        if importlib.util.find_spec("cupy") is None:
+            return ("the GPU generation model keeps its KV cache on the GPU with CuPy: pip install cupy-cuda12x "
+                    "(deploy/docker/triton-gpu.Dockerfile installs it)")
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return (f"execution_provider cuda: this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider: "
+                    "install onnxruntime-gpu (deploy/docker/triton-gpu.Dockerfile does)")
+        return None
 
     def active(self) -> contextlib.AbstractContextManager:
         """The context array operations on this place run in (the GPU's, for CuPy)."""
@@ -241,8 +248,8 @@ class Decoder:
     def __init__(self, onnx_path: Path, info: ModelInfo, *, intra_op_threads: int = 0, inter_op_threads: int = 1,
                  single_row_path: Path | None = None, allow_spinning: bool = False, place: Place = HOST):
         self.place = place
-        if place.device != "cpu":
-            _cupy()  # a clear error before the sessions load
+        if (missing := place.missing()) is not None:  # a clear error before the sessions load
+            raise RuntimeError(missing)
         try:
             self.session = _session(onnx_path, intra_op_threads, inter_op_threads, allow_spinning, place)
         except Exception:
