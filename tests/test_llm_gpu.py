@@ -7,19 +7,17 @@ everywhere in test_llm_serving.py.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from export.llm_pipeline import Smollm2Request, export_smollm2
+from export.triton_python.llm_engine import Place
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers()
-                       or importlib.util.find_spec("cupy") is None,
+    pytest.mark.skipif(Place("cuda", 0).missing() is not None,
                        reason="needs a GPU with onnxruntime-gpu and CuPy (the GPU target's runtime)"),
 ]
 
@@ -39,7 +37,7 @@ def test_parity_runs_on_cuda_and_passes(gpu_export) -> None:
 def test_the_cache_lives_on_the_gpu_and_decoding_matches_the_cpu_run_of_the_same_graph(gpu_export) -> None:
     import cupy
 
-    from export.triton_python.llm_engine import HOST, Decoder, ModelInfo, Place, greedy_generate
+    from export.triton_python.llm_engine import HOST, Decoder, ModelInfo, greedy_generate
 
     version, _ = gpu_export
     info = ModelInfo.load(version / "generation.json")

@@ -94,7 +94,7 @@ class PassCounts:
 class ResponseSink:
     """A request's response sender, as the scheduler's `Sink`; `ended` runs after its final response."""
 
-    def __init__(self, sender, metrics: dict, ended: Callable[[], None], counts: PassCounts | None = None) -> None:
+    def __init__(self, sender, metrics: dict, ended: Callable[[], None], counts: PassCounts) -> None:
         self.sender = sender
         self.metrics = metrics
         self.ended = ended
@@ -117,8 +117,7 @@ class ResponseSink:
         if "completion_tokens" in self.metrics:  # counted first: a client that saw the final response sees them
             self.metrics["completion_tokens"].increment(info.completion_tokens)
             self.metrics["requests"].increment(1)
-            if self.counts is not None:
-                self.counts.flush()
+            self.counts.flush()
         try:
             self.sender.send(self._response(text, reason, info), flags=FINAL)
         finally:
