@@ -318,6 +318,14 @@ def smollm2(
             "(0: whole prompts).",
         ),
     ] = 256,
+    max_stream_interval: Annotated[
+        int,
+        typer.Option(
+            "--max-stream-interval", min=1,
+            help="Tokens one streamed response may carry at most under load (k = batch rows // 2; the first token "
+            "always alone; 1: a response per token).",
+        ),
+    ] = 4,
     intra_op_threads: IntraOpt = 0,
     inter_op_threads: InterOpt = 1,
     ort_spinning: SpinOpt = False,
@@ -340,6 +348,7 @@ def smollm2(
         max_context=max_context,
         prefix_cache_tokens=prefix_cache_tokens,
         prefill_chunk_tokens=prefill_chunk_tokens,
+        max_stream_interval=max_stream_interval,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
         ort_spinning=ort_spinning,

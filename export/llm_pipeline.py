@@ -50,8 +50,8 @@ def validate_smollm2(req: Smollm2Request) -> None:
     except ConfigError as exc:
         raise OptionError(f"--version-policy: {exc}") from exc
     s = req.serving
-    if min(s.max_batch_rows, s.max_kv_tokens, s.max_context) < 1:
-        raise OptionError("--max-batch-rows, --max-kv-tokens and --max-context must be >= 1")
+    if min(s.max_batch_rows, s.max_kv_tokens, s.max_context, s.max_stream_interval) < 1:
+        raise OptionError("--max-batch-rows, --max-kv-tokens, --max-context and --max-stream-interval must be >= 1")
     if min(s.prefix_cache_tokens, s.prefill_chunk_tokens) < 0:
         raise OptionError("--prefix-cache-tokens and --prefill-chunk-tokens must be >= 0")
     if s.max_kv_tokens < s.max_context:

@@ -28,6 +28,7 @@ GENERATION_INPUTS = (
     Tensor("top_p", "TYPE_FP32", (1,), optional=True),
     Tensor("seed", "TYPE_INT64", (1,), optional=True),
     Tensor("stop", "TYPE_STRING", (1,), optional=True),
+    Tensor("max_stream_interval", "TYPE_INT32", (1,), optional=True),
 )
 GENERATION_OUTPUTS = (
     Tensor("text", "TYPE_STRING", (1,)),
@@ -48,6 +49,9 @@ class GenerationServing:
     max_context: int = 2048
     prefix_cache_tokens: int = 4096
     prefill_chunk_tokens: int = 256
+    # under load a response carries up to this many tokens (k = rows // 2): each response costs ~0.5 ms of host CPU,
+    # ~10% of an 8-row step on 2 cores (llm_scheduler; measured: README "Local LLM")
+    max_stream_interval: int = 4
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     # off: on a shared machine spin-waiting ORT threads fight other processes for the cores (measured in Triton with
@@ -82,6 +86,7 @@ def text_generation(name: str, onnx_file: Path, assets: dict[str, Path], opts: G
             "max_context": str(opts.max_context),
             "prefix_cache_tokens": str(opts.prefix_cache_tokens),
             "prefill_chunk_tokens": str(opts.prefill_chunk_tokens),
+            "max_stream_interval": str(opts.max_stream_interval),
             "intra_op_num_threads": str(opts.intra_op_threads),
             "inter_op_num_threads": str(opts.inter_op_threads),
             "allow_spinning": "1" if opts.ort_spinning else "0",

@@ -136,8 +136,8 @@ def test_concurrent_streams_share_forward_passes(smollm2_triton: TritonServer) -
     try:
         prompts = ["What is the capital of France?", "Name three primary colors.", "What is 2 + 2?",
                    "Write a haiku about the sea."]
-        for i, prompt in enumerate(prompts):
-            stream.send(f"s{i}", chat(prompt), temperature=0.0, max_tokens=10)
+        for i, prompt in enumerate(prompts):  # a response per token: every shared step shows in the step ids
+            stream.send(f"s{i}", chat(prompt), temperature=0.0, max_tokens=10, max_stream_interval=1)
         gens = stream.wait()
     finally:
         stream.close()
@@ -153,6 +153,28 @@ def test_concurrent_streams_share_forward_passes(smollm2_triton: TritonServer) -
     steps = after["tritonstack_llm_decode_steps_total"] - before.get("tritonstack_llm_decode_steps_total", 0)
     rows = after["tritonstack_llm_decode_rows_total"] - before.get("tritonstack_llm_decode_rows_total", 0)
     assert 0 < steps < passes and rows / steps > 1  # the mean decode batch the dashboard plots
+
+
+def test_under_load_responses_carry_several_tokens_and_the_text_is_the_same(smollm2_triton: TritonServer) -> None:
+    stream = GenerationStream(smollm2_triton)
+    try:
+        for i in range(MAX_BATCH_ROWS):  # the same greedy answer four times; the last asks for a response per token
+            stream.send(f"s{i}", FRANCE, temperature=0.0, max_tokens=16, min_tokens=16,
+                        **({"max_stream_interval": 1} if i == MAX_BATCH_ROWS - 1 else {}))
+        gens = list(stream.wait().values())
+    finally:
+        stream.close()
+    assert all(g.final.error is None and g.final.completion_tokens == 16 for g in gens)
+    assert len({g.text for g in gens}) == 1 and gens[0].text.startswith("The capital of France is Paris.")
+    per_token = gens[-1]
+    assert [r.completion_tokens for r in per_token.responses] == list(range(1, 17))
+    for g in gens[:-1]:
+        counts = [r.completion_tokens for r in g.responses]
+        assert counts[0] == 1  # the first token comes alone
+        carried = [(b - a, r.batch_size) for a, b, r in zip(counts, counts[1:], g.responses[1:], strict=False)]
+        assert all(n <= MAX_BATCH_ROWS // 2 for n, _ in carried)  # k = rows // 2
+        assert (2, MAX_BATCH_ROWS) in carried  # 4 rows: two tokens a response
+        assert len(g.responses) < len(per_token.responses)
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_while_streams_run_and_short_prompts_start(

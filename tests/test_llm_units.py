@@ -459,6 +459,39 @@ def test_responses_leave_through_the_sender_thread_and_a_broken_stream_ends_only
     assert decoder.batches[-1] == 1  # the ended rows left the batch; the last steps carried only "ok"
 
 
+def _responses(scheduling, rows: int, max_tokens: int, intervals: dict[int, int] | None = None) -> list[Recorder]:
+    """`rows` greedy requests admitted together (the request's max_stream_interval where `intervals` has one),
+    generated to the end; their recorders."""
+    scheduler = scheduling.Scheduler(FakeDecoder(), scheduling.Limits(max_batch_size=rows, max_kv_tokens=400), ())
+    sinks = []
+    for r in range(rows):
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=None,
+                                max_stream_interval=(intervals or {}).get(r))
+        sinks.append(Recorder())
+        scheduler.submit(scheduling.Sequence([0], params, sinks[-1], TextStream(Numbered(), ()),
+                                             np.random.default_rng()))
+    scheduler.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(s.finished is None for s in sinks):
+        time.sleep(0.01)
+    scheduler.stop()
+    assert all(s.finished == ("length", max_tokens) for s in sinks)
+    return sinks
+
+
+def test_under_load_a_response_carries_several_tokens_the_first_always_alone(scheduling) -> None:
+    tokens = [f" t{i}" for i in range(1, 10)]  # what every row generates
+    full = _responses(scheduling, 8, 9, intervals={7: 1})
+    # 8 rows: every 4th token (rows // 2, the default max_stream_interval), the first and the last at once
+    assert full[0].tokens == ["".join(tokens[:1]), "".join(tokens[1:5]), "".join(tokens[5:])]
+    assert all(s.tokens == full[0].tokens for s in full[1:7])
+    assert full[7].tokens == tokens  # the request asked for a response per token
+    assert _responses(scheduling, 3, 9)[0].tokens == tokens  # 1–3 rows: every token
+    six = _responses(scheduling, 6, 9, intervals={0: 2})  # 6 rows: every 3rd token, or the request's cap of 2
+    assert six[1].tokens == ["".join(tokens[:1]), "".join(tokens[1:4]), "".join(tokens[4:7]), "".join(tokens[7:])]
+    assert six[0].tokens == [tokens[0], *("".join(tokens[i:i + 2]) for i in range(1, 9, 2))]
+
+
 def test_repacked_q4_blocks_multiply_like_fp32(tmp_path: Path) -> None:
     import onnx
     import onnxruntime as ort
@@ -498,6 +531,10 @@ def test_parity_gate_and_option_checks() -> None:
         validate_smollm2(Smollm2Request(weights="int3"))
     with pytest.raises(OptionError, match="prefill-chunk-tokens"):
         validate_smollm2(Smollm2Request(serving=GenerationServing(prefill_chunk_tokens=-1)))
+    with pytest.raises(OptionError, match="max-stream-interval"):
+        validate_smollm2(Smollm2Request(serving=GenerationServing(max_stream_interval=0)))
+    with pytest.raises(ValueError, match="max_stream_interval must be >= 1"):
+        SamplingParams(max_tokens=4, temperature=0.0, top_p=1.0, seed=None, max_stream_interval=0).validate()
 
 
 def test_an_onnx_runtime_that_cannot_load_the_graph_is_refused_with_what_to_install() -> None:

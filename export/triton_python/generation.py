@@ -10,8 +10,11 @@ Inputs (all TYPE_STRING/scalars of shape [1]; every input is optional, but one o
     top_p         TYPE_FP32    nucleus sampling mass; default from generation.json
     seed          TYPE_INT64   sampling seed (same seed + same prompt + same settings → same text)
     stop          TYPE_STRING  JSON array of up to 4 stop strings (the text ends before the first match)
+    max_stream_interval TYPE_INT32  tokens one response may carry at most (default: the `max_stream_interval`
+                               parameter, 4; 1 = a response per token). Under load the scheduler coalesces a
+                               stream's tokens (`llm_scheduler`); the first token always comes alone
 Outputs (every response)
-    text              TYPE_STRING  the text delta of this response
+    text              TYPE_STRING  the text delta of this response (one token's, or several coalesced)
     finish_reason     TYPE_STRING  "" until the final response, then "stop" or "length"
     prompt_tokens     TYPE_INT32   prompt length in tokens
     completion_tokens TYPE_INT32   tokens generated so far
@@ -207,7 +210,10 @@ class TritonPythonModel:
             max_context=int(param(config, "max_context", str(info.defaults.get("max_context", 2048)))),
             prefix_cache_tokens=int(param(config, "prefix_cache_tokens", "4096")),
             prefill_chunk=int(param(config, "prefill_chunk_tokens", "256")),
+            max_stream_interval=int(param(config, "max_stream_interval", "4")),
         )
+        if self.limits.max_stream_interval < 1:
+            raise ValueError("parameter max_stream_interval must be >= 1")
         _, warm = decoder.prefill(self.prompts.encode("Hello"))  # first ORT runs allocate; do it before traffic
         decoder.decode([0], warm)
         self._metric_families, self.metrics = _metrics(args["model_name"])
@@ -264,8 +270,8 @@ class TritonPythonModel:
         max_tokens = _scalar(request, "max_tokens")
         if max_tokens is not None and int(max_tokens) < 1:
             raise RequestError("max_tokens must be >= 1")
-        temperature, top_p, seed, min_tokens = (_scalar(request, n)
-                                                for n in ("temperature", "top_p", "seed", "min_tokens"))
+        temperature, top_p, seed, min_tokens, interval = (
+            _scalar(request, n) for n in ("temperature", "top_p", "seed", "min_tokens", "max_stream_interval"))
         return SamplingParams(  # max_tokens beyond the context is capped: the answer ends with "length"
             max_tokens=min(int(max_tokens) if max_tokens is not None else int(self.defaults["max_tokens"]), room),
             min_tokens=int(min_tokens) if min_tokens is not None else 0,
@@ -273,6 +279,7 @@ class TritonPythonModel:
             top_p=float(top_p) if top_p is not None else float(self.defaults["top_p"]),
             seed=int(seed) if seed is not None else None,
             stop=tuple(stops),
+            max_stream_interval=int(interval) if interval is not None else None,
         ).validate()
 
     def execute(self, requests: list) -> None:

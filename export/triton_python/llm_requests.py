@@ -53,6 +53,8 @@ class Sequence:
     text: TextStream
     rng: np.random.Generator
     generated: list[int] = field(default_factory=list)
+    unsent: str = ""  # text of tokens coalesced into the next response (`Scheduler._due`)
+    sent_tokens: int = 0  # tokens covered by the responses posted so far
     done: bool = False  # its final response (or error) is decided; the scheduler drops it at the next step
     cancelled: bool = False  # seen by the sender thread; the scheduler ends it at the next step
 

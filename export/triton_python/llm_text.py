@@ -76,6 +76,7 @@ class SamplingParams:
     seed: int | None
     stop: tuple[str, ...] = ()
     min_tokens: int = 0  # end-of-sequence tokens are masked out until this many tokens exist (vLLM's `min_tokens`)
+    max_stream_interval: int | None = None  # tokens one streamed response may carry at most (None: the model's)
 
     def validate(self) -> SamplingParams:
         if self.max_tokens < 1:
@@ -86,6 +87,8 @@ class SamplingParams:
             raise RequestError("temperature must be within 0..2")
         if not 0 < self.top_p <= 1:
             raise RequestError("top_p must be within (0, 1]")
+        if self.max_stream_interval is not None and self.max_stream_interval < 1:
+            raise RequestError("max_stream_interval must be >= 1")
         if len(self.stop) > 4 or any(not s for s in self.stop):
             raise RequestError("stop: at most 4 non-empty strings")
         return self

@@ -5,7 +5,8 @@ Each round measures, one after the other on one machine:
 2. Triton (gRPC streaming, official tritonclient), one stream, greedy: tokens/s end to end (prefill included)
    and time to first token;
 3. Triton with `streams` concurrent streams, greedy, different prompts: aggregate tokens/s, TTFT, and the mean
-   batch size of the forward passes (from the model's own `batch_size` output);
+   batch size of the forward passes (from the model's own `batch_size` output); the same with a response per token
+   (the requests' `max_stream_interval` 1: what coalescing a stream's tokens under load gains);
 4. Triton, one stream while a long prompt arrives with a short one: the stream's longest wait between two tokens
    while the long prompt is prefilled (chunked prefill bounds it), against the long prompt's prefill time alone
    (what the stream would wait without chunks), and the short prompt's time to first token (it starts between
@@ -108,13 +109,15 @@ class TransformersBaseline:
         return max(rates)
 
 
-def _inputs(prompt: str, max_tokens: int) -> list:
+def _inputs(prompt: str, max_tokens: int, interval: int | None = None) -> list:
     import tritonclient.grpc as grpcclient
 
     messages = np.array([json.dumps([{"role": "user", "content": prompt}]).encode()], dtype=np.object_)
     exactly = np.array([max_tokens], dtype=np.int32)  # min_tokens = max_tokens, as the baseline's min_new_tokens
     arrays = [("messages", messages, "BYTES"), ("max_tokens", exactly, "INT32"), ("min_tokens", exactly, "INT32"),
               ("temperature", np.array([0.0], dtype=np.float32), "FP32")]
+    if interval is not None:
+        arrays.append(("max_stream_interval", np.array([interval], dtype=np.int32), "INT32"))
     inputs = []
     for name, array, datatype in arrays:
         tensor = grpcclient.InferInput(name, list(array.shape), datatype)
@@ -124,10 +127,10 @@ def _inputs(prompt: str, max_tokens: int) -> list:
 
 
 def run_streams(server: TritonServer, prompts: list[str], max_tokens: int,
-                interrupt: tuple[tuple[str, int], ...] = ()) -> list[StreamTiming]:
+                interrupt: tuple[tuple[str, int], ...] = (), interval: int | None = None) -> list[StreamTiming]:
     """Send every prompt at once on one gRPC stream; wait for all final responses. The `interrupt` prompts
     ((prompt, max_tokens) each) are sent too, in order, once the first stream has `INTERRUPT_AFTER` tokens (their
-    timings last)."""
+    timings last). `interval`: the requests' `max_stream_interval` (None: the model's)."""
     import tritonclient.grpc as grpcclient
 
     events: queue.Queue = queue.Queue()
@@ -137,7 +140,7 @@ def run_streams(server: TritonServer, prompts: list[str], max_tokens: int,
 
     def send(key: str, prompt: str, tokens: int) -> None:
         timings[key] = StreamTiming(sent=time.perf_counter())
-        client.async_stream_infer(MODEL, _inputs(prompt, tokens), request_id=key)
+        client.async_stream_infer(MODEL, _inputs(prompt, tokens, interval), request_id=key)
 
     try:
         for i, prompt in enumerate(prompts):
@@ -183,6 +186,12 @@ def interrupted(server: TritonServer, max_tokens: int, tag: str) -> dict[str, fl
             "late_tokens": late.prompt_tokens}
 
 
+def _aggregate(runs: list[list[StreamTiming]]) -> list[float]:
+    """Aggregate tokens/s of each concurrent run: all tokens over the first send to the last response."""
+    return [sum(t.tokens for t in run) / (max(t.arrivals[-1] for t in run) - min(t.sent for t in run))
+            for run in runs]
+
+
 def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
@@ -194,11 +203,11 @@ class Rounds:
     hf: list[float] = field(default_factory=list)
     single: list[StreamTiming] = field(default_factory=list)
     many: list[list[StreamTiming]] = field(default_factory=list)
+    each: list[list[StreamTiming]] = field(default_factory=list)  # `many` with a response per token
     interrupts: list[dict[str, float]] = field(default_factory=list)
 
     def summary(self) -> dict:
-        aggregate = [sum(t.tokens for t in run) / (max(t.arrivals[-1] for t in run) - min(t.sent for t in run))
-                     for run in self.many]
+        aggregate, each = _aggregate(self.many), _aggregate(self.each)
         single = [t.tokens / t.total_s for t in self.single]
         return {
             "hf_tps": _median(self.hf), "hf_best": max(self.hf),
@@ -209,6 +218,10 @@ class Rounds:
             "many_ttft_ms": _median([t.ttft_s * 1000 for run in self.many for t in run]),
             "many_ttft_max_ms": max(t.ttft_s * 1000 for run in self.many for t in run),
             "many_batch": _median([statistics.fmean(b for t in run for b in t.batch_sizes[1:]) for run in self.many]),
+            "many_per_response": _median([sum(t.tokens for t in run) / sum(len(t.arrivals) for t in run)
+                                          for run in self.many]),
+            "each_tps": _median(each), "each_best": max(each),
+            "ratio_each": _median([e / s for e, s in zip(each, single, strict=True)]),
             "ratio_single": _median([s / h for s, h in zip(single, self.hf, strict=True)]),
             "ratio_many": _median([a / s for a, s in zip(aggregate, single, strict=True)]),
             **{f"long_{key}": _median([i[key] for i in self.interrupts]) for key in self.interrupts[0]},
@@ -229,8 +242,9 @@ def measure(repository: Path, state_dir: Path, max_tokens: int, streams: int, ro
         for _ in range(rounds):
             measured.hf.append(baseline.tokens_per_s(max_tokens))
             measured.single.append(run_streams(server, [PROMPTS[0]], max_tokens)[0])
-            measured.many.append(run_streams(server, [PROMPTS[i % len(PROMPTS)] for i in range(streams)],
-                                             max_tokens))
+            prompts = [PROMPTS[i % len(PROMPTS)] for i in range(streams)]
+            measured.many.append(run_streams(server, prompts, max_tokens))
+            measured.each.append(run_streams(server, prompts, max_tokens, interval=1))
             measured.interrupts.append(interrupted(server, max_tokens, f"Round {len(measured.interrupts) + 1}"))
     finally:
         server.stop()
@@ -251,10 +265,13 @@ def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) ->
         [f"Triton `smollm2`, {streams} concurrent streams (aggregate)",
          f"{m['many_tps']:.1f} (best {m['many_best']:.1f})",
          f"{m['many_ttft_ms']:.0f} (max {m['many_ttft_max_ms']:.0f})", f"{m['many_batch']:.1f}"],
+        [f"Triton `smollm2`, {streams} concurrent streams, a response per token (`max_stream_interval` 1)",
+         f"{m['each_tps']:.1f} (best {m['each_best']:.1f})", "—", "—"],
     ]
     ratios = [
         ["Triton single stream / transformers generate", f"{m['ratio_single']:.2f}×", "≥ 2×"],
         [f"Triton {streams} streams aggregate / Triton single stream", f"{m['ratio_many']:.2f}×", "≥ 4×"],
+        ["the same, a response per token / Triton single stream", f"{m['ratio_each']:.2f}×", "—"],
     ]
     return "\n\n".join([
         "## Local LLM: SmolLM2-135M-Instruct on Triton (CPU) vs transformers",
@@ -267,7 +284,10 @@ def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) ->
         "and 1 thread per round. Triton: the exported model (default "
         "`--weights mixed`) through gRPC streaming (official tritonclient), client-side timings. The three "
         f"measurements are interleaved over {rounds} rounds; cells are medians (best in brackets), ratios the "
-        "median of per-round ratios. Batch: mean rows per decode forward pass, from the model's `batch_size` output.",
+        "median of per-round ratios. Batch: mean rows per decode forward pass, from the model's `batch_size` output. "
+        f"Under load a response carries several tokens (the model's default `--max-stream-interval 4`: every "
+        f"(rows // 2)-th token, the first alone): {m['many_per_response']:.2f} tokens per response with "
+        f"{streams} streams; one stream gets a response per token.",
         markdown_table(["setup", "tokens/s", "time to first token (ms)", "mean batch"], rows),
         markdown_table(["ratio (same run)", "measured", "target"], ratios),
         f"**The engine's own ceiling** (same run, after the rounds: the served decoder in the benchmark process, no "
