@@ -172,6 +172,15 @@ class Recorder:
         return False
 
 
+def _run(scheduler, until) -> None:
+    """Start `scheduler`, wait until `until()` holds (10 s at most), stop it."""
+    scheduler.start()
+    deadline = time.monotonic() + 10
+    while not until() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    scheduler.stop()
+
+
 @pytest.fixture
 def scheduling(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.syspath_prepend(str(TRITON_PYTHON))  # the served model imports its helpers as top-level modules
@@ -198,11 +207,7 @@ def test_scheduler_batches_rows_and_enforces_capacity(scheduling) -> None:
     scheduler.submit(second)
     with pytest.raises(scheduling.OverloadedError):  # two in flight = max_batch_size
         scheduler.submit(sequence([0], 1)[0])
-    scheduler.start()
-    deadline = time.monotonic() + 10
-    while (a.finished is None or b.finished is None) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    scheduler.stop()
+    _run(scheduler, until=lambda: a.finished is not None and b.finished is not None)
     assert a.finished == ("length", 4) and b.finished == ("length", 3)
     assert "".join(a.tokens) == " is Paris." and "".join(b.tokens) == " Paris."
     assert 2 in decoder.batches  # both rows decoded in the same forward passes
@@ -229,11 +234,7 @@ def test_prompts_admitted_together_prefill_in_groups_of_similar_length(schedulin
     for sink, n in zip(sinks, (3, 4, 5), strict=True):
         scheduler.submit(scheduling.Sequence([0] * (n - 1) + [1], params, sink, TextStream(Pieces(), ()),
                                              np.random.default_rng()))
-    scheduler.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(s.finished is None for s in sinks):
-        time.sleep(0.01)
-    scheduler.stop()
+    _run(scheduler, until=lambda: all(s.finished is not None for s in sinks))
     assert all(s.finished == ("length", 4) for s in sinks)
     assert decoder.batches[0] == 3  # the three waiting prompts: one prefill pass
 
@@ -256,11 +257,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps_of_the_runnin
 
     running, long = submit([0], 8), submit(list(range(10)), 3)
     assert scheduler.in_flight() == 2
-    scheduler.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (running.finished is None or long.finished is None):
-        time.sleep(0.01)
-    scheduler.stop()
+    _run(scheduler, until=lambda: running.finished is not None and long.finished is not None)
     # the short prompt starts at once; the 10-token prompt (over the 4-token budget) comes in chunks of 4, 4, 2,
     # each followed by a decode step of the running row, then joins the batch
     assert decoder.passes[:8] == [("prefill", 1), ("decode", 1), ("chunk", 4), ("decode", 1), ("chunk", 4),
@@ -445,12 +442,8 @@ def test_responses_leave_through_the_sender_thread_and_a_broken_stream_ends_only
     sinks = {"ok": Recorder(), "broken": Breaking(fail_at=2), "cancelled": Breaking(cancel_after=3)}
     for sink in sinks.values():
         scheduler.submit(scheduling.Sequence([0], params, sink, TextStream(Numbered(), ()), np.random.default_rng()))
-    scheduler.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (sinks["ok"].finished is None or any(
-            s.error is None for s in (sinks["broken"], sinks["cancelled"]))):
-        time.sleep(0.01)
-    scheduler.stop()
+    _run(scheduler, until=lambda: sinks["ok"].finished is not None and all(
+        s.error is not None for s in (sinks["broken"], sinks["cancelled"])))
     assert sinks["ok"].finished == ("length", 15)
     assert sinks["broken"].error is not None and "stream closed" in sinks["broken"].error
     assert sinks["broken"].tokens == [sinks["ok"].tokens[0]] and sinks["broken"].finished is None
@@ -470,11 +463,7 @@ def _responses(scheduling, rows: int, max_tokens: int, intervals: dict[int, int]
         sinks.append(Recorder())
         scheduler.submit(scheduling.Sequence([0], params, sinks[-1], TextStream(Numbered(), ()),
                                              np.random.default_rng()))
-    scheduler.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(s.finished is None for s in sinks):
-        time.sleep(0.01)
-    scheduler.stop()
+    _run(scheduler, until=lambda: all(s.finished is not None for s in sinks))
     assert all(s.finished == ("length", max_tokens) for s in sinks)
     return sinks
 
