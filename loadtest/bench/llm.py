@@ -11,7 +11,9 @@ Each round measures, one after the other on one machine:
    while the long prompt is prefilled (chunked prefill bounds it), against the long prompt's prefill time alone
    (what the stream would wait without chunks), and the short prompt's time to first token (it starts between
    the long prompt's chunks instead of after the last).
-Ratios are medians of per-round ratios: the machine is shared and noisy.
+Ratios are medians of per-round ratios: the machine is shared and noisy. Every Triton request of a round has a
+prompt of its own (tagged with the round), so only the chat template's system prompt, shared by all, comes from the
+model's prefix cache, as in real traffic; a repeated prompt would be prefilled from the cache in a later round.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class StreamTiming:
     tokens: int = 0
     prompt_tokens: int = 0
     batch_sizes: list[int] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)  # completion tokens at each arrival
     error: str | None = None
     done: bool = False
 
@@ -152,6 +155,7 @@ def run_streams(server: TritonServer, prompts: list[str], max_tokens: int,
             timing = timings[result.get_response().id]
             timing.arrivals.append(at)
             timing.tokens = int(result.as_numpy("completion_tokens")[0])
+            timing.counts.append(timing.tokens)
             timing.prompt_tokens = int(result.as_numpy("prompt_tokens")[0])
             timing.batch_sizes.append(int(result.as_numpy("batch_size")[0]))
             timing.done = bool(result.as_numpy("finish_reason")[0])
@@ -186,6 +190,19 @@ def interrupted(server: TritonServer, max_tokens: int, tag: str) -> dict[str, fl
             "late_tokens": late.prompt_tokens}
 
 
+def _decode_rate(run: list[StreamTiming]) -> float:
+    """Aggregate tokens/s once every stream has its first token (the prefills are done) until the last token."""
+    start = max(t.arrivals[0] for t in run)
+    end = max(t.arrivals[-1] for t in run)
+    before = sum(max(c for a, c in zip(t.arrivals, t.counts, strict=True) if a <= start) for t in run)
+    return (sum(t.tokens for t in run) - before) / (end - start)
+
+
+def _prompts(tag: str, streams: int) -> list[str]:
+    """`streams` prompts no earlier request had (the model caches prompts' prefixes)."""
+    return [f"({tag}.{i}) {PROMPTS[i % len(PROMPTS)]}" for i in range(streams)]
+
+
 def _aggregate(runs: list[list[StreamTiming]]) -> list[float]:
     """Aggregate tokens/s of each concurrent run: all tokens over the first send to the last response."""
     return [sum(t.tokens for t in run) / (max(t.arrivals[-1] for t in run) - min(t.sent for t in run))
@@ -213,6 +230,9 @@ class Rounds:
             "hf_tps": _median(self.hf), "hf_best": max(self.hf),
             "single_tps": _median(single), "single_best": max(single),
             "single_decode_tps": _median([(t.tokens - 1) / (t.arrivals[-1] - t.arrivals[0]) for t in self.single]),
+            "many_decode_tps": _median([_decode_rate(run) for run in self.many]),
+            "ratio_decode": _median([_decode_rate(run) / ((t.tokens - 1) / (t.arrivals[-1] - t.arrivals[0]))
+                                     for run, t in zip(self.many, self.single, strict=True)]),
             "single_ttft_ms": _median([t.ttft_s * 1000 for t in self.single]),
             "many_tps": _median(aggregate), "many_best": max(aggregate),
             "many_ttft_ms": _median([t.ttft_s * 1000 for run in self.many for t in run]),
@@ -239,12 +259,11 @@ def measure(repository: Path, state_dir: Path, max_tokens: int, streams: int, ro
     load_before = os.getloadavg()[0]
     try:
         run_streams(server, [PROMPTS[1]], 8)  # warm-up
-        for _ in range(rounds):
+        for r in range(1, rounds + 1):
             measured.hf.append(baseline.tokens_per_s(max_tokens))
-            measured.single.append(run_streams(server, [PROMPTS[0]], max_tokens)[0])
-            prompts = [PROMPTS[i % len(PROMPTS)] for i in range(streams)]
-            measured.many.append(run_streams(server, prompts, max_tokens))
-            measured.each.append(run_streams(server, prompts, max_tokens, interval=1))
+            measured.single.append(run_streams(server, [f"(r{r}) {PROMPTS[0]}"], max_tokens)[0])
+            measured.many.append(run_streams(server, _prompts(f"r{r}", streams), max_tokens))
+            measured.each.append(run_streams(server, _prompts(f"r{r} each", streams), max_tokens, interval=1))
             measured.interrupts.append(interrupted(server, max_tokens, f"Round {len(measured.interrupts) + 1}"))
     finally:
         server.stop()
@@ -265,6 +284,8 @@ def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) ->
         [f"Triton `smollm2`, {streams} concurrent streams (aggregate)",
          f"{m['many_tps']:.1f} (best {m['many_best']:.1f})",
          f"{m['many_ttft_ms']:.0f} (max {m['many_ttft_max_ms']:.0f})", f"{m['many_batch']:.1f}"],
+        [f"Triton `smollm2`, {streams} concurrent streams, decode only (once every stream has its first token)",
+         f"{m['many_decode_tps']:.1f}", "—", "—"],
         [f"Triton `smollm2`, {streams} concurrent streams, a response per token (`max_stream_interval` 1)",
          f"{m['each_tps']:.1f} (best {m['each_best']:.1f})", "—", "—"],
     ]
@@ -272,6 +293,7 @@ def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) ->
         ["Triton single stream / transformers generate", f"{m['ratio_single']:.2f}×", "≥ 2×"],
         [f"Triton {streams} streams aggregate / Triton single stream", f"{m['ratio_many']:.2f}×", "≥ 4×"],
         ["the same, a response per token / Triton single stream", f"{m['ratio_each']:.2f}×", "—"],
+        [f"decode only: {streams} streams / 1 stream (without the prefills)", f"{m['ratio_decode']:.2f}×", "—"],
     ]
     return "\n\n".join([
         "## Local LLM: SmolLM2-135M-Instruct on Triton (CPU) vs transformers",
@@ -279,7 +301,8 @@ def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) ->
         f"{m['load'][0]:.1f} before, {m['load'][1]:.1f} after: the CPUs are shared)  \n"
         f"Greedy, exactly {max_tokens} new tokens per request on both sides (transformers `min_new_tokens`, the "
         "model's `min_tokens` input: end-of-sequence masked out until then, so every stream runs the whole "
-        "measurement), chat template applied. transformers: `generate` on the fp32 "
+        "measurement), chat template applied; every Triton request has a prompt of its own (tagged with its round), "
+        "so only the shared system prompt comes from the model's prefix cache. transformers: `generate` on the fp32 "
         "model (the GGUF dequantised, as exported), in the benchmark process, the better of torch's default threads "
         "and 1 thread per round. Triton: the exported model (default "
         "`--weights mixed`) through gRPC streaming (official tritonclient), client-side timings. The three "
