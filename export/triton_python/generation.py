@@ -176,7 +176,8 @@ def _metrics(model: str) -> tuple[list, dict]:
 
 
 class TritonPythonModel:
-    """Parses requests in `execute`, generates in the scheduler thread, streams each token back."""
+    """Parses requests in `execute`, generates in the scheduler thread, streams the text back (a token at a time,
+    several under load)."""
 
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
