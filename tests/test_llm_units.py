@@ -452,29 +452,35 @@ def test_responses_leave_through_the_sender_thread_and_a_broken_stream_ends_only
     assert decoder.batches[-1] == 1  # the ended rows left the batch; the last steps carried only "ok"
 
 
-def _responses(scheduling, rows: int, max_tokens: int, intervals: dict[int, int] | None = None) -> list[Recorder]:
-    """`rows` greedy requests admitted together (the request's max_stream_interval where `intervals` has one),
-    generated to the end; their recorders."""
+def _responses(scheduling, rows: int, max_tokens: int, intervals: dict[int, int] | None = None,
+               stops: dict[int, str] | None = None) -> list[Recorder]:
+    """`rows` greedy requests admitted together (the request's max_stream_interval where `intervals` has one, its
+    stop string where `stops` has one), generated to the end; their recorders."""
     scheduler = scheduling.Scheduler(FakeDecoder(), scheduling.Limits(max_batch_size=rows, max_kv_tokens=400), ())
     sinks = []
     for r in range(rows):
-        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=None,
+        stop = tuple((stops or {}).get(r, "").split())
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=None, stop=stop,
                                 max_stream_interval=(intervals or {}).get(r))
         sinks.append(Recorder())
-        scheduler.submit(scheduling.Sequence([0], params, sinks[-1], TextStream(Numbered(), ()),
+        scheduler.submit(scheduling.Sequence([0], params, sinks[-1], TextStream(Numbered(), stop),
                                              np.random.default_rng()))
     _run(scheduler, until=lambda: all(s.finished is not None for s in sinks))
-    assert all(s.finished == ("length", max_tokens) for s in sinks)
     return sinks
 
 
 def test_under_load_a_response_carries_several_tokens_the_first_always_alone(scheduling) -> None:
     tokens = [f" t{i}" for i in range(1, 10)]  # what every row generates
-    full = _responses(scheduling, 8, 9, intervals={7: 1})
+    full = _responses(scheduling, 8, 9, intervals={7: 1}, stops={6: "t9"})  # the stop ends row 6 with the others
+    assert all(s.finished == ("length", 9) for s in full[:6]) and full[7].finished == ("length", 9)
     # 8 rows: every 4th token (rows // 2, the default max_stream_interval), the first and the last at once
     assert full[0].tokens == ["".join(tokens[:1]), "".join(tokens[1:5]), "".join(tokens[5:])]
-    assert all(s.tokens == full[0].tokens for s in full[1:7])
+    assert all(s.tokens == full[0].tokens for s in full[1:6])
+    assert full[6].tokens == [tokens[0], "".join(tokens[1:5]), " t6 t7 t8 "] and full[6].finished == ("stop", 9)
     assert full[7].tokens == tokens  # the request asked for a response per token
+    early = _responses(scheduling, 8, 9, stops={0: "t7"})  # row 0 stops at its 7th token: 7 rows, k = 3
+    assert early[0].tokens == [tokens[0], "".join(tokens[1:5]), " t6 "] and early[0].finished == ("stop", 7)
+    assert early[1].tokens == [tokens[0], "".join(tokens[1:5]), "".join(tokens[5:8]), tokens[8]]
     assert _responses(scheduling, 3, 9)[0].tokens == tokens  # 1–3 rows: every token
     six = _responses(scheduling, 6, 9, intervals={0: 2})  # 6 rows: every 3rd token, or the request's cap of 2
     assert six[1].tokens == ["".join(tokens[:1]), "".join(tokens[1:4]), "".join(tokens[4:7]), "".join(tokens[7:])]
