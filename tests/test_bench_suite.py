@@ -1,5 +1,5 @@
-"""`tritonstack bench` (the all-in-one suite): step selection, skips with reasons, the summary section; and the
-bare apps the gateway step measures as floors.
+"""`tritonstack bench` (the all-in-one suite): step selection, skips with reasons, the summary section; the bare
+apps the gateway step measures as floors; the LLM step's rate arithmetic.
 
 The measuring steps themselves are benchmarks, not tests (`make bench`); here the orchestration runs for real
 with steps that have nothing to measure, so it finishes in seconds.
@@ -97,3 +97,13 @@ def test_engine_ceiling_times_the_served_decoders_graphs(smollm2_export, monkeyp
     assert steps["step_1_ms"] > 0 and steps["step_n_ms"] > 0
     assert steps["ceiling"] == pytest.approx(4 * steps["step_1_ms"] / steps["step_n_ms"])
     assert {rows: packed for rows, packed in sessions} == {1: True, 4: False}  # one row: the 4-bit graph
+
+
+def test_llm_rates_count_the_tokens_of_their_window() -> None:
+    from loadtest.bench.llm import StreamTiming, _aggregate, _decode_rate
+
+    a = StreamTiming(sent=0.0, arrivals=[0.1, 0.2, 0.3], tokens=5, counts=[1, 3, 5])
+    b = StreamTiming(sent=0.05, arrivals=[0.15, 0.3], tokens=4, counts=[1, 4])  # its first token comes last
+    assert a.decode_tps == pytest.approx(4 / 0.2)
+    assert _decode_rate([a, b]) == pytest.approx((5 - 1 + 4 - 1) / 0.15)  # tokens after 0.15 s, over 0.15 s
+    assert _aggregate([[a, b]]) == [pytest.approx(9 / 0.3)]  # all tokens from the first send to the last token

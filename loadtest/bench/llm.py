@@ -71,6 +71,11 @@ class StreamTiming:
     def total_s(self) -> float:
         return self.arrivals[-1] - self.sent
 
+    @property
+    def decode_tps(self) -> float:
+        """Tokens/s after the first token."""
+        return (self.tokens - 1) / (self.arrivals[-1] - self.arrivals[0])
+
 
 class TransformersBaseline:
     """transformers `generate` on the fp32 model (the GGUF dequantised), greedy, a fixed number of new tokens."""
@@ -229,9 +234,9 @@ class Rounds:
         return {
             "hf_tps": _median(self.hf), "hf_best": max(self.hf),
             "single_tps": _median(single), "single_best": max(single),
-            "single_decode_tps": _median([(t.tokens - 1) / (t.arrivals[-1] - t.arrivals[0]) for t in self.single]),
+            "single_decode_tps": _median([t.decode_tps for t in self.single]),
             "many_decode_tps": _median([_decode_rate(run) for run in self.many]),
-            "ratio_decode": _median([_decode_rate(run) / ((t.tokens - 1) / (t.arrivals[-1] - t.arrivals[0]))
+            "ratio_decode": _median([_decode_rate(run) / t.decode_tps
                                      for run, t in zip(self.many, self.single, strict=True)]),
             "single_ttft_ms": _median([t.ttft_s * 1000 for t in self.single]),
             "many_tps": _median(aggregate), "many_best": max(aggregate),
