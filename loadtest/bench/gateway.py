@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psutil
 
 from deploy.local.process import ManagedProcess, free_port
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonOptions, TritonServer
 from loadtest.bench import floors, latency, profile
-from loadtest.bench.report import machine_description, markdown_table, write_section
+from loadtest.bench.report import cpu_seconds, machine_description, markdown_table, write_section
 from loadtest.bench.triton import INFER_BODY
 from loadtest.wrk import WrkResult, run_wrk
 
@@ -58,8 +57,7 @@ class Gateway:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def cpu_s(self) -> float:
-        times = psutil.Process(self.process.pid).cpu_times()
-        return times.user + times.system
+        return cpu_seconds(self.process.pid)
 
     def redis_errors(self) -> float:
         """Sum of `gateway_redis_errors_total` (Redis calls that failed or timed out)."""

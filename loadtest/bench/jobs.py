@@ -24,7 +24,7 @@ import numpy as np
 from deploy.local.process import free_port
 from deploy.local.stack import StackOptions, dev_api_key, start_stack
 from jobs.config import WorkerConfig
-from loadtest.bench.report import machine_description, markdown_table, write_section
+from loadtest.bench.report import cpu_seconds, machine_description, markdown_table, write_section
 
 MODEL = "minilm"
 _WORDS = ("model", "serving", "batch", "latency", "vector", "token", "gateway", "queue", "cache", "triton")
@@ -86,18 +86,6 @@ def pickup_latencies(client: httpx.Client, n: int) -> list[float]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its children (Triton's python-backend stubs)."""
-    import psutil
-
-    total = 0.0
-    root = psutil.Process(pid)
-    for proc in (root, *root.children(recursive=True)):
-        times = proc.cpu_times()
-        total += times.user + times.system
-    return total
-
-
 def measure(opts: StackOptions, items: int, rounds: int) -> dict[str, list[float]]:
     """Run the stack and every measurement; raw numbers by name."""
     config = WorkerConfig()
@@ -118,10 +106,11 @@ def measure(opts: StackOptions, items: int, rounds: int) -> dict[str, list[float
                     results["triton"].append(asyncio.run(
                         triton_items_per_s(grpc, texts, 64, config.batch_concurrency)))
                 else:
-                    before = cpu_seconds(pids["worker"]), cpu_seconds(pids["tritonserver"])
+                    worker, triton = pids["worker"], pids["tritonserver"]
+                    before = cpu_seconds(worker, children=True), cpu_seconds(triton, children=True)
                     rate, pickup = job_items_per_s(client, texts)
-                    results["worker_cpu"].append((cpu_seconds(pids["worker"]) - before[0]) / items * 1000)
-                    results["triton_cpu"].append((cpu_seconds(pids["tritonserver"]) - before[1]) / items * 1000)
+                    results["worker_cpu"].append((cpu_seconds(worker, children=True) - before[0]) / items * 1000)
+                    results["triton_cpu"].append((cpu_seconds(triton, children=True) - before[1]) / items * 1000)
                     results["job"].append(rate)
                     results["job_pickup"].append(pickup)
             results["ratio"].append(results["job"][-1] / results["triton"][-1])

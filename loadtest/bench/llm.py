@@ -32,7 +32,7 @@ from deploy.local.process import free_port
 from deploy.local.triton import TritonOptions, TritonServer
 from loadtest.bench.llm_report import render
 from loadtest.bench.llm_steps import engine_steps
-from loadtest.bench.report import write_section
+from loadtest.bench.report import cpu_seconds, write_section
 
 MODEL = "smollm2"
 PROMPTS = (
@@ -207,13 +207,7 @@ def _decode_rate(run: list[StreamTiming]) -> float:
 def _cpu_s(server_pid: int) -> dict[str, float]:
     """CPU seconds (user + system) so far of this process (the benchmark's gRPC client) and Triton's server process
     (its frontends and backend threads; the model's stub process, which runs ONNX Runtime, not included)."""
-    import psutil
-
-    def used(process: psutil.Process) -> float:
-        times = process.cpu_times()
-        return times.user + times.system
-
-    return {"client": used(psutil.Process()), "triton": used(psutil.Process(server_pid))}
+    return {"client": cpu_seconds(), "triton": cpu_seconds(server_pid)}
 
 
 def _prompts(tag: str, streams: int) -> list[str]:

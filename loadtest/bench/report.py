@@ -23,6 +23,14 @@ def machine_description() -> str:
     return f"{cpu}, {psutil.cpu_count(logical=True)} logical CPUs, {mem:.0f} GiB RAM, {platform.platform()}"
 
 
+def cpu_seconds(pid: int | None = None, *, children: bool = False) -> float:
+    """User + system CPU seconds so far of process `pid` (default: this one), with its descendants if `children`
+    (e.g. Triton's python-backend stubs)."""
+    root = psutil.Process(pid)
+    processes = (root, *root.children(recursive=True)) if children else (root,)
+    return sum(t.user + t.system for t in (p.cpu_times() for p in processes))
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
