@@ -21,7 +21,7 @@ columns [0, seqlens_k + 1) of its slot only, so rows of different lengths share 
 a prefill pass: only a row's real tokens enter its cache, at positions continuing its own.
 
 Per layer: RMSNorm (fused with the residual add), one QKV MatMul, GroupQueryAttention, output MatMul, RMSNorm,
-gate and up MatMuls, SiLU, down MatMul — about 10 nodes, against ~100 in the graph the TorchScript tracer wrote.
+one gate-and-up MatMul, SiLU, down MatMul — about 10 nodes, against ~100 in the graph the TorchScript tracer wrote.
 Every weight is a MatMul by a constant [in, out] matrix, so `export.repack` turns the same graph into the 4-bit one.
 """
 
@@ -122,8 +122,10 @@ def _layer(g: _Graph, w: dict[str, np.ndarray], shape: LlamaShape, i: int, x: st
     norm_post = g.const(f"l{i}.post_norm", w[p + "post_attention_layernorm.weight"])
     h, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [out, residual, norm_post],
                              [f"l{i}.h2", "", "", f"l{i}.residual2"], domain="com.microsoft", epsilon=eps)
-    (gate,) = g.op("MatMul", [h, g.const(f"l{i}.gate", w[p + "mlp.gate_proj.weight"].T)], [f"l{i}.gate_out"])
-    (up,) = g.op("MatMul", [h, g.const(f"l{i}.up", w[p + "mlp.up_proj.weight"].T)], [f"l{i}.up_out"])
+    # gate and up as one [hidden, 2·intermediate] MatMul: one weight stream and one thread-pool pass, not two
+    gate_up_w = np.concatenate([w[p + f"mlp.{n}_proj.weight"] for n in ("gate", "up")], axis=0).T
+    (gate_up,) = g.op("MatMul", [h, g.const(f"l{i}.gate_up", gate_up_w)], [f"l{i}.gate_up_out"])
+    gate, up = g.op("Split", [gate_up], [f"l{i}.gate_out", f"l{i}.up_out"], axis=-1)  # opset 17: equal halves
     (sig,) = g.op("Sigmoid", [gate], [f"l{i}.sigmoid"])
     (silu,) = g.op("Mul", [gate, sig], [f"l{i}.silu"])
     (act,) = g.op("Mul", [silu, up], [f"l{i}.act"])

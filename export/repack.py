@@ -15,7 +15,7 @@ stay fp32. It then writes:
   fast CPU kernels take integer zero points only and m/d is not an integer:
       A·w = Σ_b d_b Σ_{k∈b} (q_k − 8) a_k  +  Σ_b (m_b + 8 d_b) Σ_{k∈b} a_k
   i.e. `MatMulNBits(A) + BlockSum(A) @ C` with C[b, n] = m + 8d (a [K/32, N] fp32 matrix); the block sums are
-  computed once per input tensor (q/k/v and gate/up share theirs).
+  computed once per input tensor (MatMuls that read the same tensor share them).
 Activations stay fp32 (`accuracy_level` 0): the result equals the fp32 product up to summation order.
 """
 
