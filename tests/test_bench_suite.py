@@ -107,3 +107,14 @@ def test_llm_rates_count_the_tokens_of_their_window() -> None:
     assert a.decode_tps == pytest.approx(4 / 0.2)
     assert _decode_rate([a, b]) == pytest.approx((5 - 1 + 4 - 1) / 0.15)  # tokens after 0.15 s, over 0.15 s
     assert _aggregate([[a, b]]) == [pytest.approx(9 / 0.3)]  # all tokens from the first send to the last token
+
+
+def test_llm_ratios_take_each_rounds_mean_single_stream() -> None:
+    """A round's single stream runs before and after its concurrent runs; its ratio divides by their mean."""
+    from loadtest.bench.llm import Rounds, StreamTiming
+
+    def stream(seconds: float) -> StreamTiming:  # 10 tokens over `seconds`
+        return StreamTiming(sent=0.0, arrivals=[seconds / 10, seconds], tokens=10, counts=[1, 10])
+
+    rounds = Rounds(single=[stream(1.0), stream(0.5), stream(2.0), stream(2.0)])  # 10 and 20 tokens/s; 5 and 5
+    assert rounds.reference(lambda t: t.tokens / t.total_s) == [pytest.approx(15.0), pytest.approx(5.0)]

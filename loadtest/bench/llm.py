@@ -11,9 +11,11 @@ Each round measures, one after the other on one machine:
    while the long prompt is prefilled (chunked prefill bounds it), against the long prompt's prefill time alone
    (what the stream would wait without chunks), and the short prompt's time to first token (it starts between
    the long prompt's chunks instead of after the last).
-Ratios are medians of per-round ratios: the machine is shared and noisy. Every Triton request of a round has a
-prompt of its own (tagged with the round), so only the chat template's system prompt, shared by all, comes from the
-model's prefix cache, as in real traffic; a repeated prompt would be prefilled from the cache in a later round.
+Step 2 runs again after step 3, and a round's ratios take the mean of its two single streams: the machine is
+shared and noisy, and its load drifts while a round runs. Ratios are medians of per-round ratios. Every Triton
+request of a round has a prompt of its own (tagged with the round), so only the chat template's system prompt, shared
+by all, comes from the model's prefix cache, as in real traffic; a repeated prompt would be prefilled from the cache
+in a later round.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import queue
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,22 +233,27 @@ class Rounds:
     """Every measurement of every round (each round: transformers, Triton 1 stream, Triton N streams)."""
 
     hf: list[float] = field(default_factory=list)
-    single: list[StreamTiming] = field(default_factory=list)
+    single: list[StreamTiming] = field(default_factory=list)  # two per round: before and after the concurrent runs
     many: list[list[StreamTiming]] = field(default_factory=list)
     each: list[list[StreamTiming]] = field(default_factory=list)  # `many` with a response per token
     cpu: dict[str, list[float]] = field(default_factory=dict)  # host CPU ms per decode step, by run and process
     interrupts: list[dict[str, float]] = field(default_factory=list)
 
+    def reference(self, rate: Callable[[StreamTiming], float]) -> list[float]:
+        """Per round, the mean `rate` of its two single streams (run before and after its concurrent runs)."""
+        return [(rate(a) + rate(b)) / 2 for a, b in zip(self.single[0::2], self.single[1::2], strict=True)]
+
     def summary(self) -> dict:
         aggregate, each = _aggregate(self.many), _aggregate(self.each)
         single = [t.tokens / t.total_s for t in self.single]
+        reference = self.reference(lambda t: t.tokens / t.total_s)
         return {
             "hf_tps": _median(self.hf), "hf_best": max(self.hf),
             "single_tps": _median(single), "single_best": max(single),
             "single_decode_tps": _median([t.decode_tps for t in self.single]),
             "many_decode_tps": _median([_decode_rate(run) for run in self.many]),
-            "ratio_decode": _median([_decode_rate(run) / t.decode_tps
-                                     for run, t in zip(self.many, self.single, strict=True)]),
+            "ratio_decode": _median([_decode_rate(run) / r for run, r in
+                                     zip(self.many, self.reference(lambda t: t.decode_tps), strict=True)]),
             "single_ttft_ms": _median([t.ttft_s * 1000 for t in self.single]),
             "many_tps": _median(aggregate), "many_best": max(aggregate),
             "many_ttft_ms": _median([t.ttft_s * 1000 for run in self.many for t in run]),
@@ -254,10 +262,10 @@ class Rounds:
             "many_per_response": _median([sum(t.tokens for t in run) / sum(len(t.arrivals) for t in run)
                                           for run in self.many]),
             "each_tps": _median(each), "each_best": max(each),
-            "ratio_each": _median([e / s for e, s in zip(each, single, strict=True)]),
+            "ratio_each": _median([e / r for e, r in zip(each, reference, strict=True)]),
             **{f"cpu_{key}": _median(values) for key, values in self.cpu.items()},
-            "ratio_single": _median([s / h for s, h in zip(single, self.hf, strict=True)]),
-            "ratio_many": _median([a / s for a, s in zip(aggregate, single, strict=True)]),
+            "ratio_single": _median([r / h for r, h in zip(reference, self.hf, strict=True)]),
+            "ratio_many": _median([a / r for a, r in zip(aggregate, reference, strict=True)]),
             **{f"long_{key}": _median([i[key] for i in self.interrupts]) for key in self.interrupts[0]},
         }
 
@@ -281,6 +289,7 @@ def measure(repository: Path, state_dir: Path, max_tokens: int, streams: int, ro
                 runs.append(run_streams(server, _prompts(f"r{r} {name}", streams), max_tokens, interval=interval))
                 for process, used in _cpu_s(server.pid).items():
                     measured.cpu.setdefault(f"{name}_{process}", []).append((used - before[process]) / max_tokens * 1e3)
+            measured.single.append(run_streams(server, [f"(r{r}, again) {PROMPTS[0]}"], max_tokens)[0])
             measured.interrupts.append(interrupted(server, max_tokens, f"Round {len(measured.interrupts) + 1}"))
     finally:
         server.stop()

@@ -31,6 +31,7 @@ from loadtest.bench.gateway import UNLIMITED
 from loadtest.bench.report import machine_description, markdown_table, write_section
 
 STEPS = ("triton", "baseline", "gateway", "jobs", "llm")
+LLM_MIN_ROUNDS = 3  # a single stream's run is ~2.5 s: one noisy moment moves a 2-round median
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ def _llm(opts: SuiteOptions) -> str:
         return f"skipped: no smollm2 in {opts.repository} (`tritonstack export smollm2`, which `make up` runs)"
     from loadtest.bench import llm
 
-    llm.run(opts.repository, opts.llm_max_tokens, 8, max(opts.rounds, 2), opts.output, _step_command(opts, "llm"))
+    rounds = max(opts.rounds, LLM_MIN_ROUNDS)
+    llm.run(opts.repository, opts.llm_max_tokens, 8, rounds, opts.output, _step_command(opts, "llm"))
     return "ran"
 
 
