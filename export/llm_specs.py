@@ -29,6 +29,8 @@ GENERATION_INPUTS = (
     Tensor("seed", "TYPE_INT64", (1,), optional=True),
     Tensor("stop", "TYPE_STRING", (1,), optional=True),
     Tensor("max_stream_interval", "TYPE_INT32", (1,), optional=True),
+    Tensor("presence_penalty", "TYPE_FP32", (1,), optional=True),
+    Tensor("frequency_penalty", "TYPE_FP32", (1,), optional=True),
 )
 GENERATION_OUTPUTS = (
     Tensor("text", "TYPE_STRING", (1,)),

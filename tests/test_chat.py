@@ -80,6 +80,7 @@ def test_stream_ends_with_done(gw: RunningGateway, gateway_keys: GatewayKeys) ->
 @pytest.mark.parametrize(("body", "param"), [
     ({"n": 2}, "n"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"logit_bias": {"1234": -100}}, "logit_bias"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"temperature": 3}, "temperature"),
     ({"messages": []}, "messages"),

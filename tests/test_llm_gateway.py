@@ -94,6 +94,20 @@ def test_min_tokens_reaches_the_local_model(client: openai.OpenAI) -> None:
     assert refused.value.param == "min_tokens" and "must not exceed" in refused.value.message
 
 
+def test_penalties_reach_the_local_model(client: openai.OpenAI, smollm2_triton: TritonServer) -> None:
+    days = chat("List the days of the week, twice.")
+    plain = client.chat.completions.create(model="smollm2", messages=days, temperature=0, max_tokens=24)
+    penalized = client.chat.completions.create(model="smollm2", messages=days, temperature=0, max_tokens=24,
+                                               frequency_penalty=1.5, presence_penalty=0.5)
+    stream = GenerationStream(smollm2_triton)
+    try:  # the model itself, asked directly with the same penalties
+        stream.send("direct", days, temperature=0.0, max_tokens=24, frequency_penalty=1.5, presence_penalty=0.5)
+        direct = stream.wait()["direct"]
+    finally:
+        stream.close()
+    assert penalized.choices[0].message.content == direct.text != plain.choices[0].message.content
+
+
 def test_full_local_model_overflows_to_cloud(client: openai.OpenAI, smollm2_triton: TritonServer,
                                              fake_llm: FakeUpstream) -> None:
     busy = GenerationStream(smollm2_triton)

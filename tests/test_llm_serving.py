@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,6 +237,52 @@ def _in_flight_reaches(server: TritonServer, value: int, timeout: float = 10.0) 
             return False
         time.sleep(0.05)
     return True
+
+
+def _penalized_reference(version: Path, messages: list[dict], tokens: int, presence: float, frequency: float) -> str:
+    """Greedy text of the exported decoder with OpenAI's penalty formula applied here: each token generated so far
+    loses `presence` + `frequency` × its count (prompt tokens do not count)."""
+    from export.triton_python.llm_engine import Decoder, ModelInfo
+    from export.triton_python.llm_text import PromptBuilder
+
+    info = ModelInfo.load(version / "generation.json")
+    decoder = Decoder(version / "model.onnx", info, single_row_path=version / "model.packed.onnx")
+    builder = PromptBuilder(version / "tokenizer.json", version / "chat_template.jinja")
+    logits, slots = decoder.prefill(builder.chat_ids(messages))
+    generated: list[int] = []
+    while len(generated) < tokens:
+        adjusted = logits.copy()
+        for token in set(generated):
+            adjusted[token] -= np.float32(presence + frequency * generated.count(token))
+        generated.append(int(adjusted.argmax()))
+        if generated[-1] in info.eos_token_ids:
+            break
+        batch_logits, slots = decoder.decode(generated[-1:], slots)
+        logits = batch_logits[0]
+    return builder.tokenizer.decode(generated)
+
+
+@pytest.mark.parametrize(("presence", "frequency"), [(0.0, 1.5), (2.0, 0.0), (0.5, 0.5)])
+def test_penalties_follow_openais_formula(smollm2_triton: TritonServer, smollm2_export: ExportedRepository,
+                                          presence: float, frequency: float) -> None:
+    """OpenAI's presence and frequency penalties reach the sampler and follow its formula: greedy text equals the
+    reference loop's, and (for this prompt, which repeats itself) differs from the unpenalised text."""
+    days = chat("List the days of the week, twice.")
+    plain = generate(smollm2_triton, days, temperature=0.0, max_tokens=24)
+    penalized = generate(smollm2_triton, days, temperature=0.0, max_tokens=24, presence_penalty=presence,
+                         frequency_penalty=frequency)
+    version = smollm2_export.repository / "smollm2" / "1"
+    assert penalized.text == _penalized_reference(version, days, 24, presence, frequency)
+    assert penalized.text != plain.text
+    assert penalized.responses[0].text == plain.responses[0].text  # nothing generated yet: nothing penalised
+
+
+def test_penalties_out_of_range_are_refused(smollm2_triton: TritonServer) -> None:
+    zeros = generate(smollm2_triton, FRANCE, temperature=0.0, max_tokens=8, presence_penalty=0.0,
+                     frequency_penalty=0.0)
+    assert zeros.text == generate(smollm2_triton, FRANCE, temperature=0.0, max_tokens=8).text
+    wrong = generate(smollm2_triton, FRANCE, frequency_penalty=2.5)
+    assert wrong.final.error is not None and "frequency_penalty must be within -2..2" in wrong.final.error
 
 
 def test_invalid_request_is_an_error(smollm2_triton: TritonServer) -> None:

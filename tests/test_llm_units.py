@@ -15,7 +15,7 @@ from export.llm_pipeline import Smollm2Request, validate_smollm2
 from export.llm_specs import GenerationServing
 from export.triton_python.llm_engine import KVSlots, check_runtime
 from export.triton_python.llm_prefix import PrefixCache
-from export.triton_python.llm_text import SamplingParams, TextStream, sample
+from export.triton_python.llm_text import SamplingParams, TextStream, penalize, sample
 from tests.llm_fakes import Pieces, slots
 
 
@@ -40,6 +40,21 @@ def test_sampling_greedy_nucleus_and_seed() -> None:
     assert draws[0] == draws[1] and len(set(draws[0])) > 1
     with pytest.raises(ValueError):
         SamplingParams(max_tokens=0, temperature=0.0, top_p=1.0, seed=None).validate()
+
+
+def test_penalties_subtract_presence_once_and_frequency_per_count() -> None:
+    params = SamplingParams(max_tokens=8, temperature=0.0, top_p=1.0, seed=None, presence_penalty=1.0,
+                            frequency_penalty=0.5)
+    logits = np.zeros(6, dtype=np.float32)
+    penalize(logits, [4, 2, 4, 4], params)
+    assert logits.tolist() == [0, 0, -1.5, 0, -2.5, 0]  # token 2 once: 1 + 0.5; token 4 three times: 1 + 1.5
+    untouched = np.zeros(6, dtype=np.float32)
+    penalize(untouched, [], params)  # the first token: nothing generated yet
+    penalize(untouched, [1, 1], SamplingParams(max_tokens=8, temperature=0.0, top_p=1.0, seed=None))
+    assert not untouched.any()
+    for name in ("presence_penalty", "frequency_penalty"):
+        with pytest.raises(ValueError, match=f"{name} must be within -2..2"):
+            SamplingParams(max_tokens=8, temperature=0.0, top_p=1.0, seed=None, **{name: -2.5}).validate()
 
 
 def _row(slots: KVSlots, r: int) -> list[float]:

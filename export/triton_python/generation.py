@@ -9,6 +9,8 @@ Inputs (all TYPE_STRING/scalars of shape [1]; every input is optional, but one o
     temperature   TYPE_FP32    0 = greedy; default from generation.json
     top_p         TYPE_FP32    nucleus sampling mass; default from generation.json
     seed          TYPE_INT64   sampling seed (same seed + same prompt + same settings → same text)
+    presence_penalty  TYPE_FP32  -2..2 (default 0): OpenAI's; subtracted from the logit of each token generated so far
+    frequency_penalty TYPE_FP32  -2..2 (default 0): OpenAI's; subtracted once per time a token was generated so far
     stop          TYPE_STRING  JSON array of up to 4 stop strings (the text ends before the first match)
     max_stream_interval TYPE_INT32  tokens one response may carry at most (default: the `max_stream_interval`
                                parameter, 4; 1 = a response per token). Under load the scheduler coalesces a
@@ -271,8 +273,9 @@ class TritonPythonModel:
         max_tokens = _scalar(request, "max_tokens")
         if max_tokens is not None and int(max_tokens) < 1:
             raise RequestError("max_tokens must be >= 1")
-        temperature, top_p, seed, min_tokens, interval = (
-            _scalar(request, n) for n in ("temperature", "top_p", "seed", "min_tokens", "max_stream_interval"))
+        temperature, top_p, seed, min_tokens, interval, presence, frequency = (
+            _scalar(request, n) for n in ("temperature", "top_p", "seed", "min_tokens", "max_stream_interval",
+                                          "presence_penalty", "frequency_penalty"))
         return SamplingParams(  # max_tokens beyond the context is capped: the answer ends with "length"
             max_tokens=min(int(max_tokens) if max_tokens is not None else int(self.defaults["max_tokens"]), room),
             min_tokens=int(min_tokens) if min_tokens is not None else 0,
@@ -281,6 +284,8 @@ class TritonPythonModel:
             seed=int(seed) if seed is not None else None,
             stop=tuple(stops),
             max_stream_interval=int(interval) if interval is not None else None,
+            presence_penalty=float(presence) if presence is not None else 0.0,
+            frequency_penalty=float(frequency) if frequency is not None else 0.0,
         ).validate()
 
     def execute(self, requests: list) -> None:

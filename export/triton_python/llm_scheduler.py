@@ -42,7 +42,7 @@ import numpy as np
 from llm_engine import Decoder, KVSlots, PromptPrefill
 from llm_prefix import PrefixCache
 from llm_requests import Outbox, Sequence, StepInfo
-from llm_text import sample
+from llm_text import penalize, sample
 
 log = logging.getLogger("tritonstack.generation")
 
@@ -292,6 +292,7 @@ class Scheduler:
         if seq.cancelled:
             self._end(seq, "request cancelled")
             return True
+        penalize(logits, seq.generated, seq.params)
         if len(seq.generated) < seq.params.min_tokens and self._eos_ids.size:
             logits[self._eos_ids] = -np.inf  # as transformers' min_new_tokens (the step's own array: no copy)
         token = sample(logits, seq.params, seq.rng)

@@ -77,6 +77,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     min_tokens: int = 0  # end-of-sequence tokens are masked out until this many tokens exist (vLLM's `min_tokens`)
     max_stream_interval: int | None = None  # tokens one streamed response may carry at most (None: the model's)
+    presence_penalty: float = 0.0  # OpenAI's: subtracted from the logit of every token generated so far
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted once per time a token was generated so far
 
     def validate(self) -> SamplingParams:
         if self.max_tokens < 1:
@@ -89,9 +91,22 @@ class SamplingParams:
             raise RequestError("top_p must be within (0, 1]")
         if self.max_stream_interval is not None and self.max_stream_interval < 1:
             raise RequestError("max_stream_interval must be >= 1")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise RequestError(f"{name} must be within -2..2")
         if len(self.stop) > 4 or any(not s for s in self.stop):
             raise RequestError("stop: at most 4 non-empty strings")
         return self
+
+
+def penalize(logits: np.ndarray, generated: list[int], params: SamplingParams) -> None:
+    """OpenAI's presence and frequency penalties, in place: the logit of each token generated so far loses
+    `presence_penalty` + `frequency_penalty` × its count (as the OpenAI API and vLLM: the prompt's tokens do not
+    count)."""
+    if not generated or not (params.presence_penalty or params.frequency_penalty):
+        return
+    ids, counts = np.unique(np.asarray(generated, dtype=np.int64), return_counts=True)
+    logits[ids] -= (counts * params.frequency_penalty + params.presence_penalty).astype(logits.dtype)
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:

@@ -12,8 +12,8 @@ Errors become `UpstreamError`s the routing layer acts on: an unknown model → `
 the model refuses → `bad_request`.
 
 Request mapping: `messages` (JSON), `max_completion_tokens`/`max_tokens`, `min_tokens`, `temperature`,
-`top_p` (0 → greedy), `seed`, `stop` (string or list). Without `temperature` the model's own default applies
-(generation.json: 0.2). Other OpenAI sampling fields (penalties, logit bias) are ignored by this deployment.
+`top_p` (0 → greedy), `seed`, `stop` (string or list), `presence_penalty`, `frequency_penalty`. Without
+`temperature` the model's own default applies (generation.json: 0.2).
 """
 
 from __future__ import annotations
@@ -74,6 +74,9 @@ def generation_inputs(body: dict[str, Any]) -> dict[str, np.ndarray]:
         inputs["top_p"] = np.array([top_p], dtype=np.float32)
     if body.get("seed") is not None:
         inputs["seed"] = np.array([body["seed"]], dtype=np.int64)
+    for penalty in ("presence_penalty", "frequency_penalty"):
+        if body.get(penalty):
+            inputs[penalty] = np.array([body[penalty]], dtype=np.float32)
     stop = body.get("stop")
     if stop:
         inputs["stop"] = _string(orjson.dumps([stop] if isinstance(stop, str) else list(stop)).decode())

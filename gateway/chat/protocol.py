@@ -4,8 +4,8 @@ Supported: `messages` (roles system, developer, user, assistant; content a strin
 `stream`, `stream_options.include_usage`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`,
 `stop` (≤ 4), `seed`, `user`, `presence_penalty`, `frequency_penalty`, `n` (1 only), and vLLM's `min_tokens`
 (the SDK's `extra_body`; honoured by Triton deployments, not sent to cloud ones, which do not know it). Tools,
-function calling, log-probabilities, audio and image parts are refused with a clear 400 naming the parameter;
-other unknown fields are ignored (SDKs add new ones).
+function calling, log-probabilities, a non-empty `logit_bias`, audio and image parts are refused with a clear 400
+naming the parameter; other unknown fields are ignored (SDKs add new ones).
 """
 
 from __future__ import annotations
@@ -105,12 +105,20 @@ class ChatCompletionRequest(BaseModel):
     modalities: Any = None
     prediction: Any = None
     parallel_tool_calls: Any = None
+    logit_bias: Any = None
 
     @field_validator(*_UNSUPPORTED)
     @classmethod
     def _unsupported(cls, value: Any) -> Any:
         if value is not None and value is not False:
             raise ValueError("this parameter is not supported by this server (text chat completions only)")
+        return None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: Any) -> None:
+        if value:  # token ids of one tokenizer; a route may fall back to a model with another: refused, not ignored
+            raise ValueError("logit_bias is not supported by this server")
         return None
 
     @field_validator("n")
