@@ -1,7 +1,7 @@
 """Generation parity: greedy decoding with the exported ONNX decoder vs transformers `generate`, token for token.
 
 Checks on a fixed prompt set (chat template applied by the tokenizer, as served):
-- single: each prompt alone through `llm_engine.greedy_generate` must produce exactly the tokens of
+- single: each prompt alone through `greedy_generate` must produce exactly the tokens of
   transformers `generate(do_sample=False)`; the max abs logit difference is reported for the prefill step
   and for the decode steps (up to the first differing token) and gated on `atol`;
 - batched: the prompts prefilled in three arrivals, as the served scheduler does when requests come together: the
@@ -15,7 +15,7 @@ Checks on a fixed prompt set (chat template applied by the tokenizer, as served)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -172,12 +172,35 @@ def _diffs(candidate: list[np.ndarray], reference: list[np.ndarray], same: int) 
     return prefill, max(steps, default=0.0)
 
 
+Adjust = Callable[[np.ndarray, list[int]], None]  # (a step's logits, tokens so far): changes the logits in place
+
+
+def greedy_generate(decoder, prompt: Sequence[int], max_new_tokens: int,
+                    adjust: Adjust | None = None) -> tuple[list[int], list[np.ndarray]]:
+    """Greedy decoding of one prompt with `llm_engine.Decoder` (no stop but the eos ids): (new token ids, logits of
+    every step). `adjust(logits, tokens so far)` may change a copy of each step's logits before the argmax."""
+    logits, batch = decoder.prefill(prompt)
+    tokens: list[int] = []
+    history = [logits]
+    eos = set(decoder.info.eos_token_ids)
+    while True:
+        chosen = logits
+        if adjust is not None:
+            chosen = logits.copy()
+            adjust(chosen, tokens)
+        token = int(np.argmax(chosen))
+        tokens.append(token)
+        if token in eos or len(tokens) >= max_new_tokens:
+            return tokens, history
+        step_logits, batch = decoder.decode([token], batch)
+        logits = step_logits[0]
+        history.append(logits)
+
+
 def check(model, tokenizer, decoder, served=None, *, prompts: Sequence[str] = PROMPTS,
           max_new_tokens: int = MAX_NEW_TOKENS, atol: float = DEFAULT_ATOL,
           label: str = "fp32 ONNX decoder with KV cache") -> GenerationParity:
     """Run the checks (see module docstring); `served` is the served prompt builder, if any."""
-    from export.triton_python.llm_engine import greedy_generate
-
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     template_mismatches = []
     if served is not None:  # llm_text.PromptBuilder over the written assets

@@ -81,6 +81,7 @@ def test_stream_ends_with_done(gw: RunningGateway, gateway_keys: GatewayKeys) ->
     ({"n": 2}, "n"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"logit_bias": {"1234": -100}}, "logit_bias"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"temperature": 3}, "temperature"),
     ({"messages": []}, "messages"),
@@ -95,6 +96,14 @@ def test_validation_errors_are_400_with_param(gw: RunningGateway, gateway_keys: 
     assert resp.status_code == 400, resp.text
     error = resp.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error"
+
+
+def test_neutral_values_of_refused_parameters_are_accepted(gw: RunningGateway, gateway_keys: GatewayKeys) -> None:
+    payload = {"model": "chat", "messages": MESSAGES, "logit_bias": {}, "response_format": {"type": "text"},
+               "tools": None, "n": 1}
+    resp = httpx.post(f"{gw.url}/v1/chat/completions", json=payload,
+                      headers={"Authorization": f"Bearer {gateway_keys.user}"})
+    assert resp.status_code == 200, resp.text
 
 
 def test_unknown_model_is_404_and_bad_key_401(gw: RunningGateway, gateway_keys: GatewayKeys) -> None:

@@ -242,23 +242,18 @@ def _in_flight_reaches(server: TritonServer, value: int, timeout: float = 10.0) 
 def _penalized_reference(version: Path, messages: list[dict], tokens: int, presence: float, frequency: float) -> str:
     """Greedy text of the exported decoder with OpenAI's penalty formula applied here: each token generated so far
     loses `presence` + `frequency` × its count (prompt tokens do not count)."""
+    from export.generation_parity import greedy_generate
     from export.triton_python.llm_engine import Decoder, ModelInfo
     from export.triton_python.llm_text import PromptBuilder
+
+    def openai_penalties(logits: np.ndarray, generated: list[int]) -> None:
+        for token in set(generated):
+            logits[token] -= np.float32(presence + frequency * generated.count(token))
 
     info = ModelInfo.load(version / "generation.json")
     decoder = Decoder(version / "model.onnx", info, single_row_path=version / "model.packed.onnx")
     builder = PromptBuilder(version / "tokenizer.json", version / "chat_template.jinja")
-    logits, slots = decoder.prefill(builder.chat_ids(messages))
-    generated: list[int] = []
-    while len(generated) < tokens:
-        adjusted = logits.copy()
-        for token in set(generated):
-            adjusted[token] -= np.float32(presence + frequency * generated.count(token))
-        generated.append(int(adjusted.argmax()))
-        if generated[-1] in info.eos_token_ids:
-            break
-        batch_logits, slots = decoder.decode(generated[-1:], slots)
-        logits = batch_logits[0]
+    generated, _ = greedy_generate(decoder, builder.chat_ids(messages), tokens, openai_penalties)
     return builder.tokenizer.decode(generated)
 
 

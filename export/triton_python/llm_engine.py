@@ -408,18 +408,3 @@ class PromptPrefill:
             self.prefixes.store(self.prompt, self.slots.row(0))
         return logits[0]
 
-
-def greedy_generate(decoder: Decoder, prompt: Sequence[int], max_new_tokens: int) -> tuple[list[int], list[np.ndarray]]:
-    """Greedy decoding of one prompt (no stop but the eos ids): (new token ids, logits of every step)."""
-    logits, batch = decoder.prefill(prompt)
-    tokens: list[int] = []
-    history = [logits]
-    eos = set(decoder.info.eos_token_ids)
-    while True:
-        token = int(np.argmax(logits))
-        tokens.append(token)
-        if token in eos or len(tokens) >= max_new_tokens:
-            return tokens, history
-        step_logits, batch = decoder.decode([token], batch)
-        logits = step_logits[0]
-        history.append(logits)

@@ -4,8 +4,9 @@ Supported: `messages` (roles system, developer, user, assistant; content a strin
 `stream`, `stream_options.include_usage`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`,
 `stop` (≤ 4), `seed`, `user`, `presence_penalty`, `frequency_penalty`, `n` (1 only), and vLLM's `min_tokens`
 (the SDK's `extra_body`; honoured by Triton deployments, not sent to cloud ones, which do not know it). Tools,
-function calling, log-probabilities, a non-empty `logit_bias`, audio and image parts are refused with a clear 400
-naming the parameter; other unknown fields are ignored (SDKs add new ones).
+function calling, log-probabilities, a non-empty `logit_bias`, a `response_format` other than text (JSON modes),
+audio and image parts are refused with a clear 400 naming the parameter; other unknown fields are ignored (SDKs
+add new ones).
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class ChatCompletionRequest(BaseModel):
     prediction: Any = None
     parallel_tool_calls: Any = None
     logit_bias: Any = None
+    response_format: Any = None
 
     @field_validator(*_UNSUPPORTED)
     @classmethod
@@ -119,6 +121,14 @@ class ChatCompletionRequest(BaseModel):
     def _logit_bias(cls, value: Any) -> None:
         if value:  # token ids of one tokenizer; a route may fall back to a model with another: refused, not ignored
             raise ValueError("logit_bias is not supported by this server")
+        return None
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format(cls, value: Any) -> None:
+        kind = value.get("type") if isinstance(value, dict) else value
+        if kind not in (None, "text"):  # JSON modes need constrained decoding: refused, never free text instead
+            raise ValueError(f"response_format {kind!r} is not supported by this server (text only)")
         return None
 
     @field_validator("n")
