@@ -16,8 +16,8 @@ from export.config import ModelSpec, Tensor, render_spec
 from export.repository import ModelFiles
 
 TRITON_PYTHON = Path(__file__).parent / "triton_python"
-MODEL_CODE = ("llm_engine.py", "llm_prefix.py", "llm_text.py", "llm_requests.py", "llm_scheduler.py",
-              "model_support.py")
+MODEL_CODE = ("llm_engine.py", "llm_prefix.py", "llm_text.py", "llm_logprobs.py", "llm_requests.py",
+              "llm_scheduler.py", "model_support.py")
 
 GENERATION_INPUTS = (
     Tensor("messages", "TYPE_STRING", (1,), optional=True),
@@ -31,6 +31,7 @@ GENERATION_INPUTS = (
     Tensor("max_stream_interval", "TYPE_INT32", (1,), optional=True),
     Tensor("presence_penalty", "TYPE_FP32", (1,), optional=True),
     Tensor("frequency_penalty", "TYPE_FP32", (1,), optional=True),
+    Tensor("logprobs", "TYPE_INT32", (1,), optional=True),
 )
 GENERATION_OUTPUTS = (
     Tensor("text", "TYPE_STRING", (1,)),
@@ -39,6 +40,7 @@ GENERATION_OUTPUTS = (
     Tensor("completion_tokens", "TYPE_INT32", (1,)),
     Tensor("step", "TYPE_INT64", (1,)),
     Tensor("batch_size", "TYPE_INT32", (1,)),
+    Tensor("logprobs", "TYPE_STRING", (1,)),
 )
 
 

@@ -4,6 +4,7 @@ thread, and responses coalesced under load."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -74,12 +75,15 @@ class Recorder:
         self.tokens: list[str] = []
         self.finished: tuple[str, int] | None = None
         self.error: str | None = None
+        self.logprobs: list[str] = []  # each response's log-probability entries (JSON)
 
     def token(self, text: str, info) -> None:
         self.tokens.append(text)
+        self.logprobs.append(info.logprobs)
 
     def finish(self, text: str, reason: str, info) -> None:
         self.tokens.append(text)
+        self.logprobs.append(info.logprobs)
         self.finished = (reason, info.completion_tokens)
 
     def fail(self, message: str) -> None:
@@ -104,7 +108,7 @@ def scheduling(monkeypatch: pytest.MonkeyPatch):
     import llm_scheduler
 
     yield llm_scheduler
-    for name in ("llm_scheduler", "llm_requests", "llm_prefix", "llm_engine", "llm_text"):
+    for name in ("llm_scheduler", "llm_requests", "llm_prefix", "llm_engine", "llm_text", "llm_logprobs"):
         sys.modules.pop(name, None)
 
 
@@ -402,3 +406,31 @@ def test_under_load_a_response_carries_several_tokens_the_first_always_alone(sch
     six = _responses(scheduling, 6, 9, intervals={0: 2})  # 6 rows: every 3rd token, or the request's cap of 2
     assert six[1].tokens == ["".join(tokens[:1]), "".join(tokens[1:4]), "".join(tokens[4:7]), "".join(tokens[7:])]
     assert six[0].tokens == [tokens[0], *("".join(tokens[i:i + 2]) for i in range(1, 9, 2))]
+
+
+class Named:
+    """`llm_logprobs.TokenNames` for the fake vocabulary (`Numbered`)."""
+
+    def describe(self, token: int) -> dict:
+        return {"token": f" t{token}", "bytes": []}
+
+
+def test_log_probabilities_ride_with_the_responses_that_carry_their_tokens(scheduling) -> None:
+    import llm_logprobs
+
+    scheduler = scheduling.Scheduler(FakeDecoder(), scheduling.Limits(max_batch_size=8, max_kv_tokens=400), ())
+    sinks = []
+    for r in range(8):  # 8 rows: responses of 1, 4 and 4 tokens; only row 0 asks for log-probabilities
+        params = SamplingParams(max_tokens=9, temperature=0.0, top_p=1.0, seed=None, logprobs=1 if r == 0 else None)
+        sinks.append(Recorder())
+        recorder = llm_logprobs.Logprobs(Named(), 1) if r == 0 else None
+        scheduler.submit(scheduling.Sequence([0], params, sinks[-1], TextStream(Numbered(), ()),
+                                             np.random.default_rng(), logprobs=recorder))
+    _run(scheduler, until=lambda: all(s.finished is not None for s in sinks))
+    entries = [json.loads(text) for text in sinks[0].logprobs]
+    assert [len(e) for e in entries] == [1, 4, 4]
+    assert [e["token"] for response in entries for e in response] == [f" t{i}" for i in range(1, 10)]
+    first = entries[0][0]  # the fake logits: 1.0 for the next token, 0 for the 15 others
+    assert first["logprob"] == pytest.approx(1 - np.log(np.e + 15))
+    assert first["top_logprobs"] == [{"token": " t1", "bytes": [], "logprob": first["logprob"]}]
+    assert sinks[1].logprobs == ["", "", ""]  # a request that did not ask gets none

@@ -4,6 +4,7 @@ strings, sampling, the in-place KV slots, the prefix cache, lossless 4-bit repac
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,30 @@ def test_an_onnx_runtime_that_cannot_load_the_graph_is_refused_with_what_to_inst
     for old in ("1.31.1", "1.23.2"):  # 1.23: the last release for Python 3.10 (NVIDIA's Triton 24.10 image)
         with pytest.raises(RuntimeError, match=r"needs onnxruntime >= 1\.32 .*onnxruntime " + old.replace(".", r"\.")):
             check_runtime(old)
+
+
+def test_logprobs_entries_in_openais_shape_with_raw_bytes() -> None:
+    from tokenizers import Tokenizer, decoders, models
+
+    from export.triton_python.llm_logprobs import Logprobs, TokenNames
+
+    tokenizer = Tokenizer(models.BPE(vocab={"a": 0, "Ġb": 1, "Ã": 2, "©": 3}, merges=[]))
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(["<|end|>"])  # id 4
+    names = TokenNames(tokenizer)
+    assert names.describe(1) == {"token": " b", "bytes": [32, 98]}  # Ġ stands for the space byte
+    assert names.describe(2) == {"token": "\\xc3", "bytes": [0xC3]}  # half of "é": its byte, escaped text
+    assert names.describe(4) == {"token": "<|end|>", "bytes": list(b"<|end|>")}
+    logits = np.log(np.array([0.1, 0.2, 0.4, 0.3, 1e-9], dtype=np.float32))
+    recorder = Logprobs(names, top=2)
+    recorder.record(logits, 1)
+    recorder.record(logits, 3)
+    first, second = json.loads(recorder.take())
+    assert recorder.take() == "[]"  # taken once
+    assert first["token"] == " b" and first["logprob"] == pytest.approx(np.log(0.2), abs=1e-6)
+    assert [t["token"] for t in first["top_logprobs"]] == ["\\xc3", "\\xa9"]  # the two likeliest, best first
+    assert [t["logprob"] for t in first["top_logprobs"]] == pytest.approx([np.log(0.4), np.log(0.3)], abs=1e-6)
+    assert second["bytes"] == [0xA9]
+    assert Logprobs(names, top=0).take() == "[]"
+    with pytest.raises(ValueError, match="logprobs"):
+        SamplingParams(max_tokens=4, temperature=0.0, top_p=1.0, seed=None, logprobs=21).validate()

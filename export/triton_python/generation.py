@@ -11,6 +11,8 @@ Inputs (all TYPE_STRING/scalars of shape [1]; every input is optional, but one o
     seed          TYPE_INT64   sampling seed (same seed + same prompt + same settings → same text)
     presence_penalty  TYPE_FP32  -2..2 (default 0): OpenAI's; subtracted from the logit of each token generated so far
     frequency_penalty TYPE_FP32  -2..2 (default 0): OpenAI's; subtracted once per time a token was generated so far
+    logprobs      TYPE_INT32   0..20: return the sampled tokens' log-probabilities with this many alternatives each
+                               (`llm_logprobs`; absent: none)
     stop          TYPE_STRING  JSON array of up to 4 stop strings (the text ends before the first match)
     max_stream_interval TYPE_INT32  tokens one response may carry at most (default: the `max_stream_interval`
                                parameter, 4; 1 = a response per token). Under load the scheduler coalesces a
@@ -22,6 +24,8 @@ Outputs (every response)
     completion_tokens TYPE_INT32   tokens generated so far
     step              TYPE_INT64   id of the forward pass that produced this token (shared by batched requests)
     batch_size        TYPE_INT32   rows in that forward pass (1 at prefill)
+    logprobs          TYPE_STRING  JSON array of the log-probabilities of this response's tokens, OpenAI's shape
+                                   ("" when the request did not ask for them)
 
 Each request gets zero or more responses and exactly one final one (TRITONSERVER_RESPONSE_COMPLETE_FINAL,
 carrying the finish reason and the counts). A full model rejects a request at once with UNAVAILABLE and a
@@ -113,6 +117,7 @@ class ResponseSink:
             pb_utils.Tensor("completion_tokens", np.array([info.completion_tokens], dtype=np.int32)),
             pb_utils.Tensor("step", np.array([info.step], dtype=np.int64)),
             pb_utils.Tensor("batch_size", np.array([info.batch_size], dtype=np.int32)),
+            pb_utils.Tensor("logprobs", np.array([info.logprobs.encode("utf-8")], dtype=np.object_)),
         ])
 
     def token(self, text: str, info) -> None:
@@ -185,6 +190,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
         from llm_engine import Decoder, ModelInfo
+        from llm_logprobs import TokenNames
         from llm_scheduler import Limits, Scheduler
         from llm_text import PromptBuilder
 
@@ -197,6 +203,7 @@ class TritonPythonModel:
             generation.get("bos_token", ""),
             generation.get("eos_token", ""),
         )
+        self.token_names = TokenNames(self.prompts.tokenizer)
         single_row = param(config, "single_row_onnx_file", "")
         decoder = Decoder(
             version_dir / param(config, "onnx_file", "model.onnx"),
@@ -233,6 +240,7 @@ class TritonPythonModel:
             self.metrics["in_flight"].set(self.scheduler.in_flight())
 
     def _sequence(self, request, sink: ResponseSink):
+        from llm_logprobs import Logprobs
         from llm_requests import Sequence
         from llm_text import RequestError, TextStream
 
@@ -253,7 +261,8 @@ class TritonPythonModel:
             raise RequestError("the prompt is empty")
         params = self._params(request, len(ids))
         rng = np.random.default_rng(None if params.seed is None else params.seed & 0xFFFFFFFFFFFFFFFF)  # any int64
-        return Sequence(ids, params, sink, TextStream(self.prompts.tokenizer, params.stop), rng)
+        logprobs = Logprobs(self.token_names, params.logprobs) if params.logprobs is not None else None
+        return Sequence(ids, params, sink, TextStream(self.prompts.tokenizer, params.stop), rng, logprobs=logprobs)
 
     def _params(self, request, prompt_tokens: int):
         from llm_text import RequestError, SamplingParams
@@ -273,9 +282,9 @@ class TritonPythonModel:
         max_tokens = _scalar(request, "max_tokens")
         if max_tokens is not None and int(max_tokens) < 1:
             raise RequestError("max_tokens must be >= 1")
-        temperature, top_p, seed, min_tokens, interval, presence, frequency = (
+        temperature, top_p, seed, min_tokens, interval, presence, frequency, logprobs = (
             _scalar(request, n) for n in ("temperature", "top_p", "seed", "min_tokens", "max_stream_interval",
-                                          "presence_penalty", "frequency_penalty"))
+                                          "presence_penalty", "frequency_penalty", "logprobs"))
         return SamplingParams(  # max_tokens beyond the context is capped: the answer ends with "length"
             max_tokens=min(int(max_tokens) if max_tokens is not None else int(self.defaults["max_tokens"]), room),
             min_tokens=int(min_tokens) if min_tokens is not None else 0,
@@ -286,6 +295,7 @@ class TritonPythonModel:
             max_stream_interval=int(interval) if interval is not None else None,
             presence_penalty=float(presence) if presence is not None else 0.0,
             frequency_penalty=float(frequency) if frequency is not None else 0.0,
+            logprobs=int(logprobs) if logprobs is not None else None,
         ).validate()
 
     def execute(self, requests: list) -> None:

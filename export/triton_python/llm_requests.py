@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from llm_logprobs import Logprobs
 from llm_text import SamplingParams, TextStream
 
 log = logging.getLogger("tritonstack.generation")
@@ -41,6 +42,7 @@ class StepInfo:
     batch_size: int
     prompt_tokens: int
     completion_tokens: int
+    logprobs: str = ""  # the response's log-probability entries (JSON), when the request asked for them
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Sequence:
     sent_tokens: int = 0  # tokens covered by the responses posted so far
     done: bool = False  # its final response (or error) is decided; the scheduler drops it at the next step
     cancelled: bool = False  # seen by the sender thread; the scheduler ends it at the next step
+    logprobs: Logprobs | None = None  # its tokens' log-probabilities, when asked for
 
     def close(self, message: str) -> None:
         """End the request with an error (once); on the sender thread, or once that has stopped."""

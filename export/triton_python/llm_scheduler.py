@@ -36,7 +36,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from llm_engine import Decoder, KVSlots, PromptPrefill
@@ -292,11 +292,14 @@ class Scheduler:
         if seq.cancelled:
             self._end(seq, "request cancelled")
             return True
+        raw = logits.copy() if seq.logprobs is not None else None  # the model's own distribution, unshaped
         penalize(logits, seq.generated, seq.params)
         if len(seq.generated) < seq.params.min_tokens and self._eos_ids.size:
             logits[self._eos_ids] = -np.inf  # as transformers' min_new_tokens (the step's own array: no copy)
         token = sample(logits, seq.params, seq.rng)
         seq.generated.append(token)
+        if raw is not None and token not in self.eos:
+            seq.logprobs.record(raw, token)
         reason = None
         if token in self.eos:
             delta, reason = seq.text.flush(), "stop"
@@ -312,11 +315,12 @@ class Scheduler:
                 return False
             text, seq.unsent, seq.sent_tokens = seq.unsent, "", len(seq.generated)
             # nothing to send while text is held back (a possible stop string): still look for a cancel
-            self.outbox.post(seq, (lambda: seq.sink.token(text, info)) if text else _nothing)
+            sent = _with_logprobs(seq, info) if text else info
+            self.outbox.post(seq, (lambda: seq.sink.token(text, sent)) if text else _nothing)
             return False
         seq.done = True
-        text, seq.unsent = seq.unsent + delta, ""
-        self.outbox.post(seq, lambda: seq.sink.finish(text, reason, info))
+        text, seq.unsent, final = seq.unsent + delta, "", _with_logprobs(seq, info)
+        self.outbox.post(seq, lambda: seq.sink.finish(text, reason, final))
         return True
 
     def _due(self, seq: Sequence, rows: int) -> bool:
@@ -351,6 +355,11 @@ def prefill_groups(seqs: list[Sequence], waste: float = 1.5) -> list[list[Sequen
     if group:
         groups.append(group)
     return groups
+
+
+def _with_logprobs(seq: Sequence, info: StepInfo) -> StepInfo:
+    """`info` carrying the log-probabilities of `seq`'s tokens since its last response (when it asked for them)."""
+    return info if seq.logprobs is None else replace(info, logprobs=seq.logprobs.take())
 
 
 def _nothing() -> None:

@@ -79,6 +79,7 @@ class SamplingParams:
     max_stream_interval: int | None = None  # tokens one streamed response may carry at most (None: the model's)
     presence_penalty: float = 0.0  # OpenAI's: subtracted from the logit of every token generated so far
     frequency_penalty: float = 0.0  # OpenAI's: subtracted once per time a token was generated so far
+    logprobs: int | None = None  # alternatives per token when the log-probabilities are wanted (`llm_logprobs`)
 
     def validate(self) -> SamplingParams:
         if self.max_tokens < 1:
@@ -91,6 +92,8 @@ class SamplingParams:
             raise RequestError("top_p must be within (0, 1]")
         if self.max_stream_interval is not None and self.max_stream_interval < 1:
             raise RequestError("max_stream_interval must be >= 1")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise RequestError("logprobs (alternatives per token) must be within 0..20")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise RequestError(f"{name} must be within -2..2")
