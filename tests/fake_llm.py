@@ -161,16 +161,29 @@ def build_app(state: FakeLLM) -> FastAPI:
         if body.get("stream"):
             return StreamingResponse(_stream(body, words, finish, record.usage, fault.cut_after),
                                      media_type="text/event-stream")
-        return Response(orjson.dumps(_completion(body, " ".join(words), finish, record.usage)),
+        return Response(orjson.dumps(_completion(body, words, finish, record.usage)),
                         media_type="application/json")
 
     return app
 
 
-def _completion(body: dict[str, Any], text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
+def logprobs_for(body: dict[str, Any], pieces: list[str]) -> dict[str, Any] | None:
+    """OpenAI-shaped log-probabilities of `pieces` when the request asks (-0.5 each; alternatives "alt<i>")."""
+    if not body.get("logprobs"):
+        return None
+    alternatives = [{"token": f"alt{i}", "logprob": -1.0 - i, "bytes": list(f"alt{i}".encode())}
+                    for i in range(body.get("top_logprobs") or 0)]
+    return {"content": [{"token": p, "logprob": -0.5, "bytes": list(p.encode()), "top_logprobs": alternatives}
+                        for p in pieces], "refusal": None}
+
+
+def _completion(body: dict[str, Any], words: list[str], finish: str, usage: dict[str, int]) -> dict[str, Any]:
+    pieces = [(" " if i else "") + w for i, w in enumerate(words)]
+    message = {"role": "assistant", "content": "".join(pieces)}
     return {"id": f"fake-{uuid.uuid4().hex[:8]}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model"), "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                                    "finish_reason": finish}], "usage": usage}
+            "model": body.get("model"), "usage": usage,
+            "choices": [{"index": 0, "message": message, "logprobs": logprobs_for(body, pieces),
+                         "finish_reason": finish}]}
 
 
 class StreamCutError(Exception):
@@ -183,8 +196,9 @@ async def _stream(body: dict[str, Any], words: list[str], finish: str, usage: di
             "model": body.get("model")}
     chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                     "finish_reason": None}]}]
-    chunks += [{**base, "choices": [{"index": 0, "delta": {"content": (" " if i else "") + w},
-                                     "finish_reason": None}]} for i, w in enumerate(words)]
+    pieces = [(" " if i else "") + w for i, w in enumerate(words)]
+    chunks += [{**base, "choices": [{"index": 0, "delta": {"content": p}, "logprobs": logprobs_for(body, [p]),
+                                     "finish_reason": None}]} for p in pieces]
     chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
     if (body.get("stream_options") or {}).get("include_usage"):
         chunks.append({**base, "choices": [], "usage": usage})

@@ -68,6 +68,28 @@ def test_stream_with_usage(gw: RunningGateway, fake_llm: FakeUpstream, gateway_k
     assert len({c.id for c in chunks}) == 1
 
 
+def test_logprobs_pass_through_to_a_cloud_deployment_and_back(gw: RunningGateway, fake_llm: FakeUpstream,
+                                                               gateway_keys: GatewayKeys) -> None:
+    client = client_for(gw, gateway_keys.user)
+    completion = client.chat.completions.create(model="chat", messages=MESSAGES, temperature=0, logprobs=True,
+                                                top_logprobs=2)
+    (call,) = fake_llm.state.calls("up-primary")
+    assert call.body["logprobs"] is True and call.body["top_logprobs"] == 2
+    entries = completion.choices[0].logprobs.content
+    assert "".join(e.token for e in entries) == completion.choices[0].message.content == "Echo: hello there friend"
+    assert all(e.logprob == -0.5 and [t.token for t in e.top_logprobs] == ["alt0", "alt1"] for e in entries)
+    chunks = list(client.chat.completions.create(model="chat", messages=MESSAGES, temperature=0, logprobs=True,
+                                                 stream=True))
+    streamed = [e.token for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert streamed == [e.token for e in entries]
+    again = client.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES, temperature=0,
+                                                              logprobs=True)
+    assert "x-cache" not in again.headers  # not cached: the cache keeps text only
+    assert len(fake_llm.state.calls("up-primary")) == 3
+    plain = client.chat.completions.create(model="chat", messages=MESSAGES, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+
 def test_stream_ends_with_done(gw: RunningGateway, gateway_keys: GatewayKeys) -> None:
     with httpx.stream("POST", f"{gw.url}/v1/chat/completions", headers={"Authorization": f"Bearer {gateway_keys.user}"},
                       json={"model": "chat", "messages": MESSAGES, "stream": True}) as resp:
@@ -82,6 +104,8 @@ def test_stream_ends_with_done(gw: RunningGateway, gateway_keys: GatewayKeys) ->
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"logit_bias": {"1234": -100}}, "logit_bias"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"temperature": 3}, "temperature"),
     ({"messages": []}, "messages"),

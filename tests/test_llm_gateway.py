@@ -108,6 +108,24 @@ def test_penalties_reach_the_local_model(client: openai.OpenAI, smollm2_triton: 
     assert penalized.choices[0].message.content == direct.text != plain.choices[0].message.content
 
 
+def test_logprobs_of_the_local_model(client: openai.OpenAI) -> None:
+    """The model's own log-probabilities, OpenAI-shaped: one entry per generated token whose bytes make up the text,
+    the greedy token the likeliest of its alternatives; the stream carries the same entries."""
+    asked = {"model": "smollm2", "messages": QUESTION, "temperature": 0, "max_tokens": 6, "logprobs": True,
+             "top_logprobs": 3}
+    answer = client.chat.completions.create(**asked)
+    entries = answer.choices[0].logprobs.content
+    assert answer.choices[0].finish_reason == "length" and len(entries) == answer.usage.completion_tokens == 6
+    assert bytes(b for e in entries for b in e.bytes).decode() == answer.choices[0].message.content
+    for entry in entries:
+        alternatives = [t.logprob for t in entry.top_logprobs]
+        assert entry.logprob < 0 and len(alternatives) == 3 and alternatives == sorted(alternatives, reverse=True)
+        assert entry.top_logprobs[0].token == entry.token and alternatives[0] == pytest.approx(entry.logprob)
+    chunks = list(client.chat.completions.create(**asked, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [(e.token, round(e.logprob, 4)) for e in entries]
+
+
 def test_full_local_model_overflows_to_cloud(client: openai.OpenAI, smollm2_triton: TritonServer,
                                              fake_llm: FakeUpstream) -> None:
     busy = GenerationStream(smollm2_triton)

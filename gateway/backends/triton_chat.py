@@ -12,8 +12,9 @@ Errors become `UpstreamError`s the routing layer acts on: an unknown model → `
 the model refuses → `bad_request`.
 
 Request mapping: `messages` (JSON), `max_completion_tokens`/`max_tokens`, `min_tokens`, `temperature`,
-`top_p` (0 → greedy), `seed`, `stop` (string or list), `presence_penalty`, `frequency_penalty`. Without
-`temperature` the model's own default applies (generation.json: 0.2).
+`top_p` (0 → greedy), `seed`, `stop` (string or list), `presence_penalty`, `frequency_penalty`, `logprobs` /
+`top_logprobs` (the model's own entries, OpenAI-shaped, in `choices[0].logprobs.content` of the answer or of the
+chunk that carries their text). Without `temperature` the model's own default applies (generation.json: 0.2).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def generation_inputs(body: dict[str, Any]) -> dict[str, np.ndarray]:
     for penalty in ("presence_penalty", "frequency_penalty"):
         if body.get(penalty):
             inputs[penalty] = np.array([body[penalty]], dtype=np.float32)
+    if body.get("logprobs"):
+        inputs["logprobs"] = np.array([body.get("top_logprobs") or 0], dtype=np.int32)
     stop = body.get("stop")
     if stop:
         inputs["stop"] = _string(orjson.dumps([stop] if isinstance(stop, str) else list(stop)).decode())
@@ -94,6 +97,12 @@ def _text(outputs: dict[str, np.ndarray], name: str) -> str:
 def _int(outputs: dict[str, np.ndarray], name: str) -> int:
     value = outputs.get(name)
     return int(value.reshape(-1)[0]) if value is not None and value.size else 0
+
+
+def _logprobs(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The token entries a response carries (OpenAI's `logprobs.content` items; none unless asked for)."""
+    text = _text(outputs, "logprobs")
+    return orjson.loads(text) if text else []
 
 
 def _usage(outputs: dict[str, np.ndarray]) -> dict[str, int]:
@@ -145,32 +154,39 @@ class TritonChatBackend:
 
     async def _generate(self, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         parts: list[str] = []
+        entries: list[dict[str, Any]] = []
         last: dict[str, np.ndarray] = {}
         async for outputs in self._responses(body, timeout_s):
             parts.append(_text(outputs, "text"))
+            entries.extend(_logprobs(outputs))
             last = outputs
         finish = _text(last, "finish_reason") or "stop"
         message = {"role": "assistant", "content": "".join(parts), "refusal": None}
+        logprobs = {"content": entries, "refusal": None} if body.get("logprobs") else None
         return {**self._base("chat.completion"),
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}],
                 "usage": _usage(last)}
 
     async def _generate_stream(self, body: dict[str, Any], timeout_s: float) -> AsyncIterator[dict[str, Any]]:
         base = self._base("chat.completion.chunk")
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-            return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        wanted = bool(body.get("logprobs"))
+
+        def chunk(delta: dict[str, Any], finish: str | None, entries: list[dict[str, Any]]) -> dict[str, Any]:
+            logprobs = {"content": entries, "refusal": None} if wanted and entries else None
+            return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
 
         first = True
         async for outputs in self._responses(body, timeout_s):
             text, finish = _text(outputs, "text"), _text(outputs, "finish_reason") or None
+            entries = _logprobs(outputs)
             delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
             first = False
             if text or finish is None:
-                yield chunk(delta, None)
-                delta = {}
+                yield chunk(delta, None, entries)
+                delta, entries = {}, []
             if finish is not None:
-                yield chunk(delta, finish)
+                yield chunk(delta, finish, entries)
                 yield {**base, "choices": [], "usage": _usage(outputs)}
                 return
         raise UpstreamError("stream_broken", "Triton's stream ended without a final response")

@@ -17,7 +17,8 @@ from gateway.routing.dispatch import Attempt
 from gateway.routing.table import ChatRoute, Deployment
 from gateway.usage.budget import Reservation
 
-_PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
+_PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "logprobs",
+                "top_logprobs")
 
 
 @dataclass
@@ -94,13 +95,15 @@ class ChatContext:
 
     # --- client bodies -------------------------------------------------------------------
 
-    def completion(self, content: str, finish_reason: str | None, usage: TokenUsage) -> dict[str, Any]:
-        """The chat.completion response object."""
+    def completion(self, content: str, finish_reason: str | None, usage: TokenUsage,
+                   logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The chat.completion response object (`logprobs`: the upstream's, when the request asked for them)."""
         return {
             "id": self.completion_id, "object": "chat.completion", "created": self.created,
             "model": self.request.model, "system_fingerprint": None,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
-                         "finish_reason": finish_reason, "logprobs": None}],
+                         "finish_reason": finish_reason,
+                         "logprobs": logprobs if self.request.logprobs else None}],
             "usage": usage_dict(usage),
         }
 
@@ -121,9 +124,10 @@ def _message(role: str, text: str, name: str | None) -> dict[str, Any]:
     return {"role": role, "content": text, "name": name} if name else {"role": role, "content": text}
 
 
-def answer_of(payload: dict[str, Any]) -> tuple[str, str | None]:
-    """(text, finish reason) of an upstream chat.completion."""
+def answer_of(payload: dict[str, Any]) -> tuple[str, str | None, dict[str, Any] | None]:
+    """(text, finish reason, log-probabilities) of an upstream chat.completion."""
     choice = payload["choices"][0] if isinstance(payload["choices"][0], dict) else {}
     message = choice.get("message") or {}
-    content = message.get("content")
-    return (content if isinstance(content, str) else ""), choice.get("finish_reason")
+    content, logprobs = message.get("content"), choice.get("logprobs")
+    return ((content if isinstance(content, str) else ""), choice.get("finish_reason"),
+            logprobs if isinstance(logprobs, dict) else None)

@@ -2,11 +2,11 @@
 
 Supported: `messages` (roles system, developer, user, assistant; content a string or text parts), `model`,
 `stream`, `stream_options.include_usage`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`,
-`stop` (≤ 4), `seed`, `user`, `presence_penalty`, `frequency_penalty`, `n` (1 only), and vLLM's `min_tokens`
-(the SDK's `extra_body`; honoured by Triton deployments, not sent to cloud ones, which do not know it). Tools,
-function calling, log-probabilities, a non-empty `logit_bias`, a `response_format` other than text (JSON modes),
-audio and image parts are refused with a clear 400 naming the parameter; other unknown fields are ignored (SDKs
-add new ones).
+`stop` (≤ 4), `seed`, `user`, `presence_penalty`, `frequency_penalty`, `logprobs` / `top_logprobs` (≤ 20),
+`n` (1 only), and vLLM's `min_tokens` (the SDK's `extra_body`; honoured by Triton deployments, not sent to cloud
+ones, which do not know it). Tools, function calling, a non-empty `logit_bias`, a `response_format` other than
+text (JSON modes), audio and image parts are refused with a clear 400 naming the parameter; other unknown fields
+are ignored (SDKs add new ones). Requests with `logprobs` are not cached (the answer cache keeps text only).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-_UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "audio",
-                "modalities", "prediction", "parallel_tool_calls")
+_UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "audio", "modalities", "prediction",
+                "parallel_tool_calls")
+MAX_TOP_LOGPROBS = 20
 
 
 class TextPart(BaseModel):
@@ -100,8 +101,8 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: Any = None
     functions: Any = None
     function_call: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
+    logprobs: bool | None = Field(default=None, strict=True)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS, strict=True)  # after `logprobs`
     audio: Any = None
     modalities: Any = None
     prediction: Any = None
@@ -115,6 +116,13 @@ class ChatCompletionRequest(BaseModel):
         if value is not None and value is not False:
             raise ValueError("this parameter is not supported by this server (text chat completions only)")
         return None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("'top_logprobs' needs 'logprobs': true")
+        return value
 
     @field_validator("logit_bias")
     @classmethod
@@ -167,8 +175,8 @@ class ChatCompletionRequest(BaseModel):
 
     @property
     def deterministic(self) -> bool:
-        """Cacheable: temperature 0 or an explicit seed."""
-        return self.temperature == 0 or self.seed is not None
+        """Cacheable: temperature 0 or an explicit seed, and no log-probabilities (the cache keeps text only)."""
+        return (self.temperature == 0 or self.seed is not None) and not self.logprobs
 
     @property
     def include_usage(self) -> bool:
@@ -197,7 +205,7 @@ class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None  # {"content": [token entries], "refusal": None} when asked for
 
 
 class ChatCompletion(BaseModel):

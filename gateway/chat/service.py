@@ -182,12 +182,12 @@ class ChatService:
 
         dispatched = await self.dispatcher.run(ctx.route, call, ctx.trace)
         dep, payload = dispatched.deployment, dispatched.value
-        content, finish = answer_of(payload)
+        content, finish, logprobs = answer_of(payload)
         usage = TokenUsage.from_openai(payload.get("usage")) or self._estimate(ctx, content)
         self.accounting.served(ctx, dep, usage)
         self.accounting.store(ctx, dep, CachedAnswer(content, finish, usage.prompt_tokens,
                                                      usage.completion_tokens, dep.name))
-        return ChatOutcome(ctx.completion(content, finish, usage), self._headers(ctx, dep.name),
+        return ChatOutcome(ctx.completion(content, finish, usage, logprobs), self._headers(ctx, dep.name),
                            dispatched.upstream_s, usage.total_tokens)
 
     def _estimate(self, ctx: ChatContext, content: str) -> TokenUsage:
@@ -210,7 +210,7 @@ class ChatService:
 
         dispatched = await self.dispatcher.run(ctx.route, call, ctx.trace)
         dep, primed = dispatched.deployment, dispatched.value
-        shaper = ChunkShaper(ctx.completion_id, ctx.created, ctx.request.model)
+        shaper = ChunkShaper(ctx.completion_id, ctx.created, ctx.request.model, bool(ctx.request.logprobs))
         finished = False
 
         def finish(state: str) -> None:  # idempotent: the relay's end, or the response's if it never started

@@ -75,10 +75,12 @@ async def prime(upstream: AsyncIterator[dict[str, Any]]) -> PrimedStream:
 
 class ChunkShaper:
     """Rewrites upstream chunks for the client (our id, created time and public model name; upstream usage
-    chunks withheld) and accumulates the text, finish reason and usage."""
+    chunks withheld; the upstream's log-probabilities kept when `logprobs`, the request asked for them) and
+    accumulates the text, finish reason and usage."""
 
-    def __init__(self, completion_id: str, created: int, model: str) -> None:
+    def __init__(self, completion_id: str, created: int, model: str, logprobs: bool = False) -> None:
         self.base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        self.logprobs = logprobs
         self.parts: list[str] = []
         self.finish_reason: str | None = None
         self.usage: TokenUsage | None = None
@@ -103,7 +105,8 @@ class ChunkShaper:
         if choice.get("finish_reason") is not None:
             self.finish_reason = choice["finish_reason"]
         out_delta = {k: v for k, v in delta.items() if k in ("role", "content", "refusal")}
-        return {**self.base, "choices": [{"index": 0, "delta": out_delta, "logprobs": None,
+        logprobs = choice.get("logprobs") if self.logprobs and isinstance(choice.get("logprobs"), dict) else None
+        return {**self.base, "choices": [{"index": 0, "delta": out_delta, "logprobs": logprobs,
                                           "finish_reason": choice.get("finish_reason")}]}
 
     def usage_chunk(self, usage: TokenUsage) -> dict[str, Any]:
