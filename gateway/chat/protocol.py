@@ -20,6 +20,10 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "audio", "modalities", "prediction",
                 "parallel_tool_calls")
 MAX_TOP_LOGPROBS = 20
+_NEEDS_FLAG = {  # a field only allowed with a flag set (declared after the flag, which is validated first)
+    "stream_options": ("stream", "'stream_options' is only allowed when 'stream' is true"),
+    "top_logprobs": ("logprobs", "'top_logprobs' needs 'logprobs': true"),
+}
 
 
 class TextPart(BaseModel):
@@ -117,13 +121,6 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("this parameter is not supported by this server (text chat completions only)")
         return None
 
-    @field_validator("top_logprobs")
-    @classmethod
-    def _top_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and not info.data.get("logprobs"):
-            raise ValueError("'top_logprobs' needs 'logprobs': true")
-        return value
-
     @field_validator("logit_bias")
     @classmethod
     def _logit_bias(cls, value: Any) -> None:
@@ -161,11 +158,12 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError(f"min_tokens ({value}) must not exceed the maximum number of tokens ({most})")
         return value
 
-    @field_validator("stream_options")
+    @field_validator(*_NEEDS_FLAG)
     @classmethod
-    def _stream_options(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
-        if value is not None and not info.data.get("stream"):
-            raise ValueError("'stream_options' is only allowed when 'stream' is true")
+    def _needs_flag(cls, value: Any, info: ValidationInfo) -> Any:
+        flag, message = _NEEDS_FLAG[info.field_name]
+        if value is not None and not info.data.get(flag):
+            raise ValueError(message)
         return value
 
     @property
