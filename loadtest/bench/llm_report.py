@@ -104,7 +104,7 @@ STRATEGY = (
     "core reads memory here) plus ~5–8 ms of attention that grows with each row's context (its fp32 cache is "
     "read per row), ~40 ms in all on a busy host, ~31 ms on a quiet one (other tenants' memory traffic slows it "
     "more than the 1-row step); a single-row step multiplies the 4-bit blocks, ~17–21 ms; the engine's ceiling "
-    "above measures that ratio in the same run (3.6–4.5× here depending on the host's load), and the end-to-end "
+    "above measures that ratio in the same run (3.5–4.5× here depending on the host's load), and the end-to-end "
     "ratio lands under it (each stream's prefill, ~5% of a 128-token run, and the responses' host CPU). "
     "Spin-waiting ONNX Runtime threads (`--ort-spinning`) make both steps "
     "faster but the single-row one more (in-process here: 19.5 → 14.5 ms and 40 → 31 ms), so they lower the ratio "
