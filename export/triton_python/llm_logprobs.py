@@ -21,8 +21,6 @@ import json
 import numpy as np
 from tokenizers import Tokenizer
 
-MAX_TOP_LOGPROBS = 20  # the OpenAI API's limit
-
 
 def _byte_aliases() -> dict[str, int]:
     """GPT-2's byte-level alphabet: the printable character that stands for each byte, reversed."""
@@ -47,10 +45,11 @@ class TokenNames:
         self._cache: dict[int, dict] = {}
 
     def _bytes(self, token: int) -> bytes:
+        if self.aliases is None:
+            return self.tokenizer.decode([token], skip_special_tokens=False).encode("utf-8")
         piece = self.tokenizer.id_to_token(token) or ""
-        if self.aliases is None or piece in self.special:
-            return (self.tokenizer.decode([token], skip_special_tokens=False) if self.aliases is None
-                    else piece).encode("utf-8")
+        if piece in self.special:  # added tokens are stored as text, not byte aliases
+            return piece.encode("utf-8")
         return bytes(self.aliases.get(c, 0x3F) for c in piece)
 
     def describe(self, token: int) -> dict:

@@ -314,9 +314,11 @@ class Scheduler:
             if not self._due(seq, info.batch_size):
                 return False
             text, seq.unsent, seq.sent_tokens = seq.unsent, "", len(seq.generated)
-            # nothing to send while text is held back (a possible stop string): still look for a cancel
-            sent = _with_logprobs(seq, info) if text else info
-            self.outbox.post(seq, (lambda: seq.sink.token(text, sent)) if text else _nothing)
+            if text:
+                sent = _with_logprobs(seq, info)
+                self.outbox.post(seq, lambda: seq.sink.token(text, sent))
+            else:  # nothing to send while text is held back (a possible stop string): still look for a cancel
+                self.outbox.post(seq, _nothing)
             return False
         seq.done = True
         text, seq.unsent, final = seq.unsent + delta, "", _with_logprobs(seq, info)

@@ -14,6 +14,7 @@ import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
+MAX_TOP_LOGPROBS = 20  # alternatives per token at most (the OpenAI API's limit)
 TOP_P_CANDIDATES = 1024  # nucleus sampling looks at this many top tokens first (a full sort only if needed)
 
 
@@ -92,8 +93,8 @@ class SamplingParams:
             raise RequestError("top_p must be within (0, 1]")
         if self.max_stream_interval is not None and self.max_stream_interval < 1:
             raise RequestError("max_stream_interval must be >= 1")
-        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
-            raise RequestError("logprobs (alternatives per token) must be within 0..20")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise RequestError(f"logprobs (alternatives per token) must be within 0..{MAX_TOP_LOGPROBS}")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise RequestError(f"{name} must be within -2..2")

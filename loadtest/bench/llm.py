@@ -76,6 +76,11 @@ class StreamTiming:
         return self.arrivals[-1] - self.sent
 
     @property
+    def tps(self) -> float:
+        """Tokens/s from the send to the last token (prefill included)."""
+        return self.tokens / self.total_s
+
+    @property
     def decode_tps(self) -> float:
         """Tokens/s after the first token."""
         return (self.tokens - 1) / (self.arrivals[-1] - self.arrivals[0])
@@ -245,15 +250,16 @@ class Rounds:
 
     def summary(self) -> dict:
         aggregate, each = _aggregate(self.many), _aggregate(self.each)
-        single = [t.tokens / t.total_s for t in self.single]
-        reference = self.reference(lambda t: t.tokens / t.total_s)
+        decode = [_decode_rate(run) for run in self.many]
+        single = [t.tps for t in self.single]
+        reference = self.reference(lambda t: t.tps)
         return {
             "hf_tps": _median(self.hf), "hf_best": max(self.hf),
             "single_tps": _median(single), "single_best": max(single),
             "single_decode_tps": _median([t.decode_tps for t in self.single]),
-            "many_decode_tps": _median([_decode_rate(run) for run in self.many]),
-            "ratio_decode": _median([_decode_rate(run) / r for run, r in
-                                     zip(self.many, self.reference(lambda t: t.decode_tps), strict=True)]),
+            "many_decode_tps": _median(decode),
+            "ratio_decode": _median([d / r for d, r in
+                                     zip(decode, self.reference(lambda t: t.decode_tps), strict=True)]),
             "single_ttft_ms": _median([t.ttft_s * 1000 for t in self.single]),
             "many_tps": _median(aggregate), "many_best": max(aggregate),
             "many_ttft_ms": _median([t.ttft_s * 1000 for run in self.many for t in run]),
