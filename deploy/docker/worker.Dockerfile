@@ -12,7 +12,7 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY deploy/docker/requirements-runtime.txt /tmp/requirements.txt
-RUN pip install --only-binary=:all: -r /tmp/requirements.txt
+RUN pip install --no-deps --require-hashes --only-binary=:all: -r /tmp/requirements.txt
 COPY pyproject.toml README.md ./
 COPY deploy deploy
 COPY export export
