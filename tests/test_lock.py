@@ -94,4 +94,5 @@ def test_images_install_only_hashed_pins(dockerfile: Path) -> None:
         if command.strip().endswith("."):
             assert "--no-deps" in command, f"{dockerfile.name}: our package must not pull unlocked deps"
             continue
-        assert "--require-hashes" in command and "-r " in command, f"{dockerfile.name}: unlocked `pip install {command}`"
+        locked = "--require-hashes" in command and "-r " in command
+        assert locked, f"{dockerfile.name}: unlocked `pip install {command}`"
