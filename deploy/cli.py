@@ -108,13 +108,21 @@ def loadtest(
     users: int = typer.Option(10, min=1, help="Concurrent users (the peak, with --shape)."),
     spawn_rate: float = typer.Option(5.0, help="Users started per second."),
     duration: str = typer.Option("30s", help="Run time: 30s, 5m, 1h."),
-    slo: str = typer.Option("", help="Gate, e.g. p95_ms=200,p99_ms=500,fail_ratio=0.01,min_rps=50."),
+    slo: str = typer.Option("", help="Gate, e.g. p95_ms=200,p99_ms=500,fail_ratio=0.01,min_rps=50 "
+                            "(fail_ratio is 0 unless given: any failed request fails the run)."),
     api_key: str = typer.Option("", envvar="TRITONSTACK_API_KEY", help="Bearer token for the gateway."),
     shape: str | None = typer.Option(None, help="Load shape: step, spike or soak (loadtest/shapes.py)."),
     abort_fail_ratio: float = typer.Option(0.5, help="Watchdog: abort when failures exceed this ratio (0: off)."),
     out: Path = typer.Option(Path("runs"), help="Run folders (CSV, HTML report, log, summary) go under here."),
 ) -> None:
-    """Run a Locust scenario headless, write its reports, print a summary; exit 1 when an SLO is missed."""
+    """Run a Locust scenario headless, write its reports, print a summary and judge the run.
+
+    Exit codes:
+    0 passed: every --slo term met, and no request failed beyond fail_ratio;
+    1 an SLO missed: a failed request is one unless --slo sets fail_ratio (the default gate is fail_ratio=0);
+    2 bad arguments, or no result (Locust did not start or hung);
+    3 aborted by the watchdog (failure ratio above --abort-fail-ratio).
+    """
     from loadtest.run import LoadTestOptions, duration_seconds, execute, scenario_path
     from loadtest.slo import SloError, parse_slo
 

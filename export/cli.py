@@ -127,7 +127,7 @@ def _run(export, request) -> None:
     try:
         result = export(request, RichReporter(console))
     except (ExportError, ConfigError) as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # one line: greppable, copyable
         raise typer.Exit(code=1) from None
     if result.skipped_reason:
         console.print(f"[yellow]skipped:[/] {escape(result.skipped_reason)}")

@@ -89,11 +89,32 @@ def random_inputs(specs: Sequence[InputSpec], batch: int, dynamic: int, seed: in
     return arrays
 
 
-def _torch_outputs(module, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+# what a module's forward pass raises for inputs it cannot take (torch: RuntimeError for dtype and shape
+# mismatches, IndexError for embedding ids, TypeError for a wrong input count; asserts in user code)
+_INPUT_ERRORS = (RuntimeError, TypeError, ValueError, IndexError, AssertionError)
+
+
+def _declared(specs: Sequence[InputSpec], arrays: Sequence[np.ndarray]) -> str:
+    """`--input x:float32:-1x16 (run as float32 2x16)` for each input, comma-separated."""
+    return ", ".join(
+        f"--input {s.name}:{s.dtype}:{'x'.join(map(str, s.shape))} (run as {a.dtype} {'x'.join(map(str, a.shape))})"
+        for s, a in zip(specs, arrays, strict=True)
+    )
+
+
+def _torch_outputs(module, specs: Sequence[InputSpec], arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The module's outputs on `arrays`; OptionError naming the declared inputs when it rejects them."""
     import torch
 
-    with torch.no_grad():
-        result = module(*(torch.from_numpy(a) for a in arrays))
+    try:
+        with torch.no_grad():
+            result = module(*(torch.from_numpy(a) for a in arrays))
+    except _INPUT_ERRORS as exc:
+        complaint = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise OptionError(
+            f"the module rejected {_declared(specs, arrays)}: {complaint}; "
+            "declare each input with the dtype and shape its forward() expects"
+        ) from None
     results = result if isinstance(result, tuple | list) else (result,)
     return [r.detach().cpu().numpy() for r in results]
 
@@ -112,7 +133,7 @@ def export_onnx(module, specs: Sequence[InputSpec], outputs: Sequence[str], dest
     import torch
 
     example = random_inputs(specs, batch=2, dynamic=3, seed=0)
-    produced = len(_torch_outputs(module, example))
+    produced = len(_torch_outputs(module, specs, example))
     if produced != len(outputs):
         raise OptionError(f"the module returns {produced} tensor(s) but {len(outputs)} --output name(s) were given")
     with warnings.catch_warnings(), torch.no_grad():
@@ -152,7 +173,7 @@ def check_parity(
     worst = dict.fromkeys(outputs, 0.0)
     for seed, (batch, dynamic) in enumerate(TRIALS, start=1):
         arrays = random_inputs(specs, min(batch, max_batch_size), dynamic, seed)
-        expected = _torch_outputs(module, arrays)
+        expected = _torch_outputs(module, specs, arrays)
         actual = run({s.name: a for s, a in zip(specs, arrays, strict=True)})
         for name, e, a in zip(outputs, expected, actual, strict=True):
             if e.shape != a.shape:

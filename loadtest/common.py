@@ -24,6 +24,8 @@ log = logging.getLogger("loadtest")
 # request types fired as custom metrics; kept out of the aggregate that the SLO gate judges
 CUSTOM_TYPES = frozenset({"TTFT", "JOB"})
 WATCHDOG_EXIT_CODE = 3
+# how tasks report a refusal by the gateway's per-key (or, without auth, per-IP) rate limit
+KEY_RATE_LIMITED = "HTTP 429 rate_limit_exceeded"
 WORDS = ("model", "serving", "batch", "latency", "vector", "token", "gateway", "queue", "cache", "triton")
 
 
@@ -129,7 +131,8 @@ def _entry_summary(entry: StatsEntry) -> dict[str, Any]:
 
 
 def summarize(env: Environment) -> dict[str, Any]:
-    """Aggregate of real requests (custom metrics excluded) and each custom metric apart."""
+    """Aggregate of real requests (custom metrics excluded), each custom metric apart, the top errors and how
+    many real requests the gateway's rate limit refused."""
     stats = env.stats
     real = StatsEntry(stats, "Aggregated", "", use_response_times_cache=False)
     custom: dict[str, StatsEntry] = {}
@@ -143,6 +146,8 @@ def summarize(env: Environment) -> dict[str, Any]:
         "aggregate": _entry_summary(real),
         "custom": {name: _entry_summary(e) for name, e in custom.items()},
         "aborted": bool(getattr(stats, "aborted", False)),
+        "rate_limited": sum(e.occurrences for e in stats.errors.values()
+                            if e.method not in CUSTOM_TYPES and str(e.error) == KEY_RATE_LIMITED),
         "errors": [{"name": e.name, "error": str(e.error), "count": e.occurrences} for e in stats.errors.values()][:20],
     }
 

@@ -2,7 +2,8 @@
 
 Locust runs in a child process (it monkey-patches the standard library with gevent), writing CSV stats, an
 HTML report, its log and `summary.json` into the run folder; this module reads the summary, prints a table and
-returns the exit code: 0 passed, 1 an SLO was missed, 2 the run could not be judged, 3 the watchdog aborted it.
+returns the exit code: 0 passed, 1 an SLO was missed (a failed request is one unless `fail_ratio` allows it),
+2 the run could not be judged, 3 the watchdog aborted it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from loadtest.slo import RunSummary, Verdict, evaluate
+from loadtest.slo import RunSummary, Verdict, evaluate, with_defaults
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 SHAPES = Path(__file__).parent / "shapes.py"
@@ -134,8 +135,28 @@ def summary_table(data: dict[str, Any], verdict: Verdict) -> Table:
     return table
 
 
+def rate_limit_hint(data: dict[str, Any]) -> str | None:
+    """A line blaming the caller's own key limit when its 429s are most of the run's failures, else None."""
+    agg = data["aggregate"]
+    limited = int(data.get("rate_limited", 0))
+    if not agg["requests"] or 2 * limited <= agg["failures"]:
+        return None
+    return (f"{100 * limited / agg['requests']:.0f} % of requests were refused with 429 rate_limit_exceeded by the "
+            "gateway's per-key rate limit: raise the key's requests_per_minute and tokens_per_minute "
+            "(TRITONSTACK_GATEWAY_API_KEYS) or use `tritonstack up`'s development key")
+
+
+def failure_hints(data: dict[str, Any], slo: dict[str, float]) -> list[str]:
+    """Why failed requests fail the run, and the key limit when it caused them."""
+    hints = [hint] if (hint := rate_limit_hint(data)) else []
+    if data["aggregate"]["failures"] and "fail_ratio" not in slo:
+        hints.append("requests failed and --slo sets no fail_ratio (default 0), so the run fails; "
+                     "allow some with e.g. --slo fail_ratio=0.01")
+    return hints
+
+
 def execute(opts: LoadTestOptions, slo: dict[str, float], console: Console | None = None) -> int:
-    """Run, report and judge; returns the process exit code."""
+    """Run, report and judge against `slo` plus the default gate (no failed request); returns the exit code."""
     console = console or Console()
     folder = run_folder(opts.out_dir, opts.scenario)
     console.print(f"running [bold]{opts.scenario}[/bold] against {opts.host}: {opts.users} users, "
@@ -145,10 +166,12 @@ def execute(opts: LoadTestOptions, slo: dict[str, float], console: Console | Non
     if data is None:
         console.print(f"[red]no result[/red] (locust exit {code}); see {folder / 'locust.log'}")
         return EXIT_NO_RESULT
-    verdict = evaluate(RunSummary.from_json(data), slo)
+    verdict = evaluate(RunSummary.from_json(data), with_defaults(slo))
     console.print(summary_table(data, verdict))
     for error in data.get("errors", [])[:5]:
         console.print(f"  [yellow]{error['count']}×[/yellow] {error['name']}: {error['error']}")
+    for hint in failure_hints(data, slo):
+        console.print(f"[yellow]{hint}[/yellow]", soft_wrap=True)  # one line, whatever the terminal's width
     for reason in verdict.reasons:
         console.print(f"[red]{reason}[/red]")
     console.print(f"report: {folder / 'report.html'}  CSV: {folder}/stats_*.csv")

@@ -1,7 +1,8 @@
 """The SLO gate: parse `p95_ms=…,p99_ms=…,fail_ratio=…,min_rps=…` and judge a run's summary against it.
 
-Pure functions, no Locust import: `parse_slo` for the CLI string, `evaluate` for a `RunSummary` (built from the
-summary JSON that the scenarios write at exit), `Verdict.passed` for the exit code.
+Pure functions, no Locust import: `parse_slo` for the CLI string, `with_defaults` for the terms every gate has
+(`fail_ratio=0` unless given), `evaluate` for a `RunSummary` (built from the summary JSON that the scenarios
+write at exit), `Verdict.passed` for the exit code.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ KEYS: dict[str, tuple[str, bool]] = {
     "min_rps": ("rps", False),
     "min_requests": ("requests", False),
 }
+
+
+# terms every gate has unless the SLO string sets them: a failed request fails the run, as Locust's own exit code
+DEFAULT_GATE: dict[str, float] = {"fail_ratio": 0.0}
 
 
 class SloError(ValueError):
@@ -71,6 +76,11 @@ def parse_slo(text: str) -> dict[str, float]:
             raise SloError(f"out-of-range SLO term {part!r}")
         slo[key] = number
     return slo
+
+
+def with_defaults(slo: dict[str, float]) -> dict[str, float]:
+    """`slo` plus each `DEFAULT_GATE` term it does not set (`fail_ratio=0`: no failed request allowed)."""
+    return {**DEFAULT_GATE, **slo}
 
 
 @dataclass(frozen=True)

@@ -252,6 +252,25 @@ def test_torch_export_bad_specs(tmp_path: Path, args: tuple[str, ...], message: 
     assert message in flat(result)
 
 
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        ("x:int64:-1x16", "mat1 and mat2 must have the same dtype"),
+        ("x:float32:-1x8", "mat1 and mat2 shapes cannot be multiplied (2x8 and 16x32)"),
+    ],
+)
+def test_torch_export_wrong_input_is_one_line_and_writes_nothing(tmp_path: Path, spec: str, complaint: str) -> None:
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    result = invoke("torch", "tests.toy_models:make_mlp", "--input", spec, "--output", "y", "-r", str(repository))
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert f"--input {spec}" in errors[0] and complaint in errors[0]
+    assert "Traceback" not in result.output and len(result.output.splitlines()) <= 2
+    assert not list(repository.iterdir())
+
+
 def test_torch_export_unknown_factory(tmp_path: Path) -> None:
     result = invoke("torch", "tests.toy_models:nope", "--input", "x:float32:-1x4", "--output", "y", "-r", str(tmp_path))
     assert result.exit_code == 1 and "cannot load 'tests.toy_models:nope'" in flat(result)

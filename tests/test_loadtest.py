@@ -11,7 +11,7 @@ import importlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -19,7 +19,8 @@ import pytest
 
 from deploy.local.redis import RedisServer
 from deploy.local.triton import TritonServer
-from loadtest.slo import RunSummary, SloError, evaluate, parse_slo
+from gateway.config import GatewaySettings, hash_api_key
+from loadtest.slo import RunSummary, SloError, evaluate, parse_slo, with_defaults
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
 
 CLI = Path(sys.executable).parent / "tritonstack"
@@ -37,9 +38,11 @@ def load_gateway(triton_server: TritonServer, redis_server: RedisServer, gateway
         gw.stop()
 
 
-def loadtest(gw: RunningGateway, key: str, out: Path, duration: str, slo: str) -> subprocess.CompletedProcess[str]:
-    argv = [str(CLI), "loadtest", "embeddings_cold", "--host", gw.url, "--users", "4", "--spawn-rate", "4",
-            "--duration", duration, "--slo", slo, "--out", str(out)]
+def loadtest(gw: RunningGateway, key: str, out: Path, duration: str, slo: str | None,
+             scenario: str = "embeddings_cold") -> subprocess.CompletedProcess[str]:
+    """`tritonstack loadtest` with 4 users; `slo=None` leaves out `--slo`."""
+    argv = [str(CLI), "loadtest", scenario, "--host", gw.url, "--users", "4", "--spawn-rate", "4",
+            "--duration", duration, "--out", str(out), *(["--slo", slo] if slo is not None else [])]
     return subprocess.run(argv, env={"PATH": str(CLI.parent) + ":/usr/bin:/bin", "TRITONSTACK_API_KEY": key},
                           capture_output=True, text=True, timeout=120, check=False)
 
@@ -75,6 +78,101 @@ def test_wrong_key_is_aborted_by_watchdog_or_gate(load_gateway: RunningGateway, 
     assert json.loads((only_run(tmp_path) / "summary.json").read_text())["aggregate"]["failures"] > 0
 
 
+# every fourth request asks for a model the gateway does not serve: about a quarter of requests fail
+QUARTER_FAILS = """
+import itertools
+
+from locust import constant, task
+from locust.contrib.fasthttp import FastHttpUser
+
+from loadtest import tasks
+from loadtest.common import headers, unique_sentence
+
+sent = itertools.count()
+
+
+class QuarterFailsUser(FastHttpUser):
+    wait_time = constant(0)
+
+    @task
+    def embed(self) -> None:
+        if next(sent) % 4 != 3:
+            tasks.embeddings(self, [unique_sentence()], name="embeddings")
+            return
+        payload = {"model": "no-such-model", "input": ["x"]}
+        with self.client.post("/v1/embeddings", json=payload, headers=headers(self.environment),
+                              name="unknown model", catch_response=True) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}")
+"""
+
+
+@pytest.fixture
+def quarter_fails(tmp_path: Path) -> str:
+    """A locustfile whose runs fail about a quarter of their requests (below the watchdog's ratio)."""
+    path = tmp_path / "locustfiles" / "quarter_fails.py"
+    path.parent.mkdir()
+    path.write_text(QUARTER_FAILS)
+    return str(path)
+
+
+def fail_ratio(out: Path) -> float:
+    aggregate = json.loads((only_run(out) / "summary.json").read_text())["aggregate"]
+    return aggregate["failures"] / aggregate["requests"]
+
+
+def test_failed_requests_fail_a_run_without_slo(load_gateway: RunningGateway, gateway_keys: GatewayKeys,
+                                               quarter_fails: str, tmp_path: Path) -> None:
+    proc = loadtest(load_gateway, gateway_keys.user, tmp_path / "runs", "3s", None, scenario=quarter_fails)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert 0.1 < fail_ratio(tmp_path / "runs") < 0.5
+    assert "SLO missed" in proc.stdout and "SLOs met" not in proc.stdout
+    assert "--slo sets no fail_ratio (default 0), so the run fails" in proc.stdout
+    assert "rate_limit_exceeded" not in proc.stdout  # a 404 is not blamed on the key's limit
+
+
+def test_fail_ratio_slo_allows_failed_requests(load_gateway: RunningGateway, gateway_keys: GatewayKeys,
+                                               quarter_fails: str, tmp_path: Path) -> None:
+    proc = loadtest(load_gateway, gateway_keys.user, tmp_path / "runs", "3s", "fail_ratio=0.5",
+                    scenario=quarter_fails)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert fail_ratio(tmp_path / "runs") > 0.1
+    assert "SLOs met" in proc.stdout and "sets no fail_ratio" not in proc.stdout
+
+
+StartGateway = Callable[[GatewaySettings], RunningGateway]
+
+
+def test_key_limit_refusals_are_named_with_the_fix(triton_server: TritonServer, redis_server: RedisServer,
+                                                   gateway_keys: GatewayKeys, gateway_factory: StartGateway,
+                                                   tmp_path: Path) -> None:
+    gw = gateway_factory(settings_for(triton_server, redis_server, gateway_keys, requests_per_minute=20))
+    proc = loadtest(gw, gateway_keys.user, tmp_path, "5s", None)
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # the watchdog stops a run its key cannot make
+    summary = json.loads((only_run(tmp_path) / "summary.json").read_text())
+    requests, limited = summary["aggregate"]["requests"], summary["rate_limited"]
+    assert limited > summary["aggregate"]["failures"] / 2
+    (line,) = [line for line in proc.stdout.splitlines() if "by the gateway's per-key rate limit" in line]
+    assert line.startswith(f"{100 * limited / requests:.0f} % of requests were refused with 429 rate_limit_exceeded")
+    assert "requests_per_minute" in line and "TRITONSTACK_GATEWAY_API_KEYS" in line and "tritonstack up" in line
+
+
+def test_up_gives_its_development_key_load_test_limits(tmp_path: Path) -> None:
+    from deploy.local.stack import StackOptions, gateway_env
+    from gateway.limiting import key_limits
+
+    env = gateway_env(StackOptions(repository=tmp_path, state_dir=tmp_path), "ts-dev-test")
+    settings = GatewaySettings(api_keys=json.loads(env["TRITONSTACK_GATEWAY_API_KEYS"]))
+    (dev_key,) = settings.api_keys
+    assert dev_key.sha256 == hash_api_key("ts-dev-test") and dev_key.scopes == {"admin"}
+    default, overrides = key_limits(settings)
+    assert (default.requests_per_min, default.tokens_per_min) == (600, 1_000_000)  # other keys keep the default
+    # a local load test runs Triton flat out: the development key must not be what limits it
+    dev = overrides["key:dev"]
+    assert dev.requests_per_min >= 100 * default.requests_per_min
+    assert dev.tokens_per_min >= 100 * default.tokens_per_min
+
+
 # --- slo.py ---------------------------------------------------------------------------------------------
 
 
@@ -103,6 +201,13 @@ def test_evaluate_passes_and_misses() -> None:
 def test_evaluate_empty_or_aborted_run_fails() -> None:
     assert not evaluate(summary(requests=0, failures=0), {}).passed
     assert not evaluate(RunSummary(10, 0, 1.0, 1.0, 1.0, 1.0, aborted=True), {}).passed
+
+
+def test_default_gate_allows_no_failed_request() -> None:
+    assert with_defaults({}) == {"fail_ratio": 0.0}
+    assert not evaluate(summary(), with_defaults({"p95_ms": 100})).passed
+    assert evaluate(summary(failures=0), with_defaults({})).passed
+    assert evaluate(summary(), with_defaults({"fail_ratio": 0.01})).passed
 
 
 def test_summary_from_json() -> None:

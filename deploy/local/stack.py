@@ -19,6 +19,11 @@ from deploy.local.triton import TritonOptions, TritonServer
 
 DEFAULT_ROUTES = Path(__file__).resolve().parents[1] / "routes.local.yaml"
 ROUTES_ENV = "TRITONSTACK_GATEWAY_ROUTES_FILE"
+# The development key's own limits: it is local (loopback gateway), admin, and meant for load tests and
+# perf_analyzer runs, which the default 600 requests/min of other keys would refuse. Still finite, so the
+# limiter stays on the request path as in production.
+DEV_REQUESTS_PER_MINUTE = 1_000_000
+DEV_TOKENS_PER_MINUTE = 1_000_000_000
 
 
 @dataclass
@@ -60,7 +65,8 @@ def redis_for(opts: StackOptions) -> RedisServer | None:
 
 def gateway_env(opts: StackOptions, api_key: str) -> dict[str, str]:
     """`TRITONSTACK_GATEWAY_*` of the stack (the worker reads them too: chat jobs use the same routes, budgets)."""
-    keys = [{"name": "dev", "sha256": hashlib.sha256(api_key.encode()).hexdigest(), "scopes": ["admin"]}]
+    keys = [{"name": "dev", "sha256": hashlib.sha256(api_key.encode()).hexdigest(), "scopes": ["admin"],
+             "requests_per_minute": DEV_REQUESTS_PER_MINUTE, "tokens_per_minute": DEV_TOKENS_PER_MINUTE}]
     env = {
         "TRITONSTACK_GATEWAY_TRITON_GRPC_URL": f"127.0.0.1:{opts.triton_grpc_port}",
         "TRITONSTACK_GATEWAY_TRITON_HTTP_URL": f"127.0.0.1:{opts.triton_http_port}",
