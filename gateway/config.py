@@ -14,8 +14,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from jobs.egress import ALLOW_PRIVATE_ENV_NAMES
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
@@ -88,7 +90,9 @@ class ApiKeyConfig(BaseModel):
 class GatewaySettings(BaseSettings):
     """Everything the gateway reads from its environment; constructed once and passed to `create_app`."""
 
-    model_config = SettingsConfigDict(env_prefix="TRITONSTACK_GATEWAY_", extra="ignore", frozen=True)
+    # validate_by_name: fields with an environment alias (validation_alias) still take their name as a keyword
+    model_config = SettingsConfigDict(env_prefix="TRITONSTACK_GATEWAY_", extra="ignore", frozen=True,
+                                      validate_by_name=True, validate_by_alias=True)
 
     # backends
     triton_grpc_url: str = "127.0.0.1:8001"
@@ -156,7 +160,9 @@ class GatewaySettings(BaseSettings):
     jobs_chunk_tokens: int = Field(default=254, ge=8)
     jobs_chunk_overlap: int = Field(default=32, ge=0)
     jobs_metrics_interval_s: float = Field(default=5.0, gt=0)
-    jobs_webhook_allow_private: bool = False  # webhooks to loopback/private IPs (off: SSRF guard, jobs.egress)
+    # webhooks to loopback/private addresses (off: SSRF guard, jobs.egress); one setting for the gateway and the
+    # worker: TRITONSTACK_WEBHOOK_ALLOW_PRIVATE (TRITONSTACK_GATEWAY_JOBS_WEBHOOK_ALLOW_PRIVATE still works)
+    jobs_webhook_allow_private: bool = Field(default=False, validation_alias=AliasChoices(*ALLOW_PRIVATE_ENV_NAMES))
 
     # browsers: CORS is off unless origins are listed explicitly (e.g. '["https://app.example.com"]'); no "*"
     cors_origins: list[str] = Field(default_factory=list)

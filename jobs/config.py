@@ -11,10 +11,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from gateway.config import UrlList, parse_url_list
+from jobs.egress import ALLOW_PRIVATE_ENV_NAMES, WebhookPolicy
 
 if TYPE_CHECKING:
     from gateway.config import GatewaySettings
@@ -27,7 +28,9 @@ DEFAULT_QUEUE = "tritonstack:jobs:queue"
 class WorkerConfig(BaseSettings):
     """Everything the arq worker reads from its environment; constructed once by `tritonstack worker`."""
 
-    model_config = SettingsConfigDict(env_prefix="TRITONSTACK_WORKER_", extra="ignore", frozen=True)
+    # validate_by_name: fields with an environment alias (validation_alias) still take their name as a keyword
+    model_config = SettingsConfigDict(env_prefix="TRITONSTACK_WORKER_", extra="ignore", frozen=True,
+                                      validate_by_name=True, validate_by_alias=True)
 
     # connections
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -68,8 +71,11 @@ class WorkerConfig(BaseSettings):
     webhook_max_attempts: int = Field(default=6, ge=1)
     webhook_backoff_s: float = Field(default=1.0, gt=0, description="Delay before the 2nd attempt; doubles.")
     webhook_timeout_s: float = Field(default=10.0, gt=0)
-    webhook_allow_private: bool = Field(default=False, description="Allow webhooks to loopback/private addresses "
-                                        "(off: SSRF guard, see jobs.egress).")
+    webhook_allow_private: bool = Field(
+        default=False, validation_alias=AliasChoices(*ALLOW_PRIVATE_ENV_NAMES),
+        description="Allow webhooks to loopback/private addresses (off: SSRF guard, see jobs.egress). One setting "
+        "for the gateway and the worker: TRITONSTACK_WEBHOOK_ALLOW_PRIVATE (the older "
+        "TRITONSTACK_WORKER_WEBHOOK_ALLOW_PRIVATE still works).")
 
     # operations
     metrics_host: str = "127.0.0.1"
@@ -85,6 +91,11 @@ class WorkerConfig(BaseSettings):
     def grpc_urls(self) -> list[str]:
         """Every Triton gRPC address the worker uses."""
         return self.triton_grpc_urls or [self.triton_grpc_url]
+
+    @property
+    def webhook_policy(self) -> WebhookPolicy:
+        """Where webhooks may go (the same policy the gateway applies at submission)."""
+        return WebhookPolicy(self.webhook_allow_private)
 
     @property
     def lease_ms(self) -> int:

@@ -77,6 +77,7 @@ class JobRecord:
     webhook_secret: str | None = None
     webhook_status: str | None = None
     webhook_attempts: int = 0
+    webhook_last_error: str | None = None  # absent from records written before it existed: None
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> JobRecord:
@@ -96,6 +97,7 @@ class JobRecord:
             webhook_secret=(g(b"webhook_secret") or b"").decode() or None,
             webhook_status=(g(b"webhook_status") or b"").decode() or None,
             webhook_attempts=_int(g(b"webhook_attempts")) or 0,
+            webhook_last_error=(g(b"webhook_last_error") or b"").decode() or None,
         )
 
     def public(self) -> dict[str, Any]:
@@ -117,10 +119,17 @@ class JobRecord:
             "attempts": self.attempts,
             "error": self.error,
             "result_url": f"/v1/jobs/{self.id}/result",
-            "webhook": None if self.webhook_url is None else {
-                "url": self.webhook_url, "status": self.webhook_status, "attempts": self.webhook_attempts},
+            "webhook": self._webhook(),
             "metadata": self.metadata,
         }
+
+
+    def _webhook(self) -> dict[str, Any] | None:
+        """The delivery state (`gateway.jobs_api.protocol.JobWebhook`); the secret stays in the record."""
+        if self.webhook_url is None:
+            return None
+        return {"url": self.webhook_url, "status": self.webhook_status, "attempts": self.webhook_attempts,
+                "delivered": self.webhook_status == "delivered", "last_error": self.webhook_last_error}
 
 
 def job_error(message: str, code: str) -> dict[str, str]:

@@ -168,7 +168,8 @@ def test_long_documents_are_chunked_with_overlap_from_a_jsonl_upload(jobs_stack:
 def test_a_job_keeps_the_version_it_started_with(minilm_repository: Path, redis_server: RedisServer,
                                                 gateway_keys: GatewayKeys, tmp_path: Path) -> None:
     """Version 2 loads while a job computed by version 1 runs: the rest of the job stays on version 1 (one model's
-    vectors per job), while new synchronous requests already get version 2."""
+    vectors per job), while a synchronous request can already use version 2 (pinned: loading a version moves no
+    traffic by itself)."""
     triton = start_triton(two_version_repository(minilm_repository, tmp_path / "repository"), tmp_path / "state")
     queue = new_queue()
     worker = start_worker(triton, redis_server, minilm_repository, queue, tmp_path, BATCH_SIZE="4",
@@ -186,7 +187,7 @@ def test_a_job_keeps_the_version_it_started_with(minilm_repository: Path, redis_
         poll_until(lambda: client.is_model_ready(MODEL, "2"), 60, "version 2 ready")
         assert get_job(gw, headers, job["id"])["progress"]["done"] < total, "the job ended before version 2 loaded"
         sync = httpx.post(f"{gw.url}/v1/embeddings", json={"model": MODEL, "input": "after the load"},
-                          headers=headers, timeout=30)
+                          headers={**headers, "x-tritonstack-model-version": "2"}, timeout=30)
         assert sync.status_code == 200 and sync.headers["x-tritonstack-model-version"] == "2"
         done, _ = wait_job(gw, headers, job["id"], finished, within_s=180)
         assert done["status"] == "succeeded", done
@@ -391,7 +392,8 @@ def test_failing_webhook_is_retried_and_its_signature_verifies(jobs_stack: JobsS
         answer = submit(gw, headers, embeddings_job(["hook one", "hook two"], webhook={"url": sink.url})).json()
         secret = answer["webhook_secret"]
         job, _ = wait_job(gw, headers, answer["id"], lambda j: j["webhook"]["status"] in ("delivered", "failed"))
-    assert job["webhook"] == {"url": sink.url, "status": "delivered", "attempts": 3}
+    assert job["webhook"] == {"url": sink.url, "status": "delivered", "attempts": 3, "delivered": True,
+                              "last_error": "HTTP 500"}  # the latest failed attempt's reason is kept
     assert [status for _, _, status in sink.received] == [500, 500, 204]
     for attempt, (head, body, _) in enumerate(sink.received, start=1):
         expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()

@@ -11,11 +11,11 @@ per line (a document, a bare string, or a chat request), with the rest as query 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.chat.protocol import ChatCompletionRequest
+from jobs.egress import malformed
 
 
 class Document(BaseModel):
@@ -43,19 +43,26 @@ class Chunking(BaseModel):
 
 
 class Webhook(BaseModel):
-    """Where to POST the job object when the job ends; `secret` keys the HMAC (one is generated if absent)."""
+    """Where to POST the job object when the job ends, and the secret that signs each delivery."""
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(max_length=2048)
-    secret: str | None = Field(default=None, min_length=16, max_length=256)
+    url: str = Field(max_length=2048, description=(
+        "Absolute http(s) URL that receives `POST {\"event\": \"job.<status>\", \"job\": <job object>}` when the "
+        "job ends. Redirects are not followed. Loopback, private and link-local addresses are refused (400, "
+        "`webhook_url_not_allowed`) unless the deployment sets TRITONSTACK_WEBHOOK_ALLOW_PRIVATE=true."))
+    secret: str | None = Field(default=None, min_length=16, max_length=256, description=(
+        "Signs every delivery: the `X-Tritonstack-Signature` header is `sha256=` followed by the hex "
+        "HMAC-SHA256 of the exact request body bytes, keyed by this secret (UTF-8). A receiver recomputes it "
+        "over the raw body it received and compares in constant time (e.g. Python's `hmac.compare_digest`). "
+        "When omitted, one is generated (`whsec_…`) and returned once, as `webhook_secret` in the 202 answer; "
+        "the secret is never shown again (not in GET /v1/jobs/{id}, nor in webhook bodies)."))
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parsed = urlparse(value)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError("'url' must be an absolute http(s) URL")
+        if (problem := malformed(value)) is not None:
+            raise ValueError(problem)
         return value
 
 
@@ -124,6 +131,20 @@ class JobProgress(BaseModel):
     failed: int
 
 
+class JobWebhook(BaseModel):
+    """A job's webhook delivery state (never its secret)."""
+
+    url: str
+    status: Literal["pending", "retrying", "delivered", "failed"] | None = Field(description=(
+        "null while the job runs; `pending` once it ended, `retrying` between attempts, then `delivered` or "
+        "`failed` (attempts used up, or the URL refused by the deployment's webhook policy)."))
+    attempts: int = Field(description="Delivery attempts made so far.")
+    delivered: bool = Field(description="True once a delivery was answered with a 2xx status.")
+    last_error: str | None = Field(description=(
+        "Why the latest failed attempt failed (e.g. `HTTP 500`, a connection error, a policy refusal naming "
+        "the setting to change); null when no attempt failed. Kept after a later attempt succeeds."))
+
+
 class JobObject(BaseModel):
     """The job object (documented here; built as a dict by `jobs.records.JobRecord.public`)."""
 
@@ -142,6 +163,6 @@ class JobObject(BaseModel):
     attempts: int
     error: dict[str, Any] | None
     result_url: str
-    webhook: dict[str, Any] | None
+    webhook: JobWebhook | None
     metadata: dict[str, str] | None
     webhook_secret: str | None = Field(default=None, description="Only in the 202 answer, when generated.")

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -37,7 +37,7 @@ from gateway.errors import (
     RateLimitedError,
 )
 from gateway.jobs_api.protocol import ChatJobRequest, EmbeddingsJobRequest
-from jobs.egress import refused_target
+from jobs.egress import WebhookPolicy
 from jobs.records import JobRecord, JobStatus, JobType
 from jobs.store import JobStore, NewJob, SubmitLimits, new_job_id
 
@@ -56,7 +56,7 @@ class JobPolicy:
     chunk_tokens: int
     chunk_overlap: int
     limits: SubmitLimits
-    webhook_allow_private: bool = False
+    webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
 
     @classmethod
     def from_settings(cls, s: GatewaySettings) -> JobPolicy:
@@ -64,7 +64,7 @@ class JobPolicy:
         return cls(s.jobs_result_ttl_s, s.jobs_max_items, s.jobs_max_document_chars, s.jobs_chunk_tokens,
                    min(s.jobs_chunk_overlap, s.jobs_chunk_tokens - 1),
                    SubmitLimits(s.jobs_max_active_per_key, s.jobs_max_pending_items_per_key, s.jobs_idempotency_ttl_s),
-                   s.jobs_webhook_allow_private)
+                   WebhookPolicy(s.jobs_webhook_allow_private))
 
 
 class JobsMetrics:
@@ -133,11 +133,9 @@ class JobsService:
 
     async def submit(self, request: JobRequest, principal: Principal, idempotency_key: str | None) -> Accepted:
         """Validate, then queue the job (or answer the job this idempotency key already created)."""
-        if request.webhook is not None and not self.policy.webhook_allow_private:
-            refused = refused_target(request.webhook.url)
-            if refused is not None:
-                raise InvalidRequestError(f"webhook URL not allowed: {refused}", param="webhook.url",
-                                          code="webhook_url_not_allowed")
+        if request.webhook is not None and (refused := self.policy.webhooks.refusal(request.webhook.url)):
+            # the worker applies the same policy at delivery: what it would refuse is refused here, up front
+            raise InvalidRequestError(refused, param="webhook.url", code="webhook_url_not_allowed")
         if isinstance(request, EmbeddingsJobRequest):
             job_input, items, model = await self._embeddings_input(request, principal)
         else:
