@@ -102,7 +102,7 @@ class AdmissionMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     self.metrics.rejected.labels("body_too_large").inc()
-                    # FastAPI re-raises HTTPException from body reading; the handler maps 413 to the envelope
+                    # FastAPI re-raises HTTPException from body reading; the handler maps 413 to the path's shape
                     raise HTTPException(413, body_too_large(limit))
             return message
 
@@ -111,4 +111,4 @@ class AdmissionMiddleware:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: Exception, reason: str) -> None:
         self.metrics.rejected.labels(reason).inc()
         assert isinstance(error, (OverloadedError, PayloadTooLargeError, UnsupportedMediaTypeError))
-        await error_response(error)(scope, receive, send)
+        await error_response(error, path=scope["path"])(scope, receive, send)

@@ -1,9 +1,14 @@
-"""One error envelope and one error → status table for the whole gateway.
+"""One error → status table for the whole gateway, and the two shapes its refusals take.
 
-Every refusal, whatever raised it, leaves as `{"error": {"message", "type", "param", "code"}}` (the OpenAI
-shape) with the status from `ERROR_TABLE`. Services raise the typed errors below; FastAPI's validation errors
-become 400 with `param` set to the field path (never 422); unknown routes and methods become 404/405 in the
-same envelope; anything unexpected becomes a 500 without a stack trace (see `gateway.middleware`).
+Every refusal, whatever raised it, leaves with its status from `ERROR_TABLE` and its own headers (`retry-after`,
+a rate-limit refusal's `x-ratelimit-*`, `x-should-retry`, `www-authenticate`; the request context adds
+`x-request-id` and an admitted request's `x-ratelimit-*`). Its body is chosen by the request path in one place,
+`error_response`: under `/v2` (the KServe v2 passthrough) it is KServe v2's `{"error": "<message>"}`, the shape
+`tritonclient` parses; everywhere else it is the OpenAI envelope `{"error": {"message", "type", "param", "code"}}`.
+Services raise the typed errors below; FastAPI's validation errors become 400 with `param` set to the field path
+(never 422); unknown routes and methods become 404/405; anything unexpected becomes a 500 without a stack trace (see
+`gateway.middleware`). The exception handlers and the middleware that refuse requests themselves
+(`gateway.admission`, `gateway.middleware`) all answer through `error_response`.
 """
 
 from __future__ import annotations
@@ -159,18 +164,35 @@ def error_kind(error: GatewayError) -> ErrorKind:
     return ERROR_TABLE[InternalError]
 
 
+KSERVE_PREFIX = "/v2"
+
+
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
-    """The serialized envelope."""
+    """The serialized OpenAI envelope."""
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
-def error_response(error: GatewayError) -> Response:
-    """The HTTP response for `error`: envelope, table status, its headers plus a default retry-after."""
+def kserve_error_body(message: str) -> bytes:
+    """The serialized KServe v2 error, `{"error": "<message>"}`."""
+    return orjson.dumps({"error": message})
+
+
+def is_kserve_path(path: str) -> bool:
+    """True for `/v2` and paths below it, whose errors take the KServe v2 shape."""
+    return path == KSERVE_PREFIX or path.startswith(KSERVE_PREFIX + "/")
+
+
+def error_response(error: GatewayError, *, path: str) -> Response:
+    """The HTTP response for `error` on a request to `path` (the ASGI scope's `path`): table status, the error's
+    headers plus a default retry-after, and the body shape of that path (`is_kserve_path`)."""
     kind = error_kind(error)
     headers = dict(error.headers)
     if kind.retry_after_s is not None:
         headers.setdefault("retry-after", str(kind.retry_after_s))
-    body = error_body(error.message, kind.type, error.param, error.code)
+    if is_kserve_path(path):
+        body = kserve_error_body(error.message)
+    else:
+        body = error_body(error.message, kind.type, error.param, error.code)
     return Response(body, status_code=kind.status, headers=headers, media_type="application/json")
 
 
@@ -217,23 +239,23 @@ def from_http_exception(exc: StarletteHTTPException) -> GatewayError:
     return error
 
 
-async def _gateway_error_handler(_: Request, exc: Exception) -> Response:
+async def _gateway_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return error_response(exc)
+    return error_response(exc, path=request.scope["path"])
 
 
-async def _validation_handler(_: Request, exc: Exception) -> Response:
+async def _validation_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    return error_response(validation_error(exc.errors()))
+    return error_response(validation_error(exc.errors()), path=request.scope["path"])
 
 
-async def _http_exception_handler(_: Request, exc: Exception) -> Response:
+async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return error_response(from_http_exception(exc))
+    return error_response(from_http_exception(exc), path=request.scope["path"])
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the handlers that turn every raised error into the envelope."""
+    """Register the handlers that turn every raised error into its path's error shape (`error_response`)."""
     app.add_exception_handler(GatewayError, _gateway_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)

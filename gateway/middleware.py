@@ -63,7 +63,7 @@ def route_label(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Outermost gateway middleware: request id in and out, metrics, and a 500 envelope for escapes."""
+    """Outermost gateway middleware: request id in and out, metrics, and a 500 error for escapes."""
 
     def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
         self.app = app
@@ -97,7 +97,8 @@ class RequestContextMiddleware:
             log.exception("unhandled error, request id %s", request_id)
             status = 500
             if not started:
-                response = error_response(InternalError("The server had an error processing the request"))
+                response = error_response(InternalError("The server had an error processing the request"),
+                                          path=scope["path"])
                 await response(scope, receive, send_with_id)
         finally:
             self.metrics.in_flight.dec()

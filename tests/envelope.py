@@ -1,7 +1,8 @@
 """Shared checks for hostile-input, fuzzing and security tests: the OpenAI error envelope, a full-stack gateway.
 
 `envelope_problem` says what is wrong with an error response (None when it is a proper envelope);
-`assert_envelope` asserts status and envelope; `full_gateway` starts a gateway on the session's real Triton and
+`assert_envelope` asserts status and envelope; `assert_kserve_error` asserts status and the KServe v2 error shape
+that every error under `/v2` has; `full_gateway` starts a gateway on the session's real Triton and
 Redis with a chat route on a private fake LLM upstream (the only fake: the cloud provider).
 """
 
@@ -26,11 +27,11 @@ ENVELOPE_KEYS = frozenset({"message", "type", "param", "code"})
 UPSTREAM_KEY_ENV = "TRITONSTACK_TEST_HOSTILE_UPSTREAM_KEY"
 
 
-def envelope_problem(status: int, content_type: str, body: bytes, *, kserve_relay: bool = False) -> str | None:
-    """What is wrong with an error response's body, or None when it is the OpenAI envelope.
+def envelope_problem(status: int, content_type: str, body: bytes, *, kserve: bool = False) -> str | None:
+    """What is wrong with an error response's body, or None when it has the expected shape.
 
-    With `kserve_relay`, Triton's own KServe v2 error shape `{"error": "<message>"}` is accepted too: the `/v2`
-    passthrough relays Triton's refusals unchanged because `tritonclient` reads exactly that shape.
+    The expected shape is the OpenAI envelope, or with `kserve` (a response under `/v2`) KServe v2's
+    `{"error": "<message>"}`, which `tritonclient` reads: one readable message, never a JSON document inside.
     """
     if not content_type.startswith("application/json"):
         return f"{status}: content-type {content_type!r} is not JSON"
@@ -39,8 +40,10 @@ def envelope_problem(status: int, content_type: str, body: bytes, *, kserve_rela
     except orjson.JSONDecodeError:
         return f"{status}: body is not JSON: {body[:200]!r}"
     error = document.get("error") if isinstance(document, dict) else None
-    if kserve_relay and isinstance(error, str) and set(document) == {"error"}:
-        return None
+    if kserve:
+        if not isinstance(error, str) or set(document) != {"error"} or not error or error.lstrip().startswith("{"):
+            return f"{status}: not the KServe v2 error shape: {body[:300]!r}"
+        return f"{status}: body carries a traceback" if b"Traceback" in body else None
     if not isinstance(error, dict) or set(document) != {"error"} or set(error) != ENVELOPE_KEYS:
         return f"{status}: not the OpenAI envelope: {body[:300]!r}"
     if not isinstance(error["message"], str) or not error["message"] or not isinstance(error["type"], str):
@@ -63,6 +66,15 @@ def assert_envelope(resp: httpx.Response, status: int | tuple[int, ...], *, para
     if code is not None:
         assert error["code"] == code, error
     return error
+
+
+def assert_kserve_error(resp: httpx.Response, status: int | tuple[int, ...]) -> str:
+    """Assert the status (one or any of several) and KServe v2's `{"error": "<message>"}`; returns the message."""
+    allowed = (status,) if isinstance(status, int) else status
+    assert resp.status_code in allowed, f"{resp.status_code} not in {allowed}: {resp.text[:500]}"
+    problem = envelope_problem(resp.status_code, resp.headers.get("content-type", ""), resp.content, kserve=True)
+    assert problem is None, problem
+    return resp.json()["error"]
 
 
 def auth(key: str) -> dict[str, str]:

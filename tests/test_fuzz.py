@@ -9,9 +9,9 @@ negative (schema-violating) generation; negative only where the schema has a bod
 (for a free-form string path parameter there is nothing a negative case could be). Derandomized: the same
 cases every run.
 
-Checks on every response: no 5xx, and every error body is the OpenAI envelope — except Triton's own refusals
-relayed by the `/v2` passthrough, which keep the KServe v2 shape `{"error": "<message>"}` that `tritonclient`
-parses (see docs/RELIABILITY.md §5).
+Checks on every response: no 5xx, and every error body is the OpenAI envelope — except under `/v2`, where every
+error (the gateway's own refusals and Triton's, relayed) has the KServe v2 shape `{"error": "<message>"}` that
+`tritonclient` parses (see docs/RELIABILITY.md §5).
 
 Nothing is excluded: `DELETE /admin/cache` only empties the embedding cache (a later request misses),
 `POST /admin/rollouts/reload` re-reads the (absent) rollout file, jobs go to a private queue that no worker
@@ -133,7 +133,7 @@ class Recorder:
         if status < 400:
             return
         problem = f"{status} {response.content[:300]!r}" if status >= 500 else envelope_problem(
-            status, _content_type(response), response.content, kserve_relay=case.operation.path.startswith("/v2"))
+            status, _content_type(response), response.content, kserve=case.operation.path.startswith("/v2"))
         if problem is not None:
             self.failures.append(f"{case.operation.label}: {problem}\n  {case.as_curl_command(auth)}")
 

@@ -25,7 +25,7 @@ from gateway.auth import Authenticator
 from gateway.config import ApiKeyConfig, GatewaySettings, hash_api_key, read_secret
 from gateway.routing.config import RoutesConfigError, load_routes
 from jobs.egress import PublicOnlyResolver, forbidden_address, refused_target
-from tests.envelope import assert_envelope, auth, full_gateway
+from tests.envelope import assert_envelope, assert_kserve_error, auth, full_gateway
 from tests.fake_llm import FakeLLMServer, Fault
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for
 
@@ -210,7 +210,7 @@ def test_passthrough_does_not_forward_triton_control(gw: RunningGateway, gateway
                                                      triton_server: TritonServer, method: str, path: str) -> None:
     resp = httpx.request(method, f"{gw.url}{path}", headers={**auth(gateway_keys.admin),
                                                              "content-type": "application/json"}, content=b"{}")
-    assert_envelope(resp, (403, 404, 405))
+    assert_kserve_error(resp, (403, 404, 405))
     index = httpx.post(f"http://{triton_server.http_url}/v2/repository/index", json={}).json()
     assert {m["name"]: m.get("state") for m in index} == {MODEL: "READY"}
 

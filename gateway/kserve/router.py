@@ -1,7 +1,9 @@
 """KServe v2 routes (`tritonclient.http` pointed at the gateway works): thin wrappers over `KServeProxy`.
 
 `/v2/health/{live,ready}` need no key (probes); everything else does, and inference counts against the
-caller's request limit.
+caller's request limit. Every error under `/v2` has KServe v2's shape `{"error": "<message>"}`: Triton's own
+refusals through `kserve_error`, the gateway's (auth, limits, validation, Triton unreachable) through
+`gateway.errors.error_response`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.auth import Principal
 from gateway.deps import get_kserve_proxy, get_principal, rate_limited_principal, state_of
-from gateway.errors import NotFoundError
+from gateway.errors import NotFoundError, kserve_error_body
 from gateway.kserve.service import KServeProxy, model_path, routed_version
 from gateway.kserve.validation import check_infer_request
 from gateway.rollout.service import VERSION_HEADER, parse_pin
@@ -42,15 +44,27 @@ async def _relay(
 def kserve_error(status: int, headers: dict[str, str], content: bytes) -> Response:
     """Triton's refusal in the KServe v2 error shape `{"error": "<message>"}` that `tritonclient` parses.
 
-    Triton answers most refusals in that shape already (relayed as they are); a few (e.g. a POST without a body
-    to an unknown model) come as `text/plain`, which are wrapped so that every error body leaving is JSON.
+    Triton writes that shape, but its content type varies: `application/json` for most refusals, `text/plain` for
+    some (an inference request to an unknown model), and a few bodies are plain text. So the body, not its declared
+    type, decides: a JSON object with a string `error` carries the message, anything else is the message itself;
+    either way the message leaves wrapped once, as JSON. A compressed body is relayed as it is.
     """
-    if headers.get("content-type", "").startswith("application/json") or "content-encoding" in headers:
+    if "content-encoding" in headers:
         return Response(content, status_code=status, headers=headers)
-    message = content.decode("utf-8", "replace").strip() or f"inference server answered {status}"
+    message = triton_message(content) or f"inference server answered {status}"
     kept = {k: v for k, v in headers.items() if k not in ("content-type", "content-length")}
-    return Response(orjson.dumps({"error": message}), status_code=status, headers=kept,
-                    media_type="application/json")
+    return Response(kserve_error_body(message), status_code=status, headers=kept, media_type="application/json")
+
+
+def triton_message(content: bytes) -> str:
+    """The message of a Triton error body: its `error` string when it is KServe v2 JSON, else its text."""
+    try:
+        document = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("error"), str):
+        return document["error"]
+    return content.decode("utf-8", "replace").strip()
 
 
 @router.get("/v2/health/live")
@@ -128,8 +142,8 @@ async def model_infer(
     principal: Principal = Depends(rate_limited_principal), proxy: KServeProxy = Depends(get_kserve_proxy),
 ) -> Response:
     """Inference, JSON or binary tensor extension; body and framing headers forwarded unchanged. Without a version
-    in the path, a model in the rollout table (or a pin header) gets the version `/v1/embeddings` would choose,
-    named in `x-tritonstack-model-version`."""
+    in the path, the request gets the version `/v1/embeddings` would choose (a pin, the rollout table, else the
+    oldest ready version), named in `x-tritonstack-model-version`."""
     state = state_of(request)
     path = model_path(model, version, "/infer")  # validates the names first
     body = await request.body()

@@ -4,7 +4,7 @@ Triton's own HTTP front end is not hardened against hostile JSON: measured on th
 malformed body or a wrong-typed field is answered with a **500**, and a single request declaring a huge tensor
 shape (`"shape": [8644937, 1722961068615836, 49195]`) **killed the server process**. So the gateway checks the
 JSON part of every inference request (the whole body, or its first `Inference-Header-Content-Length` bytes with
-the binary tensor extension) and refuses with a 400 envelope:
+the binary tensor extension) and refuses with a 400 (KServe v2 error shape):
 
 - syntax (orjson; nesting deeper than 1024 is refused too) and shape: an object with a non-empty `inputs` list of
   `{name, shape, datatype, data | parameters.binary_data_size}`, optional `outputs` `{name, parameters}`, `id` a
@@ -86,7 +86,7 @@ def _check_tensor(index: int, tensor: _Tensor, max_elements: int, binary_bytes: 
     """The tensor's binary size (0 for JSON data); InvalidRequestError when it cannot be a sane tensor."""
     param = f"inputs.{index}"
     if any(dim < 0 for dim in tensor.shape):
-        raise InvalidRequestError("tensor dimensions must be non-negative", param=f"{param}.shape")
+        raise InvalidRequestError(f"tensor '{tensor.name}' dimensions must be non-negative", param=f"{param}.shape")
     if math.prod(tensor.shape) > max_elements:
         raise InvalidRequestError(f"tensor '{tensor.name}' declares more elements than a request may carry "
                                   f"({max_elements})", param=f"{param}.shape", code="tensor_too_large")
