@@ -1,7 +1,8 @@
 """`tritonstack gateway`: run the gateway under uvicorn (uvloop + httptools, one write per response, factory mode).
 
 Settings come from `TRITONSTACK_GATEWAY_*` (see `gateway.config.GatewaySettings`); each worker process builds
-its own app from them.
+its own app from them. This command is also how the gateway image starts (deploy/docker/gateway.Dockerfile's CMD;
+docker-compose and Kubernetes keep it), so the server that is deployed is the one that is tested and measured.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ def gateway(
     port: int = typer.Option(8080, help="Port to bind."),
     workers: int = typer.Option(1, min=1, help="Worker processes (each has its own in-process L1 cache)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    timeout_graceful_shutdown: int = typer.Option(
+        10, min=0, help="Seconds that requests in flight get to finish on SIGTERM/Ctrl-C before connections close."),
 ) -> None:
     """Run the OpenAI-compatible + KServe v2 gateway in front of Triton until Ctrl-C."""
     import uvicorn
@@ -39,5 +42,5 @@ def gateway(
         lifespan="on",
         access_log=False,
         log_level=log_level,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=timeout_graceful_shutdown,
     )

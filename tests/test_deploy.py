@@ -524,3 +524,60 @@ def test_real_prometheus_scrapes_gateway_and_triton(live_gateway: Any, triton_se
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# ---------------------------------------------------------------------------------------------- gateway start command
+
+GATEWAY_DOCKERFILE = ROOT / "deploy" / "docker" / "gateway.Dockerfile"
+
+
+def _gateway_options(argv: list[str], where: str) -> dict[str, Any]:
+    """The options `tritonstack gateway` parses from `argv` (unknown options or bad values fail here)."""
+    import typer.main
+
+    from deploy.cli import app
+
+    assert argv[:2] == ["tritonstack", "gateway"], f"{where} does not start the gateway with the CLI: {argv}"
+    command = typer.main.get_command(app).commands["gateway"]  # type: ignore[attr-defined]
+    return command.make_context("gateway", list(argv[2:])).params
+
+
+def _dockerfile_cmd(path: Path) -> list[str]:
+    """The exec-form CMD of a Dockerfile (a HEALTHCHECK's CMD stays inside its own instruction)."""
+    instructions = re.sub(r"\\\n", " ", path.read_text()).splitlines()
+    return json.loads([line[len("CMD "):] for line in instructions if line.startswith("CMD ")][-1])
+
+
+def _k8s_gateway_containers() -> list[dict[str, Any]]:
+    """The gateway containers of the base manifests and, with kubectl, of every built overlay."""
+    docs = [d for path in sorted(K8S.rglob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
+    if shutil.which("kubectl") is not None:
+        for overlay in sorted(p for p in (K8S / "overlays").iterdir() if p.is_dir()):
+            built = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True,
+                                   timeout=60, check=True).stdout
+            docs += [d for d in yaml.safe_load_all(built) if d]
+    return [c for d in docs for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+            if c.get("image", "").startswith("tritonstack/gateway")]
+
+
+def test_image_compose_and_k8s_start_the_gateway_with_the_cli() -> None:
+    """The shipped gateway runs as `tritonstack gateway` (the tested and measured server), nowhere overridden."""
+    image_cmd = _dockerfile_cmd(GATEWAY_DOCKERFILE)
+    options = _gateway_options(image_cmd, "the image's CMD")
+    assert (options["host"], options["port"], options["workers"]) == ("0.0.0.0", 8080, 1)
+    assert options["timeout_graceful_shutdown"] >= 1
+    service = yaml.safe_load(COMPOSE.read_text())["services"]["gateway"]
+    assert (ROOT / service["build"]["dockerfile"]).resolve() == GATEWAY_DOCKERFILE
+    # compose: `entrypoint` replaces the image's ENTRYPOINT and drops its CMD; `command` replaces the CMD
+    compose_argv = service.get("entrypoint", []) + service.get("command", [] if "entrypoint" in service else image_cmd)
+    assert _gateway_options(compose_argv, "docker-compose") == options
+    containers = _k8s_gateway_containers()
+    assert containers, "no gateway container in deploy/k8s"
+    for c in containers:  # Kubernetes: `command` replaces the ENTRYPOINT and drops the CMD; `args` replaces the CMD
+        argv = c.get("command", []) + c.get("args", [] if "command" in c else image_cmd)
+        assert _gateway_options(argv, f"k8s container {c['name']}") == options
+        assert c["ports"][0]["containerPort"] == options["port"]
+    cli = Path(sys.executable).parent / "tritonstack"  # the console script the image calls
+    listed = subprocess.run([str(cli), "gateway", "--help"], capture_output=True, text=True, timeout=60, check=True,
+                            env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}).stdout
+    assert all(arg in listed for arg in image_cmd[2:] if arg.startswith("--")), listed

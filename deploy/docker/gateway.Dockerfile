@@ -37,6 +37,9 @@ EXPOSE 8080
 # /healthz = process alive (liveness); orchestrators use /readyz (Triton + Redis reachable) for readiness
 HEALTHCHECK --interval=10s --timeout=2s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
-# one uvicorn process per container: scale with replicas, not workers (state is shared only through Redis)
-CMD ["uvicorn", "--factory", "gateway.app:app_from_env", "--host", "0.0.0.0", "--port", "8080", \
-     "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--timeout-graceful-shutdown", "25"]
+# started exactly as `tritonstack gateway` runs it (gateway/cli.py: uvicorn factory gateway.app:app_from_env, uvloop,
+# the coalescing httptools protocol, no access log), so the deployed server is the tested and measured one.
+# One process per container: scale with replicas, not workers (state is shared only through Redis). Requests in
+# flight get 25 s to finish on SIGTERM; orchestrators' grace periods are longer (compose, deploy/k8s).
+CMD ["tritonstack", "gateway", "--host", "0.0.0.0", "--port", "8080", "--workers", "1", \
+     "--timeout-graceful-shutdown", "25"]
