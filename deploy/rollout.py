@@ -10,7 +10,9 @@ The order of steps is what makes it safe (docs/deploy.md, "Model version rollout
   reload the stable version where a Triton lost it → drain pause → unload the canary.
 
 Weights move only to versions that are already ready, and versions are unloaded only once no gateway routes to
-them (Triton finishes the requests it holds before a version goes). Used by `tritonstack model` (typer in
+them (Triton finishes the requests it holds before a version goes). Before anything changes, promote and rollback
+ask each gateway (`GET /admin/rollouts`) which rollouts file it reads and refuse when none reads this one: weights
+written where no gateway looks would be reported but never applied. Used by `tritonstack model` (typer in
 `deploy.model_cli`); no typer here.
 """
 
@@ -91,12 +93,37 @@ class TritonControl:
             self.client.load_model(model, config=json.dumps(config))
         except InferenceServerException as exc:
             raise _explain(exc, self.url, f"load '{model}' versions {', '.join(wanted)}") from None
+        self._check_ready(model, wanted)
+
+    def _check_ready(self, model: str, wanted: Iterable[str]) -> None:
         missing = [v for v in wanted if not self.client.is_model_ready(model, v)]
         if missing:
             raise RolloutError(
                 f"version(s) {', '.join(missing)} of '{model}' did not become ready on Triton at {self.url}: "
                 f"not in its model repository ({model}/{missing[0]}/ missing: run `tritonstack export …`), or it "
                 "failed to load (see Triton's log)")
+
+    def load(self, model: str) -> None:
+        """Load `model` as its `config.pbtxt` says (its own version policy): for a model not loaded yet."""
+        try:
+            self.client.load_model(model)
+        except InferenceServerException as exc:
+            raise _explain(exc, self.url, f"load '{model}'") from None
+
+    def unload(self, model: str) -> None:
+        """Unload every version of `model` (Triton finishes the requests it holds first)."""
+        try:
+            self.client.unload_model(model)
+        except InferenceServerException as exc:
+            raise _explain(exc, self.url, f"unload '{model}'") from None
+
+    def decoupled(self, model: str) -> bool:
+        """Whether the loaded `model` streams responses (a generation model: chat does not follow rollouts)."""
+        try:
+            config = self.client.get_model_config(model, as_json=True)["config"]
+        except InferenceServerException as exc:
+            raise _explain(exc, self.url, f"read the config of '{model}'") from None
+        return bool(config.get("model_transaction_policy", {}).get("decoupled", False))
 
 
 @dataclass
@@ -111,6 +138,8 @@ class RolloutPlan:
     repository: Path | None = None
     say: Callable[[str], None] = print
     http: Callable[..., httpx.Response] = field(default=httpx.post)
+    check_gateway: bool = True  # promote/rollback: refuse unless every gateway reads `rollouts_file`
+    fetch: Callable[..., httpx.Response] = field(default=httpx.get)
 
     # --- steps ---------------------------------------------------------------------------------------------
 
@@ -155,10 +184,62 @@ class RolloutPlan:
                 self.say(f"Triton {triton.url}: unloading '{model}' version(s) {', '.join(gone)}")
                 triton.serve(model, keep)
 
-    def publish(self, config: RolloutsConfig) -> None:
-        """Write the rollouts file, then make every listed gateway reload it now."""
+    def check_gateways(self) -> None:
+        """Unless `check_gateway` is off: every gateway answers and reads `rollouts_file` (RolloutError naming the
+        setting and both files otherwise), so the weights about to be written take effect."""
+        if not self.check_gateway:
+            return
+        if not self.gateways:
+            raise RolloutError("no gateway to check: pass --gateway URL, or --no-gateway-check when a gateway will "
+                               f"read {self.rollouts_file} later")
+        if not self.admin_key:
+            raise RolloutError(f"checking that the gateway reads {self.rollouts_file} needs an admin API key: pass "
+                               "--admin-key or set TRITONSTACK_ADMIN_KEY (`tritonstack up` keeps its admin key in "
+                               ".tritonstack/dev-api-key), or skip the check with --no-gateway-check")
+        for url in self.gateways:
+            self._check_gateway(url.rstrip("/"))
+
+    def _check_gateway(self, url: str) -> None:
+        ours = self.rollouts_file.resolve()
+        setting = f"TRITONSTACK_GATEWAY_ROLLOUTS_FILE={ours}"
+        theirs = self._rollouts_file_of(url, ours, setting)
+        if theirs is None:
+            raise RolloutError(
+                f"the gateway at {url} reads no rollouts file (TRITONSTACK_GATEWAY_ROLLOUTS_FILE is not set there), "
+                f"so the weights written to {ours} would never apply: restart it with {setting} (`tritonstack up` "
+                "sets it to .tritonstack/rollouts.yaml)")
+        if Path(theirs).resolve() != ours:
+            raise RolloutError(
+                f"the gateway at {url} reads {theirs} (its TRITONSTACK_GATEWAY_ROLLOUTS_FILE), not {ours}: the "
+                f"weights would never apply; pass --rollouts-file {theirs}, or restart the gateway with {setting}")
+
+    def _rollouts_file_of(self, url: str, ours: Path, setting: str) -> str | None:
+        """The rollouts file the gateway at `url` reads (`GET /admin/rollouts`), None when it reads none."""
+        try:
+            response = self.fetch(f"{url}/admin/rollouts", headers={"authorization": f"Bearer {self.admin_key}"},
+                                  timeout=10.0)
+        except httpx.HTTPError as exc:
+            raise RolloutError(
+                f"no gateway answers at {url} ({exc}), so nothing would read {ours}: start the stack (`make up`), "
+                f"pass --gateway with the URL of the gateway started with {setting}, or --no-gateway-check if a "
+                "gateway will read the file later") from None
+        if response.status_code == 404:  # a gateway without the rollouts routes' service
+            return None
+        try:
+            body = response.json() if response.status_code == 200 else None
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or "file" not in body:
+            raise RolloutError(f"cannot ask the gateway at {url} which rollouts file it reads: `GET /admin/rollouts` "
+                               f"answered {response.status_code}: {_error_detail(response)} (the admin key?)")
+        return body["file"]
+
+    def publish(self, config: RolloutsConfig, *, reload: bool = True) -> None:
+        """Write the rollouts file, then (`reload`) make every listed gateway reload it now."""
         write_rollouts(self.rollouts_file, config)
         self.say(f"wrote {self.rollouts_file}")
+        if not reload:
+            return
         if self.gateways and not self.admin_key:
             raise RolloutError("reloading the gateways needs an admin API key: pass --admin-key or set "
                                "TRITONSTACK_ADMIN_KEY (the file is written; gateways pick it up within a second)")
@@ -172,17 +253,28 @@ class RolloutPlan:
         except httpx.HTTPError as exc:
             raise RolloutError(f"cannot reach the gateway at {url} to reload its rollouts: {exc}") from None
         if response.status_code != 200:
-            try:
-                detail = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                detail = response.text[:500]
-            raise RolloutError(f"gateway {url} refused to reload its rollouts ({response.status_code}): {detail}")
+            raise RolloutError(f"gateway {url} refused to reload its rollouts ({response.status_code}): "
+                               f"{_error_detail(response)}")
         self.say(f"gateway {url} reloaded its rollouts")
 
 
-def _newest(versions: Iterable[str]) -> str | None:
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:500]
+
+
+def oldest(versions: Iterable[str]) -> str | None:
+    """The lowest version: the one a gateway serves while no rollout lists the model (`default_choice`)."""
     ordered = sorted(versions, key=version_key)
-    return ordered[-1] if ordered else None
+    return ordered[0] if ordered else None
+
+
+def stable_version(rollout: ModelRollout | None, ready: Iterable[str]) -> str | None:
+    """The version serving a model now: its rollout's stable version, else the oldest of `ready` (what gateways
+    serve while no rollout lists the model)."""
+    return rollout.stable_version if rollout is not None else oldest(ready)
 
 
 def promote(plan: RolloutPlan, model: str, version: int, weight: float = 100.0) -> ModelRollout:
@@ -192,13 +284,10 @@ def promote(plan: RolloutPlan, model: str, version: int, weight: float = 100.0) 
     target = str(version)
     plan.check_repository(model, target)
     config = plan.config()
+    plan.check_gateways()
     current = config.models.get(model)
     ready = plan.ready(model)
-    if current is not None:
-        stable = current.stable_version
-    else:
-        served = set().union(*ready) - {target}
-        stable = _newest(served) or target
+    stable = stable_version(current, set().union(*ready) - {target}) or target
     if stable == target and weight < 100:
         raise RolloutError(f"version {target} is the stable version of '{model}': promote another version, "
                            "or use --weight 100")
@@ -221,6 +310,7 @@ def rollback(plan: RolloutPlan, model: str) -> ModelRollout:
         stable = f" (stable version {current.stable_version} only)" if current is not None else ""
         raise RolloutError(f"'{model}' has no canary to roll back in {plan.rollouts_file}{stable}; to go back to an "
                            f"older version, promote it: `tritonstack model promote {model} VERSION --weight 100`")
+    plan.check_gateways()
     stable = current.stable_version
     rollout = ModelRollout(versions={stable: 100}, stable=stable)
     # weights first, before touching Triton: the gateways serve a routed version only where Triton has it

@@ -119,7 +119,21 @@ def _serving(**knobs):  # -> specs.ServingOptions
     return ServingOptions(**knobs)
 
 
-def _run(export, request) -> None:
+def next_step(repository: Path, name: str, version: int, *, generation: bool = False) -> str:
+    """How to serve a freshly written version; a new version never moves traffic by itself (deploy/model_load.py)."""
+    directory = repository / name
+    others = [p for p in directory.iterdir() if p.is_dir() and p.name.isdigit() and p.name != str(version)]
+    if not others:
+        return f"serve it: `tritonstack up` (or, on a running stack, `tritonstack model load {name}`)"
+    if generation:
+        return (f"switch the running stack to it: `tritonstack model promote {name} {version} --weight 100` (chat "
+                "completions use Triton's newest loaded version: no canary)")
+    return (f"serve it on the running stack: `tritonstack model load {name} --version {version}` (traffic stays on "
+            f"the version serving now), then canary it: `tritonstack model promote {name} {version} --weight 5` "
+            f"(later 50, 100; `tritonstack model rollback {name}` undoes)")
+
+
+def _run(export, request, *, generation: bool = False) -> None:
     """Run a pipeline; turn expected failures into a message and exit code 1."""
     from export.config import ConfigError
     from export.errors import ExportError
@@ -140,6 +154,8 @@ def _run(export, request) -> None:
     console.print(table)
     for path in result.paths:
         console.print(f"  {path}", markup=False)
+    console.print(next_step(request.repository, request.name, result.version, generation=generation), markup=False,
+                  soft_wrap=True)
 
 
 @app.command()
@@ -366,4 +382,4 @@ def smollm2(
         force=force,
         if_missing=if_missing,
     )
-    _run(export_smollm2, request)
+    _run(export_smollm2, request, generation=True)

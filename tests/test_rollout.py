@@ -356,7 +356,7 @@ def test_promote_to_100_under_load_fails_no_request(stack: Stack) -> None:
 def test_promote_names_what_is_missing(stack: Stack, minilm_repository: Path) -> None:
     def fails(*args: str) -> str:
         result = CliRunner().invoke(cli, ["model", "promote", *args, "--triton", stack.triton.grpc_url,
-                                          "--rollouts-file", str(stack.rollouts_file)])
+                                          "--rollouts-file", str(stack.rollouts_file), "--no-gateway-check"])
         assert result.exit_code == 1, result.output
         return " ".join(result.output.split())
 
@@ -385,8 +385,10 @@ def test_a_caller_only_ever_moves_onto_a_growing_canary(tmp_path: Path) -> None:
 def test_choice_falls_back_to_a_served_version(tmp_path: Path) -> None:
     service = _service(tmp_path, "models: {m: {stable: 1, versions: {1: 0, 2: 100}}}")
     assert service.choose("m", "ip:10.0.0.1", ("1", "2"), "2") == Choice("2", "2", "routed")
-    assert service.choose("m", "ip:10.0.0.1", ("1",), "1") == Choice("1", "", "default")  # 1 has weight 0
-    assert service.choose("other", "ip:10.0.0.1", ("1", "3"), "3") == Choice("3", "", "default")
+    assert service.choose("m", "ip:10.0.0.1", ("1",), "1") == Choice("1", "1", "default")  # 1 has weight 0
+    # a model no rollout lists stays on the oldest ready version, named to Triton: loading 3 moved nothing
+    assert service.choose("other", "ip:10.0.0.1", ("1", "3"), "3") == Choice("1", "1", "default")
+    assert service.choose("other", "ip:10.0.0.1", ("3",), "3") == Choice("3", "3", "default")
     assert service.choose("m", "ip:10.0.0.1", ("1", "2"), "2", pin="1") == Choice("1", "1", "pinned")
     with pytest.raises(InvalidRequestError):
         parse_pin("02")

@@ -19,6 +19,7 @@ from deploy.local.triton import TritonOptions, TritonServer
 
 DEFAULT_ROUTES = Path(__file__).resolve().parents[1] / "routes.local.yaml"
 ROUTES_ENV = "TRITONSTACK_GATEWAY_ROUTES_FILE"
+ROLLOUTS_ENV = "TRITONSTACK_GATEWAY_ROLLOUTS_FILE"
 # The development key's own limits: it is local (loopback gateway), admin, and meant for load tests and
 # perf_analyzer runs, which the default 600 requests/min of other keys would refuse. Still finite, so the
 # limiter stays on the request path as in production.
@@ -52,6 +53,20 @@ def dev_api_key(state_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def rollouts_path(opts: StackOptions) -> Path:
+    """The rollouts file of the stack's gateway (`tritonstack model …`'s default: `.tritonstack/rollouts.yaml`)."""
+    return opts.state_dir / "rollouts.yaml"
+
+
+def ensure_rollouts_file(opts: StackOptions) -> None:
+    """Create the stack's rollouts file (no models) unless it exists or the environment names another."""
+    from gateway.rollout.config import RolloutsConfig, write_rollouts
+
+    path = rollouts_path(opts)
+    if ROLLOUTS_ENV not in os.environ and not path.exists():
+        write_rollouts(path, RolloutsConfig())
+
+
 def redis_for(opts: StackOptions) -> RedisServer | None:
     """None when a Redis already answers at the URL; otherwise a local redis-server to start on its port."""
     url = urlparse(opts.redis_url)
@@ -75,6 +90,8 @@ def gateway_env(opts: StackOptions, api_key: str) -> dict[str, str]:
     }
     if ROUTES_ENV not in os.environ:
         env[ROUTES_ENV] = str(opts.routes_file)
+    if ROLLOUTS_ENV not in os.environ:  # model versions: `tritonstack model promote|rollback|load` write it
+        env[ROLLOUTS_ENV] = str(rollouts_path(opts).resolve())
     return env
 
 
@@ -127,6 +144,7 @@ def start_stack(opts: StackOptions) -> list[ManagedProcess]:
         worker = worker_process(opts, dev_api_key(opts.state_dir)).start()
         started.append(worker)
         worker.wait_ready(lambda: http_ok(f"http://127.0.0.1:{opts.worker_metrics_port}/metrics"), timeout=60)
+        ensure_rollouts_file(opts)
         gateway = gateway_process(opts, dev_api_key(opts.state_dir)).start()
         started.append(gateway)
         health = f"http://{opts.gateway_host}:{opts.gateway_port}/healthz"

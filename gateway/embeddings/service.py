@@ -2,7 +2,7 @@
 
 Per request: the texts are checked against the length policy; the model's metadata (cached) gives its
 dimension and served versions; the version is chosen (`gateway.rollout`: a pin header, the model's rollout
-weights sticky per caller, or Triton's version policy with the newest version in the cache key); each item is
+weights sticky per caller, or the oldest ready version: loading one never moves traffic); each item is
 looked up in the cache under (model, chosen version, params, text); the
 misses go through single-flight (identical in-flight items are shared, in this process and across replicas)
 to the backend in one batch; hits and fresh results are stitched back in input order. `usage` counts the
@@ -159,11 +159,8 @@ class EmbeddingService:
         return EmbeddingOutcome(payload, status, result.backend_s, result.tokens, {VERSION_HEADER: choice.version})
 
     async def job_version(self, name: str, principal: Principal) -> str | None:
-        """The version the rollout table gives `principal` for a background job of `name` (computed by the worker
-        later, all of it by that version), or None when no table routes the model (the worker then takes the
-        newest version Triton serves when it plans the job)."""
-        if self.rollouts is None:
-            return None
+        """The version the gateway gives `principal` for a background job of `name` (computed by the worker later,
+        all of it by that version): the rollout table's, else the oldest ready version (`default_choice`)."""
         info = await self.model(name)
         choice = self._route(info, principal.identity, None)
         return choice.backend_version or None
@@ -178,13 +175,14 @@ class EmbeddingService:
 
     async def _rechoose(self, info: ModelInfo, identity: str, failed: Choice, error: Exception
                         ) -> tuple[ModelInfo, Choice]:
-        """After a routed version failed as missing or unavailable (unloaded by a rollback): fresh metadata and
-        rollout table, and another version if they now choose one; otherwise the original error. A pinned version
-        that turns out missing is checked again on fresh metadata: gone, it is the pin's 400, as when the metadata
-        already knew."""
+        """After a routed version failed as missing or unavailable (unloaded by a rollback), or the default version
+        as missing: fresh metadata and rollout table, and another version if they now choose one; otherwise the
+        original error. A pinned version that turns out missing is checked again on fresh metadata: gone, it is
+        the pin's 400, as when the metadata already knew."""
         overloaded = isinstance(error, BackendUnavailableError) and error.code == "backend_overloaded"
         pin_gone = failed.selection == "pinned" and isinstance(error, NotFoundError)
-        if overloaded or not (pin_gone or (failed.routed and self.rollouts is not None)):
+        default_gone = failed.selection == "default" and isinstance(error, NotFoundError)
+        if overloaded or not (pin_gone or default_gone or (failed.routed and self.rollouts is not None)):
             raise error
         self.backend.invalidate(info.name)
         if self.rollouts is not None:

@@ -26,7 +26,7 @@ import aiohttp
 
 from gateway.backends.base import Backend, valid_model_name
 from gateway.backends.pool import TritonPool
-from gateway.errors import BackendTimeoutError, BackendUnavailableError, NotFoundError
+from gateway.errors import BackendTimeoutError, BackendUnavailableError, GatewayError, NotFoundError
 from gateway.rollout.service import Choice, RolloutService, choose_version, with_pinned
 
 FORWARD_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "content-encoding",
@@ -55,11 +55,15 @@ def model_path(model: str, version: str | None, suffix: str = "") -> str:
 async def routed_version(rollouts: RolloutService | None, backend: Backend, model: str, identity: str,
                          pin: str | None) -> Choice | None:
     """The version an unversioned inference of `model` goes to, as `/v1/embeddings` would choose it: pinned by
-    `x-tritonstack-model-version`, else the rollout table's (sticky per caller). None — Triton's own choice — for a
-    model without a rollout and no pin (no metadata lookup then)."""
-    if pin is None and (rollouts is None or rollouts.rollout(model) is None):
-        return None
-    info = await with_pinned(backend, await backend.model_info(model), pin)
+    `x-tritonstack-model-version`, else the rollout table's (sticky per caller), else the oldest ready version
+    (`default_choice`). None — Triton's own choice — for a model without a rollout or pin whose metadata cannot
+    be had (unknown, Triton down): Triton's own answer is relayed then."""
+    try:
+        info = await with_pinned(backend, await backend.model_info(model), pin)
+    except GatewayError:
+        if pin is None and (rollouts is None or rollouts.rollout(model) is None):
+            return None
+        raise
     choice = choose_version(rollouts, model, identity, info.versions, info.version, pin)
     if rollouts is not None:
         rollouts.metrics.served(model, choice)

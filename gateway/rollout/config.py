@@ -7,9 +7,9 @@ Layout (YAML; JSON is valid YAML too)::
         stable: "1"                # the version a rollback returns to (default: the lowest version listed)
         versions: {"1": 90, "2": 10}   # weights, any non-negative numbers; at least one > 0
 
-A model that is not listed keeps Triton's own version policy. The file is written by
-`tritonstack model promote|rollback` (atomically: temp file + rename) and read by the gateway, which reloads
-it when it changes (see `gateway.rollout.service`). No FastAPI here.
+A model that is not listed goes to its oldest ready version (`gateway.rollout.service.default_choice`). The file
+is written by `tritonstack model promote|rollback|load` (atomically: temp file + rename) and read by the gateway,
+which reloads it when it changes (see `gateway.rollout.service`). No FastAPI here.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def render_rollouts(config: RolloutsConfig) -> str:
     for name, rollout in sorted(config.models.items()):
         weights = {v: _number(rollout.versions[v]) for v in rollout.ordered}
         models[name] = {"stable": rollout.stable_version, "versions": weights}
-    header = "# model version rollouts: written by `tritonstack model promote|rollback` (docs/deploy.md)\n"
+    header = "# model version rollouts: written by `tritonstack model promote|rollback|load` (docs/deploy.md)\n"
     return header + yaml.safe_dump({"models": models}, sort_keys=False)
 
 

@@ -7,9 +7,15 @@ keeps its version while the weights hold, and as a canary (the newest version, a
 from 5% to 50% to 100%, callers only ever move onto it, never back and forth.
 
 A routed version that Triton does not serve (yet, or any more) falls back to the configured version with the
-largest weight that it does serve, then to Triton's own choice: requests never go to a version that is known
-to be down. `x-tritonstack-model-version: N` pins version N (400 unless Triton serves it). Models not in the
-file keep Triton's version policy (backend version "", the newest version in the cache key).
+largest weight that it does serve, then to the default below: requests never go to a version that is known
+to be down. `x-tritonstack-model-version: N` pins version N (400 unless Triton serves it).
+
+Safe canaries by default: loading a version never moves traffic by itself. A model that no rollout routes goes
+to its oldest ready version, named to Triton (never Triton's own choice, which is the newest): a new export gets
+the next version number, so the oldest ready version is the one that was serving before the new one was loaded
+next to it. The rule needs no state, so every replica and every gateway restart agrees. Traffic moves only when
+a rollout says so (`tritonstack model promote` writes the rollouts file; `tritonstack model load` records the
+serving version there as `stable` first, which also covers loading an *older* version next to a newer one).
 
 The file is re-read when it changes: on the request path at most once per `check_interval_s` (a monotonic
 clock comparison per request, a `stat` at most once a second), and on demand (`reload`, the admin route).
@@ -104,13 +110,24 @@ def pinned(model: str, pin: str, ready: Sequence[str]) -> Choice:
     return Choice(pin, pin, "pinned")
 
 
+def default_choice(ready: Sequence[str], newest: str) -> Choice:
+    """The version of a model that no rollout routes: the oldest ready version (the one that was serving before
+    newer ones were loaded: loading never moves traffic), named to Triton even when it is the only one, so that a
+    version loaded since the metadata was cached cannot take the request either. Triton's choice only without
+    metadata versions."""
+    if not ready:
+        return Choice(newest, "", "default")
+    oldest = min(ready, key=version_key)
+    return Choice(oldest, oldest, "default")
+
+
 def choose_version(rollouts: RolloutService | None, model: str, identity: str, ready: Sequence[str], newest: str,
                    pin: str | None) -> Choice:
     """The version for one request: the rollout table's when there is one (`RolloutService.choose`), else the pinned
-    version, else Triton's choice."""
+    version, else the default (`default_choice`)."""
     if rollouts is not None:
         return rollouts.choose(model, identity, ready, newest, pin)
-    return pinned(model, pin, ready) if pin is not None else Choice(newest, "", "default")
+    return pinned(model, pin, ready) if pin is not None else default_choice(ready, newest)
 
 
 async def with_pinned(backend: Backend, info: ModelInfo, pin: str | None) -> ModelInfo:
@@ -220,24 +237,25 @@ class RolloutService:
         self.refresh()
         slices = self._table.get(model)
         if slices is None:
-            return Choice(newest, "", "default")
+            return default_choice(ready, newest)
         version = slices.pick(bucket(model, identity))
         if version in ready:
             return Choice(version, version, "routed")
         for candidate in slices.by_weight:
             if candidate in ready:
                 return Choice(candidate, candidate, "fallback")
-        return Choice(newest, "", "default")
+        return default_choice(ready, newest)
 
     # --- reporting -----------------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """The active table for `GET /admin/rollouts`."""
+        """The active table for `GET /admin/rollouts`; `file` is the absolute path read (`tritonstack model promote`
+        checks that it is the file it writes)."""
         models = {
             name: {"stable": s.rollout.stable_version,
                    "versions": {v: s.rollout.versions[v] for v in s.rollout.ordered},
                    "percent": s.rollout.shares()}
             for name, s in sorted(self._table.items())
         }
-        return {"file": str(self.path) if self.path else None, "loaded_at": self.loaded_at,
+        return {"file": str(self.path.resolve()) if self.path else None, "loaded_at": self.loaded_at,
                 "last_error": self.last_error, "check_interval_s": self._interval, "models": models}
