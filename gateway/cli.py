@@ -24,7 +24,7 @@ def gateway(
     from pydantic_settings import SettingsError
 
     from gateway.config import GatewaySettings
-    from gateway.httpserver import CoalescingHttpToolsProtocol
+    from gateway.http.server import CoalescingHttpToolsProtocol
 
     try:
         GatewaySettings()  # fail here, readably, rather than in every worker

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from jobs.egress import ALLOW_PRIVATE_ENV_NAMES
+from gateway.jobqueue.egress import ALLOW_PRIVATE_ENV_NAMES
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
@@ -160,8 +160,9 @@ class GatewaySettings(BaseSettings):
     jobs_chunk_tokens: int = Field(default=254, ge=8)
     jobs_chunk_overlap: int = Field(default=32, ge=0)
     jobs_metrics_interval_s: float = Field(default=5.0, gt=0)
-    # webhooks to loopback/private addresses (off: SSRF guard, jobs.egress); one setting for the gateway and the
-    # worker: TRITONSTACK_WEBHOOK_ALLOW_PRIVATE (TRITONSTACK_GATEWAY_JOBS_WEBHOOK_ALLOW_PRIVATE still works)
+    # webhooks to loopback/private addresses (off: SSRF guard, gateway.jobqueue.egress); one setting for the
+    # gateway and the worker: TRITONSTACK_WEBHOOK_ALLOW_PRIVATE (the older
+    # TRITONSTACK_GATEWAY_JOBS_WEBHOOK_ALLOW_PRIVATE still works)
     jobs_webhook_allow_private: bool = Field(default=False, validation_alias=AliasChoices(*ALLOW_PRIVATE_ENV_NAMES))
 
     # browsers: CORS is off unless origins are listed explicitly (e.g. '["https://app.example.com"]'); no "*"

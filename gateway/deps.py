@@ -16,10 +16,10 @@ from gateway.embeddings.service import EmbeddingService
 from gateway.errors import NotFoundError
 from gateway.jobs_api.service import JobsService
 from gateway.kserve.service import KServeProxy
-from gateway.limiting import admit
 from gateway.metrics import GatewayMetrics
 from gateway.models.service import ModelService
 from gateway.ratelimit import RateLimiter
+from gateway.ratelimit.policy import admit
 from gateway.rollout.service import RolloutService
 
 

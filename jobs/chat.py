@@ -20,8 +20,8 @@ from gateway.auth import Principal
 from gateway.chat.protocol import ChatCompletionRequest
 from gateway.chat.service import ChatOutcome, ChatService
 from gateway.errors import GatewayError, error_kind
-from gateway.responses import dumps
-from jobs.records import JobRecord
+from gateway.http.responses import dumps
+from gateway.jobqueue.records import JobRecord
 from jobs.runner import JobFailedError, UnitResult, run_job
 from jobs.runtime import Runtime
 

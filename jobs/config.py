@@ -15,7 +15,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from gateway.config import UrlList, parse_url_list
-from jobs.egress import ALLOW_PRIVATE_ENV_NAMES, WebhookPolicy
+from gateway.jobqueue.egress import ALLOW_PRIVATE_ENV_NAMES, WebhookPolicy
 
 if TYPE_CHECKING:
     from gateway.config import GatewaySettings
@@ -73,8 +73,9 @@ class WorkerConfig(BaseSettings):
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     webhook_allow_private: bool = Field(
         default=False, validation_alias=AliasChoices(*ALLOW_PRIVATE_ENV_NAMES),
-        description="Allow webhooks to loopback/private addresses (off: SSRF guard, see jobs.egress). One setting "
-        "for the gateway and the worker: TRITONSTACK_WEBHOOK_ALLOW_PRIVATE (the older "
+        description="Allow webhooks to loopback/private addresses (off: SSRF guard, see "
+        "gateway.jobqueue.egress). One setting for the gateway and the worker: "
+        "TRITONSTACK_WEBHOOK_ALLOW_PRIVATE (the older "
         "TRITONSTACK_WORKER_WEBHOOK_ALLOW_PRIVATE still works).")
 
     # operations

@@ -26,8 +26,8 @@ from gateway.backends.base import ModelInfo
 from gateway.cache import CachedItem, EmbeddingCache
 from gateway.embeddings.encoding import base64_rows
 from gateway.embeddings.service import CACHE_PARAMS
+from gateway.jobqueue.records import JobRecord
 from jobs.chunking import Chunk
-from jobs.records import JobRecord
 from jobs.runner import JobFailedError, UnitResult, run_job
 from jobs.runtime import Runtime
 

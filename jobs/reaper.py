@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 
-from jobs.records import JobStatus, job_error
+from gateway.jobqueue.records import JobStatus, job_error
 from jobs.runner import finalize
 from jobs.runtime import Runtime
 

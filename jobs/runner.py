@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import BackendTimeoutError, BackendUnavailableError, GatewayError
-from jobs.records import JobRecord, JobStatus, job_error
+from gateway.jobqueue.records import JobRecord, JobStatus, job_error
 from jobs.runtime import Runtime
 
 log = logging.getLogger("jobs.runner")

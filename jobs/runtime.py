@@ -23,11 +23,11 @@ from gateway.backends.pool import TritonPool, build_triton
 from gateway.backends.triton import TritonBackend
 from gateway.cache import EmbeddingCache
 from gateway.chat.service import ChatService
+from gateway.jobqueue.egress import PublicOnlyResolver
+from gateway.jobqueue.store import JobStore
 from jobs.chunking import ChunkerCache
 from jobs.config import WorkerConfig, gateway_settings
-from jobs.egress import PublicOnlyResolver
 from jobs.metrics import WorkerMetrics, serve_metrics
-from jobs.store import JobStore
 
 log = logging.getLogger("jobs.runtime")
 
@@ -77,7 +77,7 @@ def _chat(redis: aioredis.Redis, backend: TritonBackend | TritonPool) -> ChatSer
 
 
 def _webhook_session(config: WorkerConfig) -> aiohttp.ClientSession:
-    """The webhook client: public addresses only unless `webhook_allow_private` (see jobs.egress)."""
+    """The webhook client: public addresses only unless `webhook_allow_private` (see gateway.jobqueue.egress)."""
     if config.webhook_allow_private:
         return aiohttp.ClientSession(trust_env=False)
     return aiohttp.ClientSession(trust_env=False, connector=aiohttp.TCPConnector(resolver=PublicOnlyResolver()))

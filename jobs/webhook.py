@@ -6,7 +6,7 @@ Body: `{"event": "job.<status>", "job": <the GET /v1/jobs/{id} object>}`. Header
 (other status, connection error, timeout) is retried as its own arq job with delays of `webhook_backoff_s`,
 doubling, for `webhook_max_attempts` attempts in all; the outcome is kept in the job's `webhook` field
 (`status`, `attempts`, `delivered`, and `last_error`: why the latest failed attempt failed).
-Redirects are not followed, and by default only public addresses are reached (`jobs.egress`: SSRF guard).
+Redirects are not followed, and by default only public addresses are reached (`gateway.jobqueue.egress`: SSRF guard).
 
 A receiver verifies a delivery by recomputing the HMAC over the raw body it received and comparing it with the
 header in constant time (`hmac.compare_digest`); the body must not be re-serialized first.

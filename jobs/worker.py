@@ -17,13 +17,13 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.worker import func
 
+from gateway.jobqueue.store import arq_dumps, arq_loads
 from jobs.chat import chat
 from jobs.config import WorkerConfig
 from jobs.embeddings import embeddings
 from jobs.outage import OutageTolerantWorker
 from jobs.reaper import Reaper
 from jobs.runtime import build_runtime, close_runtime
-from jobs.store import arq_dumps, arq_loads
 from jobs.webhook import deliver_webhook
 
 log = logging.getLogger("jobs.worker")

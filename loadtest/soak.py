@@ -4,7 +4,7 @@
     .venv/bin/python -m loadtest.soak --duration 15 --warmup 5  # a smoke run (tests/test_soak.py)
 
 Starts Redis, Triton (the models of `--repository` that have weights), one jobs worker and one gateway on free
-loopback ports (the `deploy.local` launchers, as `tritonstack up` does), then runs for `--duration` seconds:
+loopback ports (the `stack` launchers, as `tritonstack up` does), then runs for `--duration` seconds:
 embeddings clients, half cache-cold (a fresh sentence per request) and half cache-warm (a Zipf-popular hot
 set), one jobs client (submit, poll, fetch the result, repeat) and, when the repository has a smollm2 export,
 one chat client. Every `--sample-every` seconds it records the RSS, open file descriptors and established TCP
@@ -35,10 +35,10 @@ from typing import Any
 import aiohttp
 import psutil
 
-from deploy.local.process import ManagedProcess, free_port
-from deploy.local.redis import RedisServer
-from deploy.local.stack import StackOptions, dev_api_key, gateway_process, http_ok, worker_process
-from deploy.local.triton import TritonOptions, TritonServer
+from stack.process import ManagedProcess, free_port
+from stack.redis import RedisServer
+from stack.triton import TritonOptions, TritonServer
+from stack.up import StackOptions, dev_api_key, gateway_process, http_ok, worker_process
 
 ROLES = ("gateway", "worker")
 # Gateway settings of the soak (the environment wins): rate limits on (the limiter's Redis path is exercised) but

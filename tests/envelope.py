@@ -18,8 +18,8 @@ import httpx
 import orjson
 import yaml
 
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 from tests.fake_llm import FakeLLMServer
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for
 

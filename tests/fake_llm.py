@@ -26,7 +26,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response, StreamingResponse
 
-from deploy.local.process import free_port
+from stack.process import free_port
 
 
 @dataclass

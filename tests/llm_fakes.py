@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.triton_python.llm_engine import KVSlots
+from triton_models.llm_engine import KVSlots
 
 
 class Pieces:

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from deploy.local.process import free_port
-from deploy.local.redis import RedisServer
+from stack.process import free_port
+from stack.redis import RedisServer
 
 
 @contextmanager

@@ -25,8 +25,8 @@ from typing import Any
 import aiohttp
 import httpx
 
-from deploy.local.process import ManagedProcess, free_port
-from deploy.local.stack import http_ok
+from stack.process import ManagedProcess, free_port
+from stack.up import http_ok
 
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import tritonclient.http
 
-from deploy.local.process import ManagedProcess, free_port
-from deploy.local.triton import TritonServer
 from loadtest.bench import floors
+from stack.process import ManagedProcess, free_port
+from stack.triton import TritonServer
 
 CLI = [str(Path(sys.executable).parent / "tritonstack"), "bench"]
 
@@ -82,8 +82,8 @@ def _answers(url: str) -> bool:
 
 @pytest.mark.slow
 def test_engine_ceiling_times_the_served_decoders_graphs(smollm2_export, monkeypatch: pytest.MonkeyPatch) -> None:
-    from export.triton_python.llm_engine import Decoder
     from loadtest.bench.llm_steps import engine_steps
+    from triton_models.llm_engine import Decoder
 
     sessions = []
     step = Decoder.step

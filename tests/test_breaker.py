@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from deploy.local.process import free_port
-from deploy.local.redis import RedisServer
 from gateway.cache.guard import RedisGuard
 from gateway.routing.breaker import BreakerStore, CircuitBreaker, Permit
 from gateway.routing.config import BreakerPolicy
+from stack.process import free_port
+from stack.redis import RedisServer
 from tests.redis_helpers import unique
 
 

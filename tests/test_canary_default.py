@@ -22,21 +22,21 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from deploy.cli import app as cli
-from deploy.local.process import free_port
-from deploy.local.redis import RedisServer
-from deploy.local.stack import ROLLOUTS_ENV, StackOptions, ensure_rollouts_file, gateway_env, rollouts_path
-from deploy.local.triton import TritonServer
-from deploy.model_cli import DEFAULT_ROLLOUTS_FILE
-from deploy.model_load import load
-from deploy.rollout import RolloutError, RolloutPlan
 from export.cli import next_step
 from export.config import render, validate
 from gateway.config import ApiKeyConfig, hash_api_key
 from gateway.rollout.config import RolloutsConfig, load_rollouts
 from gateway.rollout.service import VERSION_HEADER
+from stack.process import free_port
+from stack.redis import RedisServer
+from stack.triton import TritonServer
+from stack.up import ROLLOUTS_ENV, StackOptions, ensure_rollouts_file, gateway_env, rollouts_path
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
 from tests.fixtures.servers import start_triton, two_version_repository
+from tritonstack.cli import app as cli
+from tritonstack.model_cli import DEFAULT_ROLLOUTS_FILE
+from tritonstack.model_load import load
+from tritonstack.rollout import RolloutError, RolloutPlan
 
 MODEL = "minilm"
 KEYS = 200

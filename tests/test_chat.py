@@ -198,7 +198,7 @@ def test_redaction_can_be_turned_off(chat_gateway: Callable[..., RunningGateway]
 
 def test_usage_and_audit_match_upstream(gw: RunningGateway, fake_llm: FakeUpstream, gateway_keys: GatewayKeys,
                                         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.audit")
+    caplog.set_level(logging.INFO, logger="gateway.chat.audit")
     client = client_for(gw, gateway_keys.user)
     raw = client.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES,
                                                            extra_headers={"x-request-id": "audit-req-1"})
@@ -215,7 +215,7 @@ def test_usage_and_audit_match_upstream(gw: RunningGateway, fake_llm: FakeUpstre
     assert mine["prompt_tokens"] == sum(u["prompt_tokens"] for u in reported)
     assert mine["completion_tokens"] == sum(u["completion_tokens"] for u in reported)
     assert admin.json()["by_model"]["chat"]["total_tokens"] == sum(u["total_tokens"] for u in reported)
-    lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.audit"]
+    lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.chat.audit"]
     by_id = {line["request_id"]: line for line in lines}
     for rid, usage in zip(("audit-req-1", "audit-req-2"), reported, strict=True):
         line = by_id[rid]

@@ -14,11 +14,11 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
-from deploy.local.redis import RedisServer
 from gateway.config import ApiKeyConfig, KeyBudget, hash_api_key
 from gateway.routing.config import Price
 from gateway.usage.budget import micro_usd, period_window
 from gateway.usage.totals import estimate_tokens
+from stack.redis import RedisServer
 from tests.fake_llm import Fault
 from tests.fixtures.fake_llm import FakeUpstream, cloud
 from tests.fixtures.gateway import GatewayKeys, RunningGateway
@@ -190,8 +190,8 @@ async def test_ledger_reserves_atomically_and_settles(redis_server: RedisServer,
 
 
 async def test_ledger_fails_closed_without_redis(gateway_keys: GatewayKeys) -> None:
-    from deploy.local.process import free_port
     from gateway.errors import BackendUnavailableError
+    from stack.process import free_port
 
     ledger, client = _ledger(f"redis://127.0.0.1:{free_port()}/0", gateway_keys, KeyBudget(usd=1.0))
     with pytest.raises(BackendUnavailableError, match="budget store is unreachable"):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from deploy.local.triton import TritonServer
 from gateway.backends.base import EmbedResult
 from gateway.backends.triton import TritonBackend
 from gateway.errors import InvalidRequestError
+from stack.triton import TritonServer
 
 MODEL = "minilm"
 TEXTS = [f"sentence number {i} about {topic}" for i, topic in enumerate(
@@ -81,8 +81,8 @@ async def test_batches_respect_max_batch_size(triton_server: TritonServer) -> No
 
 @pytest.mark.parametrize("in_flight", [0, 4])
 async def test_server_down_fails_every_caller_cleanly(in_flight: int) -> None:
-    from deploy.local.process import free_port
     from gateway.errors import BackendUnavailableError
+    from stack.process import free_port
 
     backend = TritonBackend(f"127.0.0.1:{free_port()}", timeout_s=5, model_info_ttl_s=60,
                             coalesce_in_flight=in_flight)

@@ -10,10 +10,10 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export import specs
 from export.config import ConfigError, Tensor, parse_version_policy
+from export.encoder import specs
+from export.encoder.pipeline import validate_serving
 from export.errors import OptionError, VersionExistsError
-from export.pipeline import validate_serving
 from export.repository import CONFIG_HEADER, ModelFiles, check_compatible, write_version
 
 MODEL = specs.EmbeddingModel(Path("model.onnx"), Path("tokenizer.json"), 256, 384, "fp32")

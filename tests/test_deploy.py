@@ -125,7 +125,7 @@ class Blocker(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in HEAVY:
             raise ImportError("the gateway/worker image has no " + name)
 sys.meta_path.insert(0, Blocker())
-for module in ("deploy.cli", "gateway.app", "jobs.worker", "jobs.runtime", "jobs.chunking", "jobs.embeddings",
+for module in ("tritonstack.cli", "gateway.app", "jobs.worker", "jobs.runtime", "jobs.chunking", "jobs.embeddings",
                "jobs.chat"):
     importlib.import_module(module)
 from gateway.app import app_from_env
@@ -193,8 +193,8 @@ def test_runtime_image_needs_no_export_stack_and_its_requirements_cover_every_im
 
 
 def _model_imports() -> set[str]:
-    """Third-party distributions the packaged python-backend models import (export/triton_python/*.py)."""
-    folder = ROOT / "export" / "triton_python"
+    """Third-party distributions the packaged python-backend models import (triton_models/*.py)."""
+    folder = ROOT / "triton_models"
     local = {path.stem for path in folder.glob("*.py")} | {"triton_python_backend_utils"}  # the latter: Triton's
     names = set()
     for path in folder.glob("*.py"):
@@ -228,7 +228,7 @@ def test_both_triton_images_install_what_the_python_models_import() -> None:
     assert not missing, f"NVIDIA's image (LLM_RUNTIME=cpu) misses {sorted(missing)}"
     assert {"onnxruntime-gpu", "cupy-cuda12x"} <= gpu_variant.keys()
     assert not (needed - {"onnxruntime"}) - gpu_variant.keys(), "NVIDIA's image (LLM_RUNTIME=gpu) misses some"
-    from export.triton_python.llm_engine import MIN_ORT
+    from triton_models.llm_engine import MIN_ORT
 
     for name, version in (("CPU image", cpu["onnxruntime"][0]), ("NVIDIA's image", cpu_variant["onnxruntime"])):
         assert tuple(map(int, version.split(".")[:2])) >= MIN_ORT, f"{name}: onnxruntime {version}"
@@ -480,7 +480,7 @@ def test_promtool_unit_tests_of_the_alerts() -> None:
 
 @pytest.mark.skipif(PROMETHEUS_BIN is None, reason="prometheus not installed (Debian package `prometheus`)")
 def test_real_prometheus_scrapes_gateway_and_triton(live_gateway: Any, triton_server: Any, tmp_path: Path) -> None:
-    from deploy.local.process import free_port
+    from stack.process import free_port
 
     port = free_port()
     config = {
@@ -535,7 +535,7 @@ def _gateway_options(argv: list[str], where: str) -> dict[str, Any]:
     """The options `tritonstack gateway` parses from `argv` (unknown options or bad values fail here)."""
     import typer.main
 
-    from deploy.cli import app
+    from tritonstack.cli import app
 
     assert argv[:2] == ["tritonstack", "gateway"], f"{where} does not start the gateway with the CLI: {argv}"
     command = typer.main.get_command(app).commands["gateway"]  # type: ignore[attr-defined]

@@ -1,6 +1,6 @@
 """Every example in README.md, CONTRIBUTING.md and docs/*.md runs, as written, against a real local stack.
 
-The stack is the one `make up` starts (`deploy.local.stack.start_stack`: Redis, Triton, the worker, the gateway
+The stack is the one `make up` starts (`stack.up.start_stack`: Redis, Triton, the worker, the gateway
 with a development key) on the documented ports, serving the demo models exported by the session fixtures. Each
 fenced `bash` or `python` block runs in a workspace laid out like a checkout after `make up`
 (`model_repository/`, `.tritonstack/dev-api-key`), in document order, and must exit 0.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.process import ProcessError, port_open
-from deploy.local.stack import StackOptions, start_stack
+from stack.process import ProcessError, port_open
+from stack.up import StackOptions, start_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -20,14 +20,14 @@ import tritonclient.grpc as grpcclient
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
-from export import drift_reference
 from export.config import validate
-from export.parity_sentences import PARITY_SENTENCES
+from export.encoder import drift_reference
+from export.encoder.sentences import PARITY_SENTENCES
 from gateway.config import GatewaySettings, KeyBudget
-from gateway.drift import CENTROID_PARAM, SET_PARAM, TOKENS_MEAN_PARAM, DriftMonitor
+from gateway.embeddings.drift import CENTROID_PARAM, SET_PARAM, TOKENS_MEAN_PARAM, DriftMonitor
 from gateway.usage.budget import BudgetUsage, period_window
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,8 +95,8 @@ def test_committed_config_carries_the_reference_of_the_default_export(minilm_rep
 
 
 def test_drift_reference_file_is_validated_before_any_work(tmp_path: Path) -> None:
+    from export.encoder.pipeline import MinilmRequest, validate_minilm
     from export.errors import OptionError
-    from export.pipeline import MinilmRequest, validate_minilm
 
     short = tmp_path / "short.txt"
     short.write_text("one\n\ntwo\n", encoding="utf-8")

@@ -36,10 +36,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.strategies import SearchStrategy
 from schemathesis import GenerationMode
 
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
 from gateway.app import create_app
 from gateway.config import GatewaySettings
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 from tests.envelope import envelope_problem, full_gateway
 from tests.fake_llm import FakeLLMServer
 from tests.fixtures.gateway import GatewayKeys, RunningGateway

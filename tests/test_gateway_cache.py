@@ -23,10 +23,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.local.process import free_port
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
 from gateway.config import ApiKeyConfig, hash_api_key
+from stack.process import free_port
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for
 from tests.fixtures.servers import start_triton
 

@@ -11,11 +11,11 @@ import httpx
 import pytest
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
 from gateway.errors import error_kind
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import RequestContextMiddleware
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for
 from tests.fixtures.servers import repository_variant, start_triton
 

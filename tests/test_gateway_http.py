@@ -14,7 +14,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.local.redis import RedisServer
+from stack.redis import RedisServer
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for
 
 

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 from tests.envelope import assert_envelope, assert_kserve_error, auth, full_gateway
 from tests.fake_llm import FakeLLMServer
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, start_gateway

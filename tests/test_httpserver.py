@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.httpserver import CoalescingTransport
+from gateway.http.server import CoalescingTransport
 
 
 class Recording(asyncio.Transport):

@@ -21,9 +21,9 @@ import tritonclient.grpc as grpcclient
 import yaml
 from google.protobuf.json_format import MessageToJson
 
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
-from jobs.store import JobStore
+from gateway.jobqueue.store import JobStore
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 from tests.fake_llm import Fault
 from tests.fixtures.fake_llm import FakeUpstream, clear_chat_state, cloud
 from tests.fixtures.gateway import GatewayKeys, RunningGateway

@@ -20,11 +20,11 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
 from gateway.admission import body_too_large
 from gateway.config import ApiKeyConfig, hash_api_key
 from gateway.errors import ERROR_TABLE, GatewayError, RateLimitedError, error_response, is_kserve_path
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 from tests.envelope import assert_envelope, assert_kserve_error, auth
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for
 

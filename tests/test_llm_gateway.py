@@ -10,10 +10,10 @@ import openai
 import pytest
 import yaml
 
-from deploy.local.redis import RedisServer
-from deploy.local.stack import DEFAULT_ROUTES
-from deploy.local.triton import TritonServer
 from gateway.routing.config import load_routes
+from stack.redis import RedisServer
+from stack.triton import TritonServer
+from stack.up import DEFAULT_ROUTES
 from tests.fixtures.fake_llm import FakeUpstream, clear_chat_state, cloud
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for
 from tests.fixtures.llm import MAX_BATCH_ROWS, GenerationStream, chat

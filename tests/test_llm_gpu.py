@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.llm_pipeline import Smollm2Request, export_smollm2
-from export.triton_python.llm_engine import Place
+from export.llm.pipeline import Smollm2Request, export_smollm2
+from triton_models.llm_engine import Place
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,8 +37,8 @@ def test_parity_runs_on_cuda_and_passes(gpu_export) -> None:
 def test_the_cache_lives_on_the_gpu_and_decoding_matches_the_cpu_run_of_the_same_graph(gpu_export) -> None:
     import cupy
 
-    from export.generation_parity import greedy_generate
-    from export.triton_python.llm_engine import HOST, Decoder, ModelInfo
+    from export.llm.parity import greedy_generate
+    from triton_models.llm_engine import HOST, Decoder, ModelInfo
 
     version, _ = gpu_export
     info = ModelInfo.load(version / "generation.json")

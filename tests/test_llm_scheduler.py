@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.triton_python.llm_engine import KVSlots
-from export.triton_python.llm_text import SamplingParams, TextStream
 from tests.llm_fakes import Pieces, slots
+from triton_models.llm_engine import KVSlots
+from triton_models.llm_text import SamplingParams, TextStream
 
-TRITON_PYTHON = Path(__file__).parents[1] / "export" / "triton_python"
+TRITON_PYTHON = Path(__file__).parents[1] / "triton_models"
 
 
 class FakeDecoder:

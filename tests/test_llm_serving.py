@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from deploy.local.triton import TritonServer
-from export.generation_parity import PROMPTS
-from export.triton_python.llm_text import TextStream
+from export.llm.parity import PROMPTS
+from stack.triton import TritonServer
 from tests.fixtures.exported import ExportedRepository
 from tests.fixtures.llm import MAX_BATCH_ROWS, GenerationStream, chat, generate
+from triton_models.llm_text import TextStream
 
 pytestmark = pytest.mark.slow
 FRANCE = chat(PROMPTS[0])
@@ -242,9 +242,9 @@ def _in_flight_reaches(server: TritonServer, value: int, timeout: float = 10.0) 
 def _penalized_reference(version: Path, messages: list[dict], tokens: int, presence: float, frequency: float) -> str:
     """Greedy text of the exported decoder with OpenAI's penalty formula applied here: each token generated so far
     loses `presence` + `frequency` × its count (prompt tokens do not count)."""
-    from export.generation_parity import greedy_generate
-    from export.triton_python.llm_engine import Decoder, ModelInfo
-    from export.triton_python.llm_text import PromptBuilder
+    from export.llm.parity import greedy_generate
+    from triton_models.llm_engine import Decoder, ModelInfo
+    from triton_models.llm_text import PromptBuilder
 
     def openai_penalties(logits: np.ndarray, generated: list[int]) -> None:
         for token in set(generated):
@@ -288,8 +288,8 @@ def test_invalid_request_is_an_error(smollm2_triton: TritonServer) -> None:
 def test_a_decoder_that_cannot_pad_prefills_by_length_with_the_same_result(smollm2_export: ExportedRepository) -> None:
     """The GPU graph has no `query_seqlens`: prompts of different lengths are prefilled one pass per length, and the
     rows, their caches and logits must equal one padded pass (checked here on the CPU graph with padding off)."""
-    from export.triton_python.llm_engine import Decoder, ModelInfo
-    from export.triton_python.llm_prefix import PrefixCache
+    from triton_models.llm_engine import Decoder, ModelInfo
+    from triton_models.llm_prefix import PrefixCache
 
     version = smollm2_export.repository / "smollm2" / "1"
     info = ModelInfo.load(version / "generation.json")
@@ -316,7 +316,7 @@ def test_gpu_target_writes_the_fp16_graph_checked_for_parity(tmp_path) -> None:
     on ONNX Runtime's CUDA provider; its parity runs here on the CPU provider (same graph, fp16 throughout)."""
     import onnxruntime as ort
 
-    from export.llm_pipeline import Smollm2Request, export_smollm2
+    from export.llm.pipeline import Smollm2Request, export_smollm2
 
     repository = tmp_path / "model_repository"
     (report,) = export_smollm2(Smollm2Request(repository=repository, target="gpu", max_new_tokens=8)).reports
@@ -334,7 +334,7 @@ def test_gpu_target_writes_the_fp16_graph_checked_for_parity(tmp_path) -> None:
 
 
 def test_a_gpu_decoder_says_what_it_needs_where_it_cannot_run(smollm2_export: ExportedRepository) -> None:
-    from export.triton_python import llm_engine
+    from triton_models import llm_engine
 
     version = smollm2_export.repository / "smollm2" / "1"
     info = llm_engine.ModelInfo.load(version / "generation.json")

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from export.errors import OptionError, ParityError
-from export.generation_parity import GenerationParity, enforce
-from export.llm_pipeline import Smollm2Request, validate_smollm2
-from export.llm_specs import GenerationServing
-from export.triton_python.llm_engine import KVSlots, check_runtime
-from export.triton_python.llm_prefix import PrefixCache
-from export.triton_python.llm_text import SamplingParams, TextStream, penalize, sample
+from export.llm.parity import GenerationParity, enforce
+from export.llm.pipeline import Smollm2Request, validate_smollm2
+from export.llm.specs import GenerationServing
 from tests.llm_fakes import Pieces, slots
+from triton_models.llm_engine import KVSlots, check_runtime
+from triton_models.llm_prefix import PrefixCache
+from triton_models.llm_text import SamplingParams, TextStream, penalize, sample
 
 
 def test_text_stream_holds_back_a_possible_stop_and_cuts_before_it() -> None:
@@ -101,7 +101,7 @@ def test_repacked_q4_blocks_multiply_like_fp32(tmp_path: Path) -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from export.repack import repack
+    from export.llm.repack import repack
 
     rng = np.random.default_rng(0)
     k, n = 64, 24
@@ -152,7 +152,7 @@ def test_an_onnx_runtime_that_cannot_load_the_graph_is_refused_with_what_to_inst
 def test_logprobs_entries_in_openais_shape_with_raw_bytes() -> None:
     from tokenizers import Tokenizer, decoders, models
 
-    from export.triton_python.llm_logprobs import Logprobs, TokenNames
+    from triton_models.llm_logprobs import Logprobs, TokenNames
 
     tokenizer = Tokenizer(models.BPE(vocab={"a": 0, "Ġb": 1, "Ã": 2, "©": 3}, merges=[]))
     tokenizer.decoder = decoders.ByteLevel()

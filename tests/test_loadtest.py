@@ -17,10 +17,10 @@ from types import ModuleType
 
 import pytest
 
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
 from gateway.config import GatewaySettings, hash_api_key
 from loadtest.slo import RunSummary, SloError, evaluate, parse_slo, with_defaults
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
 
 CLI = Path(sys.executable).parent / "tritonstack"
@@ -158,8 +158,8 @@ def test_key_limit_refusals_are_named_with_the_fix(triton_server: TritonServer, 
 
 
 def test_up_gives_its_development_key_load_test_limits(tmp_path: Path) -> None:
-    from deploy.local.stack import StackOptions, gateway_env
-    from gateway.limiting import key_limits
+    from gateway.ratelimit.policy import key_limits
+    from stack.up import StackOptions, gateway_env
 
     env = gateway_env(StackOptions(repository=tmp_path, state_dir=tmp_path), "ts-dev-test")
     settings = GatewaySettings(api_keys=json.loads(env["TRITONSTACK_GATEWAY_API_KEYS"]))
@@ -291,7 +291,7 @@ def test_plots_from_saved_series(tmp_path: Path) -> None:
 def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from deploy.cli import app
+    from tritonstack.cli import app
 
     runner = CliRunner()
     for args in (["embeddings_cold", "--slo", "p95=1"], ["no_such_scenario"], ["mix", "--duration", "soon"],

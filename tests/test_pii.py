@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pii import Redactor, iban_valid, luhn_valid, redact_text
+from gateway.chat.pii import Redactor, iban_valid, luhn_valid, redact_text
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -14,8 +14,6 @@ import redis.asyncio as aioredis
 from limits import RateLimitItemPerMinute
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
-from deploy.local.process import free_port
-from gateway.batching import GroupCommit
 from gateway.ratelimit import (
     Limits,
     RateLimitDecision,
@@ -25,7 +23,9 @@ from gateway.ratelimit import (
     format_seconds,
     retry_after,
 )
+from gateway.ratelimit.batching import GroupCommit
 from gateway.ratelimit.window import window_keys
+from stack.process import free_port
 from tests.redis_helpers import Counter, own_redis, unique, wait_until
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 from tests.fixtures.gateway import GatewayKeys
 from tests.reliability_load import Outcome, SteadyLoad, percentile, spawn_gateway, summary
 

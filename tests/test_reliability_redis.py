@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from deploy.local.process import free_port
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
+from stack.process import free_port
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 from tests.fixtures.gateway import GatewayKeys
 from tests.fixtures.jobs import jobs_gateway, new_queue, start_worker
 from tests.reliability_load import Outcome, SteadyLoad, poll_until, readyz_status, summary

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for
 from tests.fixtures.servers import start_triton
 from tests.reliability_load import Outcome, SteadyLoad, percentile, poll_until, readyz_status, summary

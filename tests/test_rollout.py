@@ -25,15 +25,15 @@ import yaml
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
-from deploy.cli import app as cli
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonServer
 from gateway.config import ApiKeyConfig, hash_api_key
 from gateway.errors import InvalidRequestError
 from gateway.rollout.config import RolloutConfigError, load_rollouts, parse_rollouts
 from gateway.rollout.service import VERSION_HEADER, Choice, RolloutMetrics, RolloutService, parse_pin
+from stack.redis import RedisServer
+from stack.triton import TritonServer
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
 from tests.fixtures.servers import start_triton, two_version_repository
+from tritonstack.cli import app as cli
 
 MODEL = "minilm"
 KEYS = 1000

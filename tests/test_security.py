@@ -19,12 +19,12 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonDistribution, TritonOptions, TritonServer, server_argv
 from gateway.auth import Authenticator
 from gateway.config import ApiKeyConfig, GatewaySettings, hash_api_key, read_secret
+from gateway.jobqueue.egress import PublicOnlyResolver, forbidden_address, refused_target
 from gateway.routing.config import RoutesConfigError, load_routes
-from jobs.egress import PublicOnlyResolver, forbidden_address, refused_target
+from stack.redis import RedisServer
+from stack.triton import TritonDistribution, TritonOptions, TritonServer, server_argv
 from tests.envelope import assert_envelope, assert_kserve_error, auth, full_gateway
 from tests.fake_llm import FakeLLMServer, Fault
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 import redis.asyncio as aioredis
 
-from deploy.local.process import free_port
 from gateway.cache import LOCK_PREFIX, CachedItem, CacheHooks, CacheMode, EmbeddingCache, SingleFlight
+from stack.process import free_port
 from tests.redis_helpers import Counter, unique, wait_until
 
 

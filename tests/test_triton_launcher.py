@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from deploy.local.process import free_port
-from deploy.local.triton import TritonDistribution, TritonNotInstalledError
+from stack.process import free_port
+from stack.triton import TritonDistribution, TritonNotInstalledError
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> bool:

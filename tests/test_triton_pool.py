@@ -22,12 +22,12 @@ import pytest
 import tritonclient.http as triton_http
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.local.process import free_port
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonOptions, TritonServer
 from gateway.backends.pool import TritonPool
 from gateway.config import GatewaySettings
 from jobs.config import WorkerConfig
+from stack.process import free_port
+from stack.redis import RedisServer
+from stack.triton import TritonOptions, TritonServer
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
 
 MODEL = "minilm"

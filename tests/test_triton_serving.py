@@ -12,7 +12,7 @@ import tritonclient.http as httpclient
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 from tritonclient.utils import InferenceServerException
 
-from deploy.local.triton import TritonServer
+from stack.triton import TritonServer
 from tests.fixtures.servers import repository_variant, start_triton
 
 MODEL = "minilm"

@@ -18,12 +18,12 @@ import orjson
 import pytest
 import redis
 
-from deploy.local.redis import RedisServer
-from deploy.local.stack import StackOptions, gateway_process, worker_process
-from deploy.local.triton import TritonServer
 from gateway.config import GatewaySettings
+from gateway.jobqueue.egress import ALLOW_PRIVATE_ENV, ALLOW_PRIVATE_ENV_NAMES
 from jobs.config import WorkerConfig
-from jobs.egress import ALLOW_PRIVATE_ENV, ALLOW_PRIVATE_ENV_NAMES
+from stack.redis import RedisServer
+from stack.triton import TritonServer
+from stack.up import StackOptions, gateway_process, worker_process
 from tests.envelope import assert_envelope
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
 from tests.fixtures.jobs import WebhookSink, Worker, new_queue, start_worker

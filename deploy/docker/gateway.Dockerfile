@@ -17,11 +17,13 @@ COPY deploy/docker/requirements-runtime.txt /tmp/requirements.txt
 RUN pip install --no-deps --require-hashes --only-binary=:all: -r /tmp/requirements.txt
 # then our package, --no-deps: pyproject.toml also lists the export-time stack (torch, transformers, ...)
 COPY pyproject.toml README.md ./
-COPY deploy deploy
 COPY export export
 COPY gateway gateway
 COPY jobs jobs
 COPY loadtest loadtest
+COPY stack stack
+COPY triton_models triton_models
+COPY tritonstack tritonstack
 RUN pip install --no-deps . && pip uninstall -y pip setuptools wheel
 
 # ---- runtime: no compiler, no pip, no sources; a non-root user ----

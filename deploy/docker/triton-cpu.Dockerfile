@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # CPU Triton image for machines without a GPU: the tritonserver binary bundled in the nvidia-pytriton wheel,
-# run by `tritonstack triton` (deploy/local/triton.py assembles the python backend for this interpreter).
+# run by `tritonstack triton` (stack/triton.py assembles the python backend for this interpreter).
 # That binary has only the python backend: serve a repository exported with `--target cpu`.
 #   docker build -f deploy/docker/triton-cpu.Dockerfile -t tritonstack/triton-cpu .
 # Unchecked on the CPU-only development machine (no Docker engine there); `tritonstack triton` itself is tested.
@@ -16,11 +16,13 @@ WORKDIR /src
 COPY deploy/docker/requirements-triton-cpu.txt /tmp/requirements.txt
 RUN pip install --no-deps --require-hashes --only-binary=:all: -r /tmp/requirements.txt
 COPY pyproject.toml README.md ./
-COPY deploy deploy
 COPY export export
 COPY gateway gateway
 COPY jobs jobs
 COPY loadtest loadtest
+COPY stack stack
+COPY triton_models triton_models
+COPY tritonstack tritonstack
 RUN pip install --no-deps . && pip uninstall -y pip setuptools wheel
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # NVIDIA's official Triton image (onnxruntime + TensorRT backends, GPU metrics) plus what the python-backend models
-# import: `tokenizers` (the GPU ensemble's tokenizer step, export/triton_python/tokenizer.py) and, for the generation
+# import: `tokenizers` (the GPU ensemble's tokenizer step, triton_models/tokenizer.py) and, for the generation
 # model (`tritonstack export smollm2`), ONNX Runtime, CuPy and `jinja2`. 24.12 is the first release on Ubuntu 24.04
 # with Python 3.12 (24.10 has 3.10, where pip stops at onnxruntime 1.23).
 #   LLM_RUNTIME=cpu (default): onnxruntime 1.32 (CPU), for a `--target cpu` export (its graph needs >= 1.32, the CPU

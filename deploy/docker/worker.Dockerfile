@@ -14,11 +14,13 @@ WORKDIR /src
 COPY deploy/docker/requirements-runtime.txt /tmp/requirements.txt
 RUN pip install --no-deps --require-hashes --only-binary=:all: -r /tmp/requirements.txt
 COPY pyproject.toml README.md ./
-COPY deploy deploy
 COPY export export
 COPY gateway gateway
 COPY jobs jobs
 COPY loadtest loadtest
+COPY stack stack
+COPY triton_models triton_models
+COPY tritonstack tritonstack
 RUN pip install --no-deps . && pip uninstall -y pip setuptools wheel
 
 FROM ${PYTHON_IMAGE} AS runtime

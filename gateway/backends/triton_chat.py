@@ -1,6 +1,6 @@
 """A chat model served by the local Triton (a decoupled generation model), behind the `ChatBackend` interface.
 
-The model (`tritonstack export smollm2`, `export/triton_python/generation.py`) takes the chat messages as JSON and
+The model (`tritonstack export smollm2`, `triton_models/generation.py`) takes the chat messages as JSON and
 applies its chat template itself; it streams one response per text delta (a token's, or several under load) and a
 final one carrying the finish reason and the token counts. Requests go through the gateway's Triton backend
 (`TritonBackend.stream_infer`, gRPC streaming); this class turns the responses into OpenAI chat.completion objects or

@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from gateway.batching import GroupCommit
 from gateway.cache.guard import RedisGuard
+from gateway.ratelimit.batching import GroupCommit
 
 T = TypeVar("T")
 

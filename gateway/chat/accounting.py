@@ -12,13 +12,13 @@ import math
 from collections.abc import Coroutine
 from typing import Any
 
-from gateway.audit import AuditLog
 from gateway.backends.chat import TokenUsage
+from gateway.chat.audit import AuditLog
 from gateway.chat.cache import CachedAnswer, ChatCache
 from gateway.chat.context import ChatContext
 from gateway.chat.metrics import ChatMetrics
 from gateway.errors import RateLimitedError
-from gateway.limiting import TokenLedger
+from gateway.ratelimit.policy import TokenLedger
 from gateway.routing.table import Deployment
 from gateway.usage.budget import BudgetLedger, micro_usd
 from gateway.usage.totals import UsageRecord, UsageTotals

@@ -6,13 +6,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.audit import AuditRecord
 from gateway.auth import Principal
 from gateway.backends.chat import TokenUsage
 from gateway.cache.control import CacheMode
+from gateway.chat.audit import AuditRecord
+from gateway.chat.pii import Redactor
 from gateway.chat.protocol import ChatCompletionRequest
 from gateway.chat.streaming import usage_dict
-from gateway.pii import Redactor
 from gateway.routing.dispatch import Attempt
 from gateway.routing.table import ChatRoute, Deployment
 from gateway.usage.budget import Reservation

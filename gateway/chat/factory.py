@@ -7,20 +7,20 @@ import logging
 import aiohttp
 import redis.asyncio as aioredis
 
-from gateway.audit import AuditLog
 from gateway.backends.base import Backend
 from gateway.backends.chat import ChatBackend
 from gateway.backends.openai_compat import OpenAICompatBackend
 from gateway.backends.triton_chat import TritonChatBackend
 from gateway.cache.guard import RedisGuard
 from gateway.chat.accounting import Accounting
+from gateway.chat.audit import AuditLog
 from gateway.chat.cache import ChatCache
 from gateway.chat.metrics import ChatMetrics
 from gateway.chat.service import ChatService
 from gateway.config import GatewaySettings
-from gateway.limiting import TokenLedger
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimiter
+from gateway.ratelimit.policy import TokenLedger
 from gateway.routing.breaker import BreakerStore, CircuitBreaker
 from gateway.routing.config import BreakerPolicy, RoutesConfig, load_routes
 from gateway.routing.dispatch import Dispatcher

@@ -17,9 +17,9 @@ from gateway.chat.protocol import ChatCompletion, ChatCompletionRequest
 from gateway.chat.service import ChatService, ChatStream
 from gateway.deps import ChatCall, chat_call, get_chat_service, require_admin
 from gateway.errors import parse_body
-from gateway.limiting import spend_tokens
-from gateway.openapi import json_request_body
-from gateway.responses import dumps
+from gateway.http.openapi import json_request_body
+from gateway.http.responses import dumps
+from gateway.ratelimit.policy import spend_tokens
 
 router = APIRouter(tags=["chat"])
 admin = APIRouter(tags=["admin"])

@@ -18,8 +18,8 @@ from gateway.cache.control import parse_cache_control
 from gateway.deps import embeddings_call
 from gateway.embeddings.protocol import EmbeddingRequest, EmbeddingResponse
 from gateway.errors import parse_body
-from gateway.limiting import spend_tokens
-from gateway.responses import dumps
+from gateway.http.responses import dumps
+from gateway.ratelimit.policy import spend_tokens
 from gateway.rollout.service import VERSION_HEADER, parse_pin
 
 PATH = "/v1/embeddings"

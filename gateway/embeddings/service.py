@@ -26,12 +26,12 @@ from gateway.cache.control import CacheMode, cache_status
 from gateway.cache.keys import CachedItem
 from gateway.cache.singleflight import SingleFlight
 from gateway.cache.store import EmbeddingCache
-from gateway.drift import DriftMonitor
+from gateway.embeddings.drift import DriftMonitor
 from gateway.embeddings.encoding import embedding_payload
 from gateway.embeddings.protocol import EmbeddingRequest
 from gateway.errors import BackendUnavailableError, InvalidRequestError, NotFoundError
-from gateway.limiting import TokenLedger
 from gateway.metrics import GatewayMetrics
+from gateway.ratelimit.policy import TokenLedger
 from gateway.rollout.service import VERSION_HEADER, Choice, RolloutService, choose_version, with_pinned
 
 # the cached vector depends on nothing but model, version and text (dimensions must equal the model's)
@@ -117,7 +117,7 @@ class EmbeddingService:
         self.flights = flights if flights is not None else SingleFlight(cache)
         self.ledger = ledger
         self._computing = 0  # backend calls in flight (early computation only starts when there are none)
-        self.drift = DriftMonitor(metrics.registry)  # gateway/drift.py: the drift gauges
+        self.drift = DriftMonitor(metrics.registry)  # gateway/embeddings/drift.py: the drift gauges
 
     async def drain(self) -> None:
         """Finish background work (cache publishing, pending token debits); call at shutdown."""

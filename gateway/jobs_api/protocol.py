@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.chat.protocol import ChatCompletionRequest
-from jobs.egress import malformed
+from gateway.jobqueue.egress import malformed
 
 
 class Document(BaseModel):
@@ -146,7 +146,7 @@ class JobWebhook(BaseModel):
 
 
 class JobObject(BaseModel):
-    """The job object (documented here; built as a dict by `jobs.records.JobRecord.public`)."""
+    """The job object (documented here; built as a dict by `gateway.jobqueue.records.JobRecord.public`)."""
 
     id: str
     object: Literal["job"] = "job"

@@ -20,10 +20,10 @@ from starlette.responses import Response, StreamingResponse
 from gateway.auth import Principal
 from gateway.deps import get_jobs_service, get_principal, rate_limited_principal
 from gateway.errors import InvalidRequestError, validation_error
+from gateway.http.openapi import inline_defs
+from gateway.http.responses import dumps
 from gateway.jobs_api.protocol import JobObject, JobRequest
 from gateway.jobs_api.service import JobsService
-from gateway.openapi import inline_defs
-from gateway.responses import dumps
 
 router = APIRouter(tags=["jobs"])
 

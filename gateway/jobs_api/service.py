@@ -36,10 +36,10 @@ from gateway.errors import (
     NotFoundError,
     RateLimitedError,
 )
+from gateway.jobqueue.egress import WebhookPolicy
+from gateway.jobqueue.records import JobRecord, JobStatus, JobType
+from gateway.jobqueue.store import JobStore, NewJob, SubmitLimits, new_job_id
 from gateway.jobs_api.protocol import ChatJobRequest, EmbeddingsJobRequest
-from jobs.egress import WebhookPolicy
-from jobs.records import JobRecord, JobStatus, JobType
-from jobs.store import JobStore, NewJob, SubmitLimits, new_job_id
 
 log = logging.getLogger("gateway.jobs")
 

@@ -11,7 +11,7 @@ Exactness is kept where it matters and the error is bounded everywhere else:
 - it lives `ttl_s` (default 100 ms): requests of a lease that expires unused stay counted — at most one lease of
   waste per process per `ttl_s`, which only makes the limiter stricter, never looser;
 - the token budget is read when the lease is granted; usage is debited off the request path anyway
-  (`gateway.limiting.TokenLedger`), so a lease adds at most `ttl_s` to how late a spent token budget is noticed.
+  (`gateway.ratelimit.policy.TokenLedger`), so a lease adds at most `ttl_s` to how late a spent token budget is noticed.
   Below `low_tokens` of its budget remaining, an identity is checked exactly again.
 """
 

@@ -24,8 +24,8 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 from limits.util import WindowStats
 
-from gateway.batching import GroupCommit
 from gateway.cache.guard import RedisGuard
+from gateway.ratelimit.batching import GroupCommit
 from gateway.ratelimit.decision import Limits, RateLimitDecision, retry_after
 from gateway.ratelimit.lease import Leases
 from gateway.ratelimit.window import CHECK, FIGURES, REQUESTS_SPENT, TOKENS_SPENT, Window, window_keys

@@ -5,7 +5,7 @@ the request and token limits, then the request hit — because each is its own L
 client CPU per check measured here, against ≈ 110–150 µs for one EVALSHA). `CHECK` does the same in one EVALSHA,
 atomically: it reads both windows, refuses on tokens first, otherwise counts the request unless its budget is
 spent, and returns the raw window figures that the response headers need. It takes a batch of checks, so
-concurrent requests can share one call (`gateway.batching.GroupCommit`).
+concurrent requests can share one call (`gateway.ratelimit.batching.GroupCommit`).
 
 Semantics are the library's own (`limits` 5.x `SlidingWindowCounterRateLimiter`, Redis storage): two keys
 per limit (`{key}` current, `{key}/-1` previous), a current window older than one period is shifted into the

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8090)
     args = parser.parse_args(argv)
     if args.model is None:
-        from export.minilm import model_dir
+        from export.encoder.minilm import model_dir
 
         args.model = model_dir()
     uvicorn.run(create_app(args.model), host=args.host, port=args.port, log_level="warning", access_log=False)

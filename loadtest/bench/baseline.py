@@ -20,10 +20,10 @@ from pathlib import Path
 
 import httpx
 
-from deploy.local.process import free_port
 from loadtest.bench import plots
 from loadtest.bench.report import machine_description, markdown_table, write_section
 from loadtest.wrk import WrkResult, run_wrk
+from stack.process import free_port
 
 Runs = dict[str, dict[int, list[WrkResult]]]
 EMBED_BODY = '{"model":"minilm","input":"{TEXT}","encoding_format":"base64"}'

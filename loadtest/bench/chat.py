@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import yaml
 
-from deploy.local.process import ManagedProcess, free_port, port_open
-from deploy.local.redis import RedisServer
 from gateway.config import hash_api_key
 from loadtest.bench.report import machine_description, markdown_table, write_section
 from loadtest.wrk import WrkResult, run_wrk
+from stack.process import ManagedProcess, free_port, port_open
+from stack.redis import RedisServer
 
 BODY = '{"model":"%s","messages":[{"role":"user","content":"{TEXT}"}],"max_tokens":32}'
 

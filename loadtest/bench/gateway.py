@@ -27,13 +27,13 @@ from pathlib import Path
 
 import httpx
 
-from deploy.local.process import ManagedProcess, free_port
-from deploy.local.redis import RedisServer
-from deploy.local.triton import TritonOptions, TritonServer
 from loadtest.bench import floors, latency, profile
 from loadtest.bench.report import cpu_seconds, machine_description, markdown_table, write_section
 from loadtest.bench.triton import INFER_BODY
 from loadtest.wrk import WrkResult, run_wrk
+from stack.process import ManagedProcess, free_port
+from stack.redis import RedisServer
+from stack.triton import TritonOptions, TritonServer
 
 MODEL = "minilm"
 EMBED_BODY = '{"model":"minilm","input":"{TEXT}","encoding_format":"base64"}'
@@ -401,7 +401,7 @@ def render(res: Results, command: str) -> str:
         "on the misses without waiting for it) and one after, off the response path (stores and unlock in one "
         "pipeline). Concurrent misses share Triton requests (at most 4 in flight per model version). Token usage "
         "is debited in one call per key every 50 ms, not per request. A response's head and body leave in one "
-        "socket write (`gateway/httpserver.py`). Native code has no Python frame of its own "
+        "socket write (`gateway/http/server.py`). Native code has no Python frame of its own "
         "and shows under the event loop: uvloop's socket I/O and, on misses, the Cython core of the gRPC client.",
         *_latency_text(res),
         *_profile_text(res),

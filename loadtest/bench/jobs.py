@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from deploy.local.process import free_port
-from deploy.local.stack import StackOptions, dev_api_key, start_stack
 from jobs.config import WorkerConfig
 from loadtest.bench.report import cpu_seconds, machine_description, markdown_table, write_section
+from stack.process import free_port
+from stack.up import StackOptions, dev_api_key, start_stack
 
 MODEL = "minilm"
 _WORDS = ("model", "serving", "batch", "latency", "vector", "token", "gateway", "queue", "cache", "triton")

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.local.process import free_port
-from deploy.local.triton import TritonOptions, TritonServer
 from loadtest.bench.llm_report import render
 from loadtest.bench.llm_steps import engine_steps
 from loadtest.bench.report import cpu_seconds, write_section
+from stack.process import free_port
+from stack.triton import TritonOptions, TritonServer
 
 MODEL = "smollm2"
 PROMPTS = (
@@ -94,7 +94,7 @@ class TransformersBaseline:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
-        from export import smollm2
+        from export.llm import smollm2
 
         hf_logging.disable_progress_bar()
         source = smollm2.source_dir()
@@ -307,7 +307,7 @@ def measure(repository: Path, state_dir: Path, max_tokens: int, streams: int, ro
 
 def run(repository: Path, max_tokens: int, streams: int, rounds: int, output: Path, command: str) -> str:
     """Export when missing, measure, write the `llm` section of `output`; returns the markdown."""
-    from export.llm_pipeline import Smollm2Request, export_smollm2
+    from export.llm.pipeline import Smollm2Request, export_smollm2
 
     export_smollm2(Smollm2Request(repository=repository, if_missing=True))
     measured = measure(repository.resolve(), Path(".tritonstack").resolve(), max_tokens, streams, rounds)

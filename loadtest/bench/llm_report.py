@@ -88,7 +88,7 @@ STRATEGY = (
     "uncached prompt tokens per iteration, a longer prompt in chunks between decode steps), puts them in slots of "
     "the running batch and runs one decode step for all rows per iteration, so a step reads the weights once for up "
     "to `max_batch_rows` streams. Finished rows leave between steps, new ones join at the next step. The decoder "
-    "graph is built node by node (`export/llm_graph.py`): ONNX Runtime's GroupQueryAttention with the KV cache "
+    "graph is built node by node (`export/llm/graph.py`): ONNX Runtime's GroupQueryAttention with the KV cache "
     "updated in place (past and present bound to the same buffers, each row written at its own length: a decode "
     "step copies no cache, rows of different lengths need no padding), ~10 nodes per layer. Single-row decode "
     "steps — bound by reading the weights — run the same graph with the GGUF's own 4-bit blocks (ONNX Runtime "

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from export.repository import versions
-from export.triton_python.llm_engine import Decoder, KVSlots, ModelInfo
+from triton_models.llm_engine import Decoder, KVSlots, ModelInfo
 
 
 def _median_step(decoder: Decoder, rows: int, context: int, steps: int) -> float:

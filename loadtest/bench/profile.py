@@ -20,14 +20,14 @@ from pathlib import Path
 # (component, substrings of a stack frame "function (file:line)"); first match wins
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Triton gRPC client", ("tritonclient/", "grpc/", "gateway/backends/triton.py")),
-    ("rate-limit check (Redis round trip)", ("gateway/ratelimit/", "gateway/limiting.py")),
+    ("rate-limit check (Redis round trip)", ("gateway/ratelimit/", "gateway/ratelimit/policy.py")),
     ("cache lookup, single-flight, Redis lock/store", ("gateway/cache/",)),
     ("KServe passthrough client", ("gateway/kserve/", "aiohttp/")),
     ("request body parsing (pydantic)", ("pydantic/", "parse_body")),
-    ("response encoding (base64, orjson)", ("gateway/embeddings/encoding.py", "gateway/responses.py")),
+    ("response encoding (base64, orjson)", ("gateway/embeddings/encoding.py", "gateway/http/responses.py")),
     ("metrics (prometheus_client)", ("prometheus_client/", "GatewayMetrics", "_observe")),
     ("API key check", ("gateway/auth.py",)),
-    ("response write (socket send)", ("RequestResponseCycle.send", "gateway/httpserver.py")),
+    ("response write (socket send)", ("RequestResponseCycle.send", "gateway/http/server.py")),
     ("HTTP parsing, connection handling (uvicorn, httptools)", ("HttpToolsProtocol.",)),
 )
 # by the innermost frame, for samples no subsystem above claims

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deploy.local.process import free_port
-from deploy.local.stack import StackOptions, dev_api_key, start_stack
 from loadtest.bench.gateway import UNLIMITED
 from loadtest.bench.report import machine_description, markdown_table, write_section
+from stack.process import free_port
+from stack.up import StackOptions, dev_api_key, start_stack
 
 STEPS = ("triton", "baseline", "gateway", "jobs", "llm")
 LLM_MIN_ROUNDS = 3  # a single stream's run is ~2.5 s: one noisy moment moves a 2-round median

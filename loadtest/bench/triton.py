@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.local.process import free_port
-from deploy.local.triton import TritonOptions, TritonServer
 from loadtest.bench import plots
 from loadtest.bench.report import machine_description, markdown_table, write_section
 from loadtest.wrk import WrkResult, run_wrk
+from stack.process import free_port
+from stack.triton import TritonOptions, TritonServer
 
 INFER_BODY = '{"inputs":[{"name":"text","shape":[1,1],"datatype":"BYTES","data":["{TEXT}"]}]}'
 RATIO_CONCURRENCY = 32

@@ -1,0 +1,1 @@
+"""Exporting text encoders (all-MiniLM-L6-v2 first): ONNX graph, parity against sentence-transformers, configs."""

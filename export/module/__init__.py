@@ -1,0 +1,1 @@
+"""Exporting any `torch.nn.Module` given as `MODULE:FACTORY`: ONNX graph, tensor parity, configs."""
