@@ -238,8 +238,8 @@ class Decoder:
 
     With `single_row_path`, a second graph of the same decoder (the GGUF's 4-bit blocks, `export.llm.repack`) runs the
     steps that compute one token of one row: there the step is bound by reading the weights, which the 4-bit
-    blocks make 5× smaller; every wider step (prefill, batched decode) runs the fp32 graph, whose GEMMs are faster
-    once there are several rows. Both graphs read and write the same cache buffers.
+    blocks make several times smaller; every wider step (prefill, batched decode) runs the fp32 graph, whose GEMMs
+    are faster once there are several rows. Both graphs read and write the same cache buffers.
 
     With `place` on a GPU (the fp16 graph of `--target gpu`), ONNX Runtime runs on CUDA and the cache buffers are
     CuPy arrays on that GPU; only token ids, lengths and the logits cross to the host.

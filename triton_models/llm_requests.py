@@ -2,8 +2,8 @@
 that hands them over (`Outbox`).
 
 Responses leave through one sender thread, in order per request: handing a response to Triton is an IPC round trip
-of the python backend (~0.5 ms measured here, per row and step), and whether a request was cancelled is another;
-both overlap the scheduler's next forward pass instead of delaying it (8 streams: ~5 ms per step).
+of the python backend (per row and step), and whether a request was cancelled is another; both overlap the
+scheduler's next forward pass instead of delaying it (docs/LLM.md, "Batching").
 """
 
 from __future__ import annotations

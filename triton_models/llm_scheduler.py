@@ -14,11 +14,11 @@ Each loop iteration:
 3. samples each row's token and hands its text delta to the sender thread (`Outbox`); rows that finished (eos, stop
    string, max_tokens, context) or were cancelled get their final response and leave the batch before the next step.
 
-Under load a response carries several tokens (`Scheduler._due`): each response costs the host ~0.5 ms of CPU (the
-python backend's IPC, Triton's frontend, the client's gRPC), which at 8 rows is ~10% of a decode step on 2 cores,
-taken from the step itself. So a row's text goes out every k-th token, k = rows // 2 (at least 1, at most
-`max_stream_interval`): about two responses per step whatever the batch. The first token and the final response
-always go out at once, and a batch of 1–3 rows streams every token.
+Under load a response carries several tokens (`Scheduler._due`): each response costs the host CPU (the python
+backend's IPC, Triton's frontend, the client's gRPC), taken from the decode step itself on a small machine
+(`tritonstack bench llm` times both ways; docs/LLM.md). So a row's text goes out every k-th token, k = rows // 2
+(at least 1, at most `max_stream_interval`): about two responses per step whatever the batch. The first token and
+the final response always go out at once, and a batch of 1–3 rows streams every token.
 
 Responses leave through one sender thread (`llm_requests.Outbox`), overlapping the next forward pass.
 
