@@ -1,4 +1,4 @@
-"""`tritonstack export …`: typer commands over `export.encoder.pipeline`.
+"""`tritonstack export …`: typer commands over the pipelines (`export.encoder`, `export.module`, `export.llm`).
 
 Heavy imports (torch, onnxruntime, transformers) happen inside the commands, so `tritonstack --help` and
 the other command groups stay fast. Every failure prints what is wrong and how to fix it, exit code 1.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +17,23 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from export.cli_options import (
+    ForceOpt,
+    Format,
+    IfMissingOpt,
+    InterOpt,
+    IntraOpt,
+    PolicyOpt,
+    Precision,
+    RepositoryOpt,
+    ServingFlags,
+    SpinOpt,
+    Target,
+    TargetOpt,
+    VersionOpt,
+    serving_flags,
+)
+
 app = typer.Typer(
     name="export",
     help="Export models into a Triton model repository (ONNX / TensorRT, parity-checked, versioned).",
@@ -25,74 +41,6 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(highlight=False)
-
-
-class Target(StrEnum):
-    cpu = "cpu"
-    gpu = "gpu"
-
-
-class Precision(StrEnum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
-
-
-class Format(StrEnum):
-    onnx = "onnx"
-    tensorrt = "tensorrt"
-
-
-# Options shared by every export command (config knobs and repository handling).
-RepositoryOpt = Annotated[Path, typer.Option("--repository", "-r", help="Triton model repository directory.")]
-TargetOpt = Annotated[
-    Target, typer.Option(help="cpu: python backend + ONNX Runtime (pip Triton); gpu: official Triton image.")
-]
-MaxBatchOpt = Annotated[int, typer.Option("--max-batch-size", min=1, help="Triton max_batch_size.")]
-BatchingOpt = Annotated[
-    bool, typer.Option("--dynamic-batching/--no-dynamic-batching", help="Let Triton co-batch concurrent requests.")
-]
-QueueDelayOpt = Annotated[
-    int, typer.Option("--max-queue-delay-us", min=0, help="dynamic_batching max_queue_delay_microseconds.")
-]
-PreferredOpt = Annotated[
-    list[int] | None, typer.Option("--preferred-batch-size", help="dynamic_batching preferred_batch_size (repeatable).")
-]
-QueueSizeOpt = Annotated[
-    int,
-    typer.Option(
-        "--max-queue-size",
-        min=0,
-        help="Queue limit: beyond it requests are rejected at once (503). 0 = no queue policy (default: on the "
-        "bundled Triton 2.51 a queue policy stalls the batcher ~500 ms between batches; see docs/BENCHMARKS.md).",
-    ),
-]
-InstancesOpt = Annotated[
-    int,
-    typer.Option(
-        "--instances",
-        min=1,
-        help="instance_group count. minilm defaults to 2: one batch computes while the next forms "
-        "(measured 1.17x at c=32 on 2 cores, docs/BENCHMARKS.md); intra-op threads 0 = the cores split between them.",
-    ),
-]
-PolicyOpt = Annotated[str, typer.Option("--version-policy", help="latest:N | all | specific:V1,V2")]
-WarmupOpt = Annotated[bool, typer.Option("--warmup/--no-warmup", help="Generate model_warmup requests.")]
-IntraOpt = Annotated[
-    int, typer.Option("--intra-op-threads", min=0, help="ONNX Runtime intra-op threads (0 = all cores).")
-]
-InterOpt = Annotated[int, typer.Option("--inter-op-threads", min=0, help="ONNX Runtime inter-op threads.")]
-SpinOpt = Annotated[
-    bool,
-    typer.Option(
-        "--ort-spinning/--no-ort-spinning",
-        help="Let ONNX Runtime's intra-op threads spin-wait. Off by default: on a small CPU box the spinning steals "
-        "cores from Triton's frontends (measured 1.7x throughput without it under load, docs/BENCHMARKS.md).",
-    ),
-]
-VersionOpt = Annotated[int | None, typer.Option("--version", min=1, help="Version to write (default: next free).")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace the version if it exists.")]
-IfMissingOpt = Annotated[bool, typer.Option("--if-missing", help="Do nothing when the model already has a version.")]
 
 
 class RichReporter:
@@ -110,13 +58,6 @@ class RichReporter:
 
     def note(self, text: str) -> None:
         self.out.print(text, markup=False)
-
-
-def _serving(**knobs):  # -> specs.ServingOptions
-    from export.encoder.specs import ServingOptions
-
-    knobs["preferred_batch_sizes"] = tuple(sorted(set(knobs["preferred_batch_sizes"] or ())))
-    return ServingOptions(**knobs)
 
 
 def next_step(repository: Path, name: str, version: int, *, generation: bool = False) -> str:
@@ -159,6 +100,7 @@ def _run(export, request, *, generation: bool = False) -> None:
 
 
 @app.command()
+@serving_flags(instances=2)
 def minilm(
     repository: RepositoryOpt = Path("model_repository"),
     name: Annotated[str, typer.Option(help="Model name in the repository.")] = "minilm",
@@ -169,17 +111,8 @@ def minilm(
     fmt: Annotated[
         Format, typer.Option("--format", help="onnx, or tensorrt (a plan; needs TensorRT + GPU).")
     ] = Format.onnx,
-    max_batch_size: MaxBatchOpt = 64,
-    dynamic_batching: BatchingOpt = True,
-    max_queue_delay_us: QueueDelayOpt = 0,
-    preferred_batch_size: PreferredOpt = None,
-    max_queue_size: QueueSizeOpt = 0,
-    instances: InstancesOpt = 2,
-    version_policy: PolicyOpt = "latest:1",
-    warmup: WarmupOpt = True,
-    intra_op_threads: IntraOpt = 0,
-    inter_op_threads: InterOpt = 1,
-    ort_spinning: SpinOpt = False,
+    *,
+    serving: ServingFlags,  # the serving flags, listed here in --help (cli_options.serving_flags)
     min_cosine: Annotated[
         float | None, typer.Option("--min-cosine", help="Parity gate (default: fp32 0.9999, fp16 0.999, int8 0.95).")
     ] = None,
@@ -207,26 +140,13 @@ def minilm(
     """Export the packaged all-MiniLM-L6-v2 (sentence embeddings), check parity, write a new version."""
     from export.encoder.pipeline import MinilmRequest, export_minilm
 
-    serving = _serving(
-        max_batch_size=max_batch_size,
-        dynamic_batching=dynamic_batching,
-        max_queue_delay_us=max_queue_delay_us,
-        preferred_batch_sizes=preferred_batch_size,
-        max_queue_size=max_queue_size,
-        instances=instances,
-        version_policy=version_policy,
-        warmup=warmup,
-        intra_op_threads=intra_op_threads,
-        inter_op_threads=inter_op_threads,
-        ort_spinning=ort_spinning,
-    )
     request = MinilmRequest(
         repository=repository,
         name=name,
         target=target.value,
         precision=precision.value,
         format=fmt.value,
-        serving=serving,
+        serving=serving.options(),
         min_cosine=min_cosine,
         version=version,
         force=force,
@@ -239,6 +159,7 @@ def minilm(
 
 
 @app.command()
+@serving_flags()
 def torch(
     factory: Annotated[str, typer.Argument(help="MODULE:FACTORY returning a torch.nn.Module (cwd is importable).")],
     inputs: Annotated[
@@ -250,37 +171,15 @@ def torch(
     target: TargetOpt = Target.cpu,
     precision: Annotated[Precision, typer.Option(help="fp32, or fp16 (gpu: TensorRT FP16).")] = Precision.fp32,
     atol: Annotated[float, typer.Option("--atol", help="Parity gate: max abs difference vs PyTorch.")] = 1e-4,
-    max_batch_size: MaxBatchOpt = 64,
-    dynamic_batching: BatchingOpt = True,
-    max_queue_delay_us: QueueDelayOpt = 0,
-    preferred_batch_size: PreferredOpt = None,
-    max_queue_size: QueueSizeOpt = 0,
-    instances: InstancesOpt = 1,
-    version_policy: PolicyOpt = "latest:1",
-    warmup: WarmupOpt = True,
-    intra_op_threads: IntraOpt = 0,
-    inter_op_threads: InterOpt = 1,
-    ort_spinning: SpinOpt = False,
+    *,
+    serving: ServingFlags,  # the serving flags, listed here in --help (cli_options.serving_flags)
     version: VersionOpt = None,
     force: ForceOpt = False,
     if_missing: IfMissingOpt = False,
 ) -> None:
     """Export any torch.nn.Module built by MODULE:FACTORY, check parity vs PyTorch, write a new version."""
-    from export.encoder.pipeline import TorchRequest, export_torch
+    from export.module.pipeline import TorchRequest, export_torch
 
-    serving = _serving(
-        max_batch_size=max_batch_size,
-        dynamic_batching=dynamic_batching,
-        max_queue_delay_us=max_queue_delay_us,
-        preferred_batch_sizes=preferred_batch_size,
-        max_queue_size=max_queue_size,
-        instances=instances,
-        version_policy=version_policy,
-        warmup=warmup,
-        intra_op_threads=intra_op_threads,
-        inter_op_threads=inter_op_threads,
-        ort_spinning=ort_spinning,
-    )
     request = TorchRequest(
         factory=factory,
         inputs=tuple(inputs),
@@ -289,7 +188,7 @@ def torch(
         repository=repository,
         target=target.value,
         precision=precision.value,
-        serving=serving,
+        serving=serving.options(),
         atol=atol,
         version=version,
         force=force,

@@ -12,14 +12,15 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.config import ConfigError, Tensor, parse_version_policy
 from export.encoder import specs
-from export.encoder.pipeline import validate_serving
 from export.errors import OptionError, VersionExistsError
+from export.module.specs import generic_onnx
 from export.repository import CONFIG_HEADER, ModelFiles, check_compatible, write_version
+from export.serving import ServingOptions, string_warmup, validate_serving
 
 MODEL = specs.EmbeddingModel(Path("model.onnx"), Path("tokenizer.json"), 256, 384, "fp32")
 ENCODER_IN = [Tensor("input_ids", "TYPE_INT64", (-1,)), Tensor("attention_mask", "TYPE_INT64", (-1,))]
 ENCODER_OUT = [Tensor("sentence_embedding", "TYPE_FP32", (384,))]
-OPTS = specs.ServingOptions(
+OPTS = ServingOptions(
     max_batch_size=32, max_queue_delay_us=500, preferred_batch_sizes=(8, 16), max_queue_size=100
 )
 
@@ -82,11 +83,11 @@ def test_cpu_warmup_requests_and_string_file_format() -> None:
     data = files.warmup["text"]
     (length,) = struct.unpack("<I", data[:4])
     assert length == len(data) - 4 and data[4:].decode("utf-8") == specs.WARMUP_TEXT
-    assert specs.string_warmup(["é", ""]) == b"\x02\x00\x00\x00\xc3\xa9\x00\x00\x00\x00"
+    assert string_warmup(["é", ""]) == b"\x02\x00\x00\x00\xc3\xa9\x00\x00\x00\x00"
 
 
 def test_no_warmup_and_no_dynamic_batching() -> None:
-    opts = specs.ServingOptions(warmup=False, dynamic_batching=False, instances=3)
+    opts = ServingOptions(warmup=False, dynamic_batching=False, instances=3)
     files = specs.text_embedding_cpu("minilm", MODEL, opts)
     cfg = parse(files.config_text)
     assert not cfg.model_warmup and not files.warmup
@@ -167,7 +168,7 @@ def test_tensorrt_plan_encoder_follows_the_engine_io_types() -> None:
 def test_generic_onnx_model(target: str) -> None:
     inputs = [Tensor("ids", "TYPE_INT64", (-1,)), Tensor("feats", "TYPE_FP32", (8,))]
     outputs = [Tensor("pooled", "TYPE_FP32", (8,)), Tensor("score", "TYPE_FP32", (1,))]
-    files = specs.generic_onnx("toy", Path("model.onnx"), inputs, outputs, OPTS, target=target, precision="fp32")
+    files = generic_onnx("toy", Path("model.onnx"), inputs, outputs, OPTS, target=target, precision="fp32")
     cfg = parse(files.config_text)
     assert tensors(cfg.input) == {"ids": ("TYPE_INT64", [-1]), "feats": ("TYPE_FP32", [8])}
     assert tensors(cfg.output) == {"pooled": ("TYPE_FP32", [8]), "score": ("TYPE_FP32", [1])}
@@ -194,7 +195,7 @@ def test_generic_onnx_model(target: str) -> None:
     ],
 )
 def test_version_policies(policy: str, check) -> None:
-    opts = specs.ServingOptions(version_policy=policy)
+    opts = ServingOptions(version_policy=policy)
     cfg = parse(specs.text_embedding_cpu("minilm", MODEL, opts).config_text)
     assert check(cfg.version_policy)
 
@@ -204,12 +205,12 @@ def test_bad_version_policy_is_an_error(policy: str) -> None:
     with pytest.raises(ConfigError):
         parse_version_policy(policy)
     with pytest.raises(OptionError, match="--version-policy"):
-        validate_serving(specs.ServingOptions(version_policy=policy))
+        validate_serving(ServingOptions(version_policy=policy))
 
 
 def test_preferred_batch_size_above_max_is_an_error() -> None:
     with pytest.raises(OptionError, match="preferred"):
-        validate_serving(specs.ServingOptions(max_batch_size=8, preferred_batch_sizes=(16,)))
+        validate_serving(ServingOptions(max_batch_size=8, preferred_batch_sizes=(16,)))
 
 
 def test_writer_refuses_a_model_of_another_kind_under_an_existing_name(tmp_path: Path) -> None:

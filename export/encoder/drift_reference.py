@@ -14,8 +14,9 @@ config over Triton's API (`GetModelConfig`) — no filesystem access, and Kubern
 loaded. `parameters` is model-level, so a reference describes the latest export of the model, not one version.
 The gateway side is `gateway/embeddings/drift.py`; the key names below are the contract between the two.
 
-Deterministic: embeddings in a fixed order, summed in float64, rounded to float32. Two runs on this machine (1 and
-2 ONNX Runtime threads) gave bit-identical centroids, so the committed config does not churn on re-export.
+Deterministic: embeddings in a fixed order, summed in float64, rounded to float32, so the centroid does not depend
+on ONNX Runtime's thread count and the committed config does not churn on re-export (docs/deploy.md, "Drift:
+method").
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Reduced-precision variants of an exported ONNX model.
 
-- int8: ONNX Runtime dynamic quantisation, per-channel QInt8 weights (activations quantised at run time).
-  Measured on MiniLM: min cosine ≈ 0.988 vs fp32 and ≈ 2× the CPU throughput; per-tensor gives ≈ 0.960.
+- int8: ONNX Runtime dynamic quantisation, per-channel QInt8 weights (activations quantised at run time):
+  per-channel scales keep MiniLM closer to fp32 than per-tensor ones, and int8 runs faster than fp32 on CPU
+  (parity in docs/EXPORT.md, throughput in docs/BENCHMARKS.md, `bench:triton`).
 - fp16: weights and compute in float16 with float32 inputs/outputs kept (`keep_io_types`), for
   strongly typed TensorRT builds (TensorRT ≥ 11 removed the FP16 builder flag).
 """

@@ -1,9 +1,9 @@
 """`tritonstack export smollm2`: GGUF → ONNX decoder with an in-place KV cache (fp32, or the GGUF's 4-bit blocks)
 → generation parity → new version.
 
-Same contract as the other pipelines (`export.encoder.pipeline`): options are validated and the version resolved before
-any slow step, artifacts are built in a temporary directory, and the repository is written only after every
-parity check passed.
+Same contract as the other pipelines (`export.steps`): options are validated and the version resolved before any
+slow step, artifacts are built in a temporary directory, and the repository is written only after every parity check
+passed.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.config import ConfigError, parse_version_policy
-from export.encoder.pipeline import ExportResult, Quiet, Reporter, _skip_if_present, _timed
+from export import steps
 from export.errors import OptionError
 from export.llm.repack import repack
 from export.llm.specs import GenerationServing, text_generation
-from export.repository import resolve_version, write_version
+from export.steps import ExportResult, Quiet, Reporter, timed
 
 WEIGHTS = ("mixed", "fp32", "packed")
+COMMAND = "tritonstack export smollm2"
 FP16_ATOL = 0.25  # the GPU graph's logits gate (fp16 weights, activations and cache; tokens must still match)
 
 
@@ -45,10 +45,7 @@ def validate_smollm2(req: Smollm2Request) -> None:
     """All checks that need no model."""
     if req.target not in ("cpu", "gpu"):
         raise OptionError(f"--target {req.target!r}: expected cpu or gpu")
-    try:
-        parse_version_policy(req.serving.version_policy)
-    except ConfigError as exc:
-        raise OptionError(f"--version-policy: {exc}") from exc
+    steps.validate_version_policy(req.serving.version_policy)
     s = req.serving
     if min(s.max_batch_rows, s.max_kv_tokens, s.max_context, s.max_stream_interval) < 1:
         raise OptionError("--max-batch-rows, --max-kv-tokens, --max-context and --max-stream-interval must be >= 1")
@@ -73,13 +70,13 @@ def _build(req: Smollm2Request, model, tokenizer, work: Path, result: ExportResu
 
     onnx_path = work / "model.onnx"
     precision = "fp16" if req.target == "gpu" else "fp32"
-    with _timed(reporter, result, f"build {precision} ONNX decoder (GroupQueryAttention, KV cache in place)"):
+    with timed(reporter, result, f"build {precision} ONNX decoder (GroupQueryAttention, KV cache in place)"):
         build_decoder(model, onnx_path, precision)
         assets = smollm2.write_assets(model, tokenizer, work / "assets")
     if req.weights == "fp32" or req.target == "gpu":  # the GPU graph is fp16 throughout: no 4-bit variant
         return onnx_path, None, assets
     packed = work / "model.packed.onnx"
-    with _timed(reporter, result, "repack GGUF 4-bit blocks as MatMulNBits (lossless)"):
+    with timed(reporter, result, "repack GGUF 4-bit blocks as MatMulNBits (lossless)"):
         reporter.note(repack(onnx_path, packed).describe())
     if req.weights == "packed":
         onnx_path.unlink()
@@ -112,7 +109,7 @@ def _check(req: Smollm2Request, model, tokenizer, graphs: tuple[Path, Path | Non
     from triton_models.llm_text import PromptBuilder
 
     place, where = _parity_place(req.target)
-    with _timed(reporter, result, f"parity: greedy ONNX vs transformers generate ({where})"):
+    with timed(reporter, result, f"parity: greedy ONNX vs transformers generate ({where})"):
         decoder = Decoder(graphs[0], ModelInfo.load(assets["generation.json"]), single_row_path=graphs[1],
                           place=place)
         served = PromptBuilder(assets["tokenizer.json"], assets["chat_template.jinja"],
@@ -122,9 +119,7 @@ def _check(req: Smollm2Request, model, tokenizer, graphs: tuple[Path, Path | Non
                                          atol=max(req.atol, FP16_ATOL) if gpu else req.atol,
                                          max_new_tokens=req.max_new_tokens,
                                          label=f"{_weights(req)} ONNX decoder with KV cache, {where}")
-    result.reports.append(report)  # type: ignore[arg-type]
-    reporter.note(report.describe())
-    generation_parity.enforce(report)
+    steps.check(result, report, reporter, gate=generation_parity.enforce)
 
 
 def export_smollm2(req: Smollm2Request, reporter: Reporter | None = None) -> ExportResult:
@@ -133,21 +128,20 @@ def export_smollm2(req: Smollm2Request, reporter: Reporter | None = None) -> Exp
 
     reporter = reporter or Quiet()
     validate_smollm2(req)
-    if req.if_missing and (skipped := _skip_if_present(req.repository, req.name, "tritonstack export smollm2")):
-        return skipped
-    version = resolve_version(req.repository, [req.name], req.version, req.force)
-    result = ExportResult(version=version)
+    result = steps.start(req.repository, req.name, version=req.version, force=req.force, if_missing=req.if_missing,
+                         command=COMMAND)
+    if result.skipped_reason:
+        return result
     source = smollm2.source_dir()
-    with _timed(reporter, result, "load SmolLM2-135M-Instruct (GGUF → fp32)"):
+    with timed(reporter, result, "load SmolLM2-135M-Instruct (GGUF → fp32)"):
         tokenizer = smollm2.load_tokenizer(source)
         model = smollm2.load_model(source)
     positions = int(model.config.max_position_embeddings)
     if req.serving.max_context > positions:  # the graph's rotary tables end there
         raise OptionError(f"--max-context {req.serving.max_context} exceeds the model's {positions} positions")
-    with tempfile.TemporaryDirectory(prefix="tritonstack-export-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=steps.TEMP_PREFIX) as tmp:
         onnx_path, single_row, assets = _build(req, model, tokenizer, Path(tmp), result, reporter)
         _check(req, model, tokenizer, (onnx_path, single_row), assets, result, reporter)
         files = text_generation(req.name, onnx_path, assets, req.serving, _weights(req), single_row, req.target)
-        with _timed(reporter, result, f"write version {version} to {req.repository}"):
-            result.paths = write_version(req.repository, [files], version, force=req.force)
+        steps.write(req.repository, [files], result, reporter, force=req.force)
     return result

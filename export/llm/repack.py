@@ -9,8 +9,8 @@ For each `MatMul` by a constant [K, N] matrix this module recovers the blocks fr
 they reproduce the matrix (to `tolerance` relative to the block's range); matrices that are not block-quantised
 stay fp32. It then writes:
 - Q8_0 → `MatMulNBits(bits=8)` with uint8 zero point 128 (q + 128), same scales: exactly the same weights —
-  only with `eight_bit=True`: ONNX Runtime 1.32's CPU kernel for 8 bits took 267 ms for SmolLM2's [576, 49152]
-  lm_head here (fp32 MatMul: ~4 ms), so by default Q8_0 matrices stay fp32;
+  only with `eight_bit=True`: ONNX Runtime's 8-bit CPU kernel is far slower than the fp32 MatMul on SmolLM2's
+  [576, 49152] lm_head (docs/LLM.md, `--weights`), so by default Q8_0 matrices stay fp32;
 - Q4_1 → `MatMulNBits(bits=4)` with the default zero point 8 plus a per-block correction, because ONNX Runtime's
   fast CPU kernels take integer zero points only and m/d is not an integer:
       A·w = Σ_b d_b Σ_{k∈b} (q_k − 8) a_k  +  Σ_b (m_b + 8 d_b) Σ_{k∈b} a_k

@@ -53,14 +53,13 @@ class GenerationServing:
     max_context: int = 2048
     prefix_cache_tokens: int = 4096
     prefill_chunk_tokens: int = 256
-    # under load a response carries up to this many tokens (k = rows // 2): each response costs ~0.5 ms of host CPU,
-    # ~10% of an 8-row step on 2 cores (llm_scheduler; measured: README "Local LLM")
+    # under load a response carries up to this many tokens (k = rows // 2): each response costs host CPU that the
+    # decode step then lacks (llm_scheduler; the cost is in docs/LLM.md)
     max_stream_interval: int = 4
     intra_op_threads: int = 0
     inter_op_threads: int = 1
-    # off: on a shared machine spin-waiting ORT threads fight other processes for the cores (measured in Triton with
-    # one busy process beside it, 8 streams: 127 vs 71 tokens/s, 1 stream 35 vs 22); alone, spinning is faster
-    # (162 vs 192, 46.5 vs 58.5): README "Local LLM"
+    # off: on a shared machine spin-waiting ORT threads fight other processes for the cores and generation slows
+    # down; on a machine the model has to itself spinning is faster (the A/B figures are in docs/LLM.md)
     ort_spinning: bool = False
     version_policy: str = "latest:1"
 
