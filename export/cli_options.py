@@ -62,7 +62,7 @@ QueueSizeOpt = Annotated[
         "--max-queue-size",
         min=0,
         help="Queue limit: beyond it requests are rejected at once (503). 0 = no queue policy (default: on the "
-        "bundled Triton 2.51 a queue policy stalls the batcher ~500 ms between batches; see docs/BENCHMARKS.md).",
+        "bundled Triton 2.51 a queue policy stalls the dynamic batcher between batches; see docs/EXPORT.md).",
     ),
 ]
 InstancesOpt = Annotated[
@@ -71,7 +71,7 @@ InstancesOpt = Annotated[
         "--instances",
         min=1,
         help="instance_group count. minilm defaults to 2: one batch computes while the next forms "
-        "(measured 1.17x at c=32 on 2 cores, docs/BENCHMARKS.md); intra-op threads 0 = the cores split between them.",
+        "(`tritonstack bench triton --tuning` compares); intra-op threads 0 = the cores split between them.",
     ),
 ]
 PolicyOpt = Annotated[str, typer.Option("--version-policy", help="latest:N | all | specific:V1,V2")]
@@ -85,7 +85,7 @@ SpinOpt = Annotated[
     typer.Option(
         "--ort-spinning/--no-ort-spinning",
         help="Let ONNX Runtime's intra-op threads spin-wait. Off by default: on a small CPU box the spinning steals "
-        "cores from Triton's frontends (measured 1.7x throughput without it under load, docs/BENCHMARKS.md).",
+        "cores from Triton's frontends under load (`tritonstack bench triton --tuning` compares).",
     ),
 ]
 VersionOpt = Annotated[int | None, typer.Option("--version", min=1, help="Version to write (default: next free).")]
