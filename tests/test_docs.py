@@ -87,25 +87,26 @@ def _link_copy(source: Path, target: Path) -> None:
 @pytest.fixture(scope="module")
 def docs_workspace(minilm_repository: Path, smollm2_repository: Path,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A checkout-like folder with `make up`'s stack running on the documented ports."""
+    """A checkout after `make up`: its files, a repository with the demo models, and the stack on the documented
+    ports."""
     busy = [port for port in STACK_PORTS if port_open("127.0.0.1", port)]
     if busy:
         pytest.fail(f"the documented ports {busy} are in use: the docs' examples run against a stack on them "
                     "(stop `make up` or whatever listens there, then run the tests again)")
     workspace = tmp_path_factory.mktemp("docs-workspace")
+    for entry in ROOT.iterdir():  # the checkout (Makefile, venvs, sources), its repository and state its own
+        if entry.name not in {"model_repository", ".tritonstack", "runs", ".git"}:
+            (workspace / entry.name).symlink_to(entry)
     repository = workspace / "model_repository"
     _link_copy(minilm_repository, repository)
     _link_copy(smollm2_repository, repository)
     opts = StackOptions(repository=repository, state_dir=workspace / ".tritonstack")
     try:
-        processes = start_stack(opts)
+        stack = start_stack(opts)
     except ProcessError as exc:
         pytest.fail(f"the docs' stack did not start: {exc}")
-    try:
+    with stack:
         yield workspace
-    finally:
-        for process in reversed(processes):
-            process.stop()
 
 
 def _environment() -> dict[str, str]:
