@@ -28,7 +28,6 @@ from gateway.chat.service import ChatService
 from gateway.config import GatewaySettings
 from gateway.deps import GatewayState
 from gateway.embeddings.router import route as embeddings_route
-from gateway.embeddings.router import router as embeddings_router
 from gateway.embeddings.service import EmbeddingPolicy, EmbeddingService
 from gateway.errors import install_error_handlers
 from gateway.http.responses import OrjsonResponse
@@ -169,8 +168,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(title="tritonstack gateway", version="0.1.0", lifespan=lifespan,
                   default_response_class=OrjsonResponse, telemetry=NO_OTEL)
     install_error_handlers(app)
-    app.router.routes.append(embeddings_route)  # the hot route, ahead of the routers (see gateway.embeddings.router)
-    for router in (embeddings_router, chat_router, models_router, kserve_router, ops_router, admin, chat_admin,
+    app.router.routes.append(embeddings_route)  # the hot route, ahead of the routers (see gateway.http.direct)
+    for router in (chat_router, models_router, kserve_router, ops_router, admin, chat_admin,
                    rollout_admin, jobs_router):
         app.include_router(router)
     app.add_middleware(AdmissionMiddleware, max_in_flight=settings.max_in_flight,

@@ -10,17 +10,20 @@ from fastapi import Request
 from gateway.auth import ADMIN_SCOPE, Authenticator, Principal
 from gateway.backends.base import Backend
 from gateway.cache import EmbeddingCache
+from gateway.cache.control import CacheMode, parse_cache_control
 from gateway.chat.service import ChatService
 from gateway.config import GatewaySettings
+from gateway.embeddings.protocol import EmbeddingRequest
 from gateway.embeddings.service import EmbeddingService
-from gateway.errors import NotFoundError
+from gateway.errors import NotFoundError, parse_body
+from gateway.http.record import RequestRecord, record_of
 from gateway.jobs_api.service import JobsService
 from gateway.kserve.service import KServeProxy
 from gateway.metrics import GatewayMetrics
 from gateway.models.service import ModelService
 from gateway.ratelimit import RateLimiter
 from gateway.ratelimit.policy import admit
-from gateway.rollout.service import RolloutService
+from gateway.rollout.service import VERSION_HEADER, RolloutService, parse_pin
 
 
 @dataclass
@@ -53,31 +56,6 @@ def state_of(request: Request) -> GatewayState:
 async def get_state(request: Request) -> GatewayState:
     """The app's lifespan state."""
     return state_of(request)
-
-
-async def get_settings(request: Request) -> GatewaySettings:
-    """Settings of this app."""
-    return state_of(request).settings
-
-
-async def get_metrics(request: Request) -> GatewayMetrics:
-    """This app's metrics registry."""
-    return state_of(request).metrics
-
-
-async def get_backend(request: Request) -> Backend:
-    """The inference backend (Triton over gRPC)."""
-    return state_of(request).backend
-
-
-async def get_redis(request: Request) -> aioredis.Redis:
-    """The shared Redis pool."""
-    return state_of(request).redis
-
-
-async def get_embedding_service(request: Request) -> EmbeddingService:
-    """The embeddings service."""
-    return state_of(request).embeddings
 
 
 async def get_model_service(request: Request) -> ModelService:
@@ -116,19 +94,18 @@ def authenticate(request: Request) -> Principal:
     principal = state_of(request).authenticator.authenticate(
         request.headers.get("authorization"), client_ip(request)
     )
-    request.state.principal = principal
     return principal
 
 
 async def admit_request(request: Request, principal: Principal) -> None:
     """Count the request against the caller's limits (RateLimitedError → 429 envelope).
 
-    The `x-ratelimit-*` headers go into `request.state.response_headers`, which the request-context
-    middleware adds to whatever response follows.
+    The `x-ratelimit-*` headers go into the request's record, and the request-context middleware adds them to
+    whatever response follows.
     """
     state = state_of(request)
     if state.limiter is not None:
-        request.state.response_headers = await admit(state.limiter, principal, state.metrics)
+        record_of(request).limit_headers = await admit(state.limiter, principal, state.metrics)
 
 
 # Providers below call the helpers above directly instead of nesting `Depends`: every nested dependency
@@ -156,17 +133,25 @@ async def rate_limited_principal(request: Request) -> Principal:
 
 @dataclass(frozen=True, slots=True)
 class EmbeddingsCall:
-    """What `POST /v1/embeddings` needs, resolved as one dependency (the hot route: one resolution step)."""
+    """Everything `POST /v1/embeddings` needs, resolved as its one dependency."""
 
     principal: Principal
     service: EmbeddingService
+    body: EmbeddingRequest
+    mode: CacheMode  # from `Cache-Control`
+    pin: str | None  # a model version pinned by `x-tritonstack-model-version`
+    record: RequestRecord
 
 
 async def embeddings_call(request: Request) -> EmbeddingsCall:
-    """The admitted caller (401/429 otherwise) and the embeddings service."""
+    """Authenticate (401), admit (429), then parse the body straight from bytes (400 naming the field)."""
     principal = authenticate(request)
     await admit_request(request, principal)
-    return EmbeddingsCall(principal, state_of(request).embeddings)
+    body = parse_body(EmbeddingRequest, await request.body())
+    headers = request.headers
+    return EmbeddingsCall(principal, state_of(request).embeddings, body,
+                          parse_cache_control(headers.get("cache-control")), parse_pin(headers.get(VERSION_HEADER)),
+                          record_of(request))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +160,11 @@ class ChatCall:
 
     principal: Principal
     service: ChatService
+    record: RequestRecord
 
 
 async def chat_call(request: Request) -> ChatCall:
     """The admitted caller (401/429 otherwise) and the chat service (404 when not configured)."""
     principal = authenticate(request)
     await admit_request(request, principal)
-    return ChatCall(principal, await get_chat_service(request))
+    return ChatCall(principal, await get_chat_service(request), record_of(request))

@@ -1,9 +1,8 @@
 """Request context as pure ASGI middleware: request ids, per-request metrics, and the last-resort 500.
 
-Handlers share per-request facts through `scope["state"]` (what `request.state` reads):
-`request_id` (set here), `model` (the model label, set once a model is known to exist), `backend_s`
-(seconds spent waiting on the backend, for the overhead histogram) and `response_headers` (added to whatever
-response leaves, errors included: the rate-limit headers).
+Each request gets one `RequestRecord` (`gateway.http.record`), created here with its request id: the
+dependencies and routes fill in the model label, the backend time and the rate-limit headers, and this middleware
+reads them back (the headers when the response starts, the labels when the request ends).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import InternalError, error_response
+from gateway.http.record import RECORD_KEY, RequestRecord
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("gateway.requests")
@@ -74,8 +74,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = request_id_from(header(scope, REQUEST_ID_HEADER))
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
+        record = scope[RECORD_KEY] = RequestRecord(request_id)
         rid = request_id.encode("ascii")
         status = 500
         started = False
@@ -86,7 +85,7 @@ class RequestContextMiddleware:
                 started = True
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, rid),
-                                      *_encoded(state.get("response_headers"))]
+                                      *_encoded(record.limit_headers)]
             await send(message)
 
         start = time.perf_counter()
@@ -102,14 +101,14 @@ class RequestContextMiddleware:
                 await response(scope, receive, send_with_id)
         finally:
             self.metrics.in_flight.dec()
-            self._observe(scope, state, status, time.perf_counter() - start)
+            self._observe(scope, record, status, time.perf_counter() - start)
 
-    def _observe(self, scope: Scope, state: dict, status: int, elapsed: float) -> None:
+    def _observe(self, scope: Scope, record: RequestRecord, status: int, elapsed: float) -> None:
         route = route_label(scope)
-        model = str(state.get("model", ""))
+        model = record.model
         m = self.metrics
         m.child(m.requests, route, scope["method"], model, str(status)).inc()
         m.child(m.latency, route, model).observe(elapsed)
-        backend_s = state.get("backend_s")
+        backend_s = record.backend_s
         if backend_s is not None and status < 400:
             m.child(m.overhead, route).observe(max(elapsed - backend_s, 0.0))

@@ -131,6 +131,9 @@ def test_unknown_route_and_method(no_triton: RunningGateway, gateway_keys: Gatew
 def test_openapi_documents_the_embeddings_route(no_triton: RunningGateway) -> None:
     operation = httpx.get(f"{no_triton.url}/openapi.json").json()["paths"]["/v1/embeddings"]["post"]
     assert "input" in operation["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/EmbeddingResponse"}
+    assert "parameters" not in operation  # the one dependency reads the request itself: nothing else to document
 
 
 def test_oversize_body_is_413(no_triton: RunningGateway, gateway_keys: GatewayKeys) -> None:

@@ -19,7 +19,6 @@ from gateway.deps import ChatCall, chat_call, get_chat_service, require_admin
 from gateway.errors import parse_body
 from gateway.http.openapi import json_request_body
 from gateway.http.responses import dumps
-from gateway.ratelimit.policy import spend_tokens
 
 router = APIRouter(tags=["chat"])
 admin = APIRouter(tags=["admin"])
@@ -49,12 +48,11 @@ async def create_chat_completion(request: Request, call: ChatCall = Depends(chat
     """Chat completion (OpenAI contract), non-stream or SSE; `x-served-by` names the deployment."""
     body = parse_body(ChatCompletionRequest, await request.body())
     mode = parse_cache_control(request.headers.get("cache-control"))
-    outcome = await call.service.create(body, call.principal, request.state.request_id, mode)
-    request.state.model = body.model  # a configured route: bounded label
+    outcome = await call.service.create(body, call.principal, call.record.request_id, mode)
     if isinstance(outcome, ChatStream):
+        call.record.served(body.model, None)  # a configured route: bounded label
         return SSEResponse(outcome)
-    request.state.backend_s = outcome.backend_s
-    spend_tokens(getattr(request.state, "response_headers", {}), outcome.tokens)
+    call.record.served(body.model, outcome.backend_s, outcome.tokens)
     return Response(dumps(outcome.payload), media_type="application/json", headers=outcome.headers)
 
 

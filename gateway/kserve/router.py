@@ -16,6 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from gateway.auth import Principal
 from gateway.deps import get_kserve_proxy, get_principal, rate_limited_principal, state_of
 from gateway.errors import NotFoundError, kserve_error_body
+from gateway.http.record import record_of
 from gateway.kserve.service import KServeProxy, model_path, routed_version
 from gateway.kserve.validation import check_infer_request
 from gateway.rollout.service import VERSION_HEADER, parse_pin
@@ -30,9 +31,7 @@ async def _relay(
     body: bytes | None = None,
 ) -> Response:
     upstream = await proxy.forward(method, path, request.headers, body)
-    request.state.backend_s = upstream.elapsed_s
-    if model is not None and upstream.status < 400:
-        request.state.model = model
+    record_of(request).served(model if upstream.status < 400 else None, upstream.elapsed_s)
     if upstream.content is not None:
         if upstream.status >= 400:
             return kserve_error(upstream.status, upstream.headers, upstream.content)
