@@ -22,6 +22,7 @@ from gateway.cache import (
     normalize_params,
     parse_cache_control,
 )
+from gateway.cache.keys import Params
 from tests.redis_helpers import Counter, own_redis, unique
 
 
@@ -41,6 +42,16 @@ def item(seed: int, dim: int = 8) -> CachedItem:
 def make_cache(redis: aioredis.Redis | None, **kw: object) -> EmbeddingCache:
     opts: dict = {"l1_max_items": 100, "ttl_s": 60, "timeout_ms": 200} | kw
     return EmbeddingCache(redis, **opts)
+
+
+async def get_many(cache: EmbeddingCache, model: str, version: str, params: Params, texts: list[str]
+                   ) -> list[CachedItem | None]:
+    return await cache.get_keys(cache.keys(model, version, params, texts))
+
+
+async def set_many(cache: EmbeddingCache, model: str, version: str, params: Params, texts: list[str],
+                   items: list[CachedItem]) -> None:
+    await cache.set_keys(cache.keys(model, version, params, texts), items)
 
 
 def test_item_pack_roundtrip_and_layout() -> None:
@@ -69,15 +80,15 @@ def test_key_layout_and_field_isolation() -> None:
 async def test_roundtrip_and_isolation_by_model_version_params(redis_client: aioredis.Redis) -> None:
     cache, model = make_cache(redis_client), unique("m")
     texts = ["alpha", "beta"]
-    await cache.set_many(model, "1", {"dim": 8}, texts, [item(1), item(2)])
-    assert await cache.get_many(model, "1", {"dim": 8}, texts) == [item(1), item(2)]
-    assert await cache.get_many(model, "2", {"dim": 8}, texts) == [None, None]
-    assert await cache.get_many(model, "1", {"dim": 4}, texts) == [None, None]
-    assert await cache.get_many(unique("other"), "1", {"dim": 8}, texts) == [None, None]
-    assert await cache.get_many(model, "1", {"dim": 8}, ["alpha", "gamma"]) == [item(1), None]
+    await set_many(cache, model, "1", {"dim": 8}, texts, [item(1), item(2)])
+    assert await get_many(cache, model, "1", {"dim": 8}, texts) == [item(1), item(2)]
+    assert await get_many(cache, model, "2", {"dim": 8}, texts) == [None, None]
+    assert await get_many(cache, model, "1", {"dim": 4}, texts) == [None, None]
+    assert await get_many(cache, unique("other"), "1", {"dim": 8}, texts) == [None, None]
+    assert await get_many(cache, model, "1", {"dim": 8}, ["alpha", "gamma"]) == [item(1), None]
 
     fresh = make_cache(redis_client)  # another process: empty L1, same Redis
-    assert await fresh.get_many(model, "1", {"dim": 8}, texts) == [item(1), item(2)]
+    assert await get_many(fresh, model, "1", {"dim": 8}, texts) == [item(1), item(2)]
     assert len(fresh.l1) == 2  # L2 hits were copied into L1
     ttl = await redis_client.ttl(cache.keys(model, "1", {"dim": 8}, ["alpha"])[0])
     assert 0 < ttl <= 60
@@ -104,15 +115,15 @@ async def test_clear_model_removes_only_that_model(redis_client: aioredis.Redis)
     cache, model, other = make_cache(redis_client), unique("clear"), unique("keep")
     prefixed = model + ":x"  # a model whose name extends the cleared one must survive
     for version in ("1", "2"):
-        await cache.set_many(model, version, None, ["a", "b", "c"], [item(1), item(2), item(3)])
-    await cache.set_many(other, "1", None, ["a"], [item(9)])
-    await cache.set_many(prefixed, "1", None, ["a"], [item(8)])
+        await set_many(cache, model, version, None, ["a", "b", "c"], [item(1), item(2), item(3)])
+    await set_many(cache, other, "1", None, ["a"], [item(9)])
+    await set_many(cache, prefixed, "1", None, ["a"], [item(8)])
 
     assert await cache.clear_model(model) == 6
-    assert await cache.get_many(model, "1", None, ["a", "b", "c"]) == [None, None, None]
-    assert await make_cache(redis_client).get_many(model, "2", None, ["a"]) == [None]
-    assert await cache.get_many(other, "1", None, ["a"]) == [item(9)]
-    assert await cache.get_many(prefixed, "1", None, ["a"]) == [item(8)]
+    assert await get_many(cache, model, "1", None, ["a", "b", "c"]) == [None, None, None]
+    assert await get_many(make_cache(redis_client), model, "2", None, ["a"]) == [None]
+    assert await get_many(cache, other, "1", None, ["a"]) == [item(9)]
+    assert await get_many(cache, prefixed, "1", None, ["a"]) == [item(8)]
     assert await cache.clear_model(model) == 0
 
 
@@ -145,24 +156,24 @@ async def test_redis_stopped_means_misses_skipped_sets_and_counted_errors(tmp_pa
     with own_redis(tmp_path) as server:
         client = aioredis.from_url(server.url)
         cache = make_cache(client, l1_max_items=0, timeout_ms=300, metrics=CacheHooks(redis_error=errors))
-        await cache.set_many("m", "1", None, ["a"], [item(1)])
-        assert await cache.get_many("m", "1", None, ["a"]) == [item(1)]
+        await set_many(cache, "m", "1", None, ["a"], [item(1)])
+        assert await get_many(cache, "m", "1", None, ["a"]) == [item(1)]
         server.stop()
 
         started = time.monotonic()
-        assert await cache.get_many("m", "1", None, ["a", "b"]) == [None, None]
+        assert await get_many(cache, "m", "1", None, ["a", "b"]) == [None, None]
         assert time.monotonic() - started < 0.3
         assert errors.calls == ["get"]
 
         # within the breaker cooldown Redis is not tried again: instant, no new error
         started = time.monotonic()
-        await cache.set_many("m", "1", None, ["b"], [item(2)])
-        assert await cache.get_many("m", "1", None, ["a"]) == [None]
+        await set_many(cache, "m", "1", None, ["b"], [item(2)])
+        assert await get_many(cache, "m", "1", None, ["a"]) == [None]
         assert time.monotonic() - started < 0.05
         assert errors.calls == ["get"]
 
         cache.guard.reset()  # cooldown over: the next call tries Redis again and fails again
-        await cache.set_many("m", "1", None, ["b"], [item(2)])
+        await set_many(cache, "m", "1", None, ["b"], [item(2)])
         assert errors.calls == ["get", "set"]
         await client.aclose()
 
@@ -172,18 +183,18 @@ async def test_frozen_redis_costs_at_most_the_timeout(tmp_path: Path) -> None:
     with own_redis(tmp_path) as server:
         client = aioredis.from_url(server.url)
         cache = make_cache(client, l1_max_items=0, timeout_ms=100, metrics=CacheHooks(redis_error=errors))
-        await cache.set_many("m", "1", None, ["a"], [item(1)])
+        await set_many(cache, "m", "1", None, ["a"], [item(1)])
         server.signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
-            assert await cache.get_many("m", "1", None, ["a"]) == [None]
+            assert await get_many(cache, "m", "1", None, ["a"]) == [None]
             assert time.monotonic() - started < 0.5
             assert errors.calls == ["get"]
         finally:
             server.signal(signal.SIGCONT)
         cache.guard.reset()
         # the cancelled command's connection was discarded; a new one works
-        assert await cache.get_many("m", "1", None, ["a"]) == [item(1)]
+        assert await get_many(cache, "m", "1", None, ["a"]) == [item(1)]
         await client.aclose()
 
 

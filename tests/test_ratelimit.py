@@ -105,19 +105,16 @@ async def test_token_estimate_must_fit_the_remaining_budget(limiter_factory) -> 
 
 
 async def test_per_identity_overrides(limiter_factory) -> None:
-    vip, plain = unique("vip"), unique("plain")
-    limiter = limiter_factory(Limits(requests_per_min=1), overrides={vip: Limits(requests_per_min=3)})
+    vip, plain, unlimited = unique("vip"), unique("plain"), unique("free")
+    limiter = limiter_factory(Limits(requests_per_min=1),
+                              overrides={vip: Limits(requests_per_min=3), unlimited: Limits()})
     assert limiter.limits_for(vip) == Limits(requests_per_min=3)
     assert limiter.limits_for(plain) == Limits(requests_per_min=1)
     assert [(await limiter.check(vip)).allowed for _ in range(4)] == [True, True, True, False]
     assert [(await limiter.check(plain)).allowed for _ in range(2)] == [True, False]
 
-    unlimited = unique("free")
-    limiter.set_limits(unlimited, Limits())
     decision = await limiter.check(unlimited)
     assert decision.allowed and decision.headers() == {}
-    limiter.set_limits(unlimited, None)
-    assert limiter.limits_for(unlimited) == Limits(requests_per_min=1)
 
 
 async def test_shares_the_gateway_connection_pool(limiter_factory, redis_server) -> None:

@@ -58,23 +58,6 @@ class EmbeddingCache:
         """The cache key of each text (stable across processes)."""
         return make_keys(model, version, params, texts)
 
-    async def get_many(
-        self, model: str, version: str | int, params: Params, texts: Sequence[str]
-    ) -> list[CachedItem | None]:
-        """Cached item or None for each text, in order."""
-        return await self.get_keys(self.keys(model, version, params, texts))
-
-    async def set_many(
-        self,
-        model: str,
-        version: str | int,
-        params: Params,
-        texts: Sequence[str],
-        items: Sequence[CachedItem],
-    ) -> None:
-        """Store one item per text (L1 and Redis with TTL)."""
-        await self.set_keys(self.keys(model, version, params, texts), items)
-
     # --- keyed by precomputed keys (used by SingleFlight) ----------------------------------
 
     def peek_keys(self, keys: Sequence[str]) -> list[CachedItem | None]:

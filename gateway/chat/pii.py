@@ -138,8 +138,3 @@ class Redactor:
     def total(self) -> int:
         """How many values were replaced."""
         return sum(self.found.values())
-
-
-def redact_text(text: str) -> str:
-    """Redact one string on its own (numbering starts at 1)."""
-    return Redactor().redact(text)

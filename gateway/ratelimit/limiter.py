@@ -110,13 +110,6 @@ class RateLimiter:
         """The identity's configured limits, else the default."""
         return self._overrides.get(identity, self.default)
 
-    def set_limits(self, identity: str, limits: Limits | None) -> None:
-        """Override (or with None, reset to default) one identity's limits at runtime."""
-        if limits is None:
-            self._overrides.pop(identity, None)
-        else:
-            self._overrides[identity] = limits
-
     # --- checks --------------------------------------------------------------------------
 
     async def check(self, identity: str, cost_tokens_estimate: int = 0) -> RateLimitDecision:
