@@ -2,7 +2,7 @@
 
 Settings come from `TRITONSTACK_GATEWAY_*` (see `gateway.config.GatewaySettings`); each worker process builds
 its own app from them. This command is also how the gateway image starts (deploy/docker/gateway.Dockerfile's CMD;
-docker-compose and Kubernetes keep it), so the server that is deployed is the one that is tested and measured.
+docker-compose and Kubernetes keep it), so the server that is deployed is the one the tests and benchmarks run.
 """
 
 from __future__ import annotations

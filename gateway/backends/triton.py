@@ -41,8 +41,8 @@ _MAX_CACHED_MODELS = 1024
 
 # gRPC's default reconnect backoff (1 s, ×1.6 per failed attempt, up to 120 s) means a channel that watched
 # Triton stay down for a few seconds may wait many more before it tries again, while every RPC fails fast with
-# UNAVAILABLE: the gateway would answer 503 for seconds after Triton is back (measured: 6–10 s after a 12 s
-# outage). Every channel retries the connection at least once a second instead (tests/test_reliability_triton.py).
+# UNAVAILABLE: the gateway would go on answering 503 for seconds after Triton is back (docs/RELIABILITY.md).
+# Every channel retries the connection at least once a second instead (tests/test_reliability_triton.py).
 RECONNECT_BACKOFF_MS = {"initial": 100, "min": 100, "max": 1000}
 DNS_MIN_REFRESH_MS = 1000
 

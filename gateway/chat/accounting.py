@@ -1,6 +1,6 @@
 """Chat accounting around each request: budget reservation before, and after it — settle, usage totals,
 rate-limit token debit, cache store and the audit line. Post-request Redis work runs off the request path
-(background tasks, or batched per 50 ms for usage totals and token debits) so it neither delays the response
+(background tasks, or batched over a short interval for usage totals and token debits) so it neither delays the response
 nor dies with a client that hung up (`drain()` finishes it at shutdown).
 """
 

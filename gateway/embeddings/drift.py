@@ -21,8 +21,8 @@ reads them with the model config into `ModelInfo.extra`). Models without one get
 Cost: `observe` runs on the request path, so it only keeps the request's vectors and updates a few scalars and
 the token buckets; the vectors are folded into S every `FOLD_ITEMS` items (each request's rows weighted by the
 decay of the items after it: the same sum as folding each request; no BLAS, see `_fold_rows`) and before anything
-reads S. Per-request numpy work was 8% of the gateway's
-CPU on cache hits. Cosines and the exposition are computed only when Prometheus scrapes (`collect`).
+reads S: numpy calls per request were a visible share of a cache hit's CPU. Cosines and the exposition are
+computed only when Prometheus scrapes (`collect`).
 
 One process's state: each gateway replica tracks the traffic it serves (alerts aggregate by model).
 """

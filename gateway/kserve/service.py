@@ -11,8 +11,8 @@ With several Triton servers (`TritonPool`), each request goes to the HTTP addres
 the pool chooses (same index in the settings' lists); a connection failure ejects that endpoint and the request
 is sent once more to another healthy one (every forwarded request is a read or an idempotent inference).
 
-The client is one `aiohttp.ClientSession` created by the lifespan (`triton_http_session`): measured on this
-machine it costs about half the client CPU per request of httpx, whose pool scans every connection per request.
+The client is one `aiohttp.ClientSession` created by the lifespan (`triton_http_session`): aiohttp rather than
+httpx, which costs more client CPU per request (its pool scans every connection per request).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Validation of KServe v2 inference requests before they reach Triton (the `/v2` passthrough).
 
-Triton's own HTTP front end is not hardened against hostile JSON: measured on this machine (Triton 2.51), a
+Triton's own HTTP front end is not hardened against hostile JSON (the bundled Triton; docs/RELIABILITY.md): a
 malformed body or a wrong-typed field is answered with a **500**, and a single request declaring a huge tensor
 shape (`"shape": [8644937, 1722961068615836, 49195]`) **killed the server process**. So the gateway checks the
 JSON part of every inference request (the whole body, or its first `Inference-Header-Content-Length` bytes with

@@ -8,8 +8,8 @@ Exactness is kept where it matters and the error is bounded everywhere else:
 - its size adapts to the identity's local rate: it starts at one request (an exact check), doubles while leases
   are used up before they expire and falls back to what the last one used otherwise, capped at
   `limit // 100` (1 % of the budget) and `max_size`; limits below 200/min are therefore always checked exactly;
-- it lives `ttl_s` (default 100 ms): requests of a lease that expires unused stay counted — at most one lease of
-  waste per process per `ttl_s`, which only makes the limiter stricter, never looser;
+- it lives `ttl_s` (the `rate_limit_lease_ms` setting): requests of a lease that expires unused stay counted — at
+  most one lease of waste per process per `ttl_s`, which only makes the limiter stricter, never looser;
 - the token budget is read when the lease is granted; usage is debited off the request path anyway
   (`gateway.ratelimit.policy.TokenLedger`), so a lease adds at most `ttl_s` to how late a spent token budget is noticed.
   Below `low_tokens` of its budget remaining, an identity is checked exactly again.

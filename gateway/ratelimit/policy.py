@@ -5,7 +5,8 @@ limits are the settings' defaults unless the key overrides them. A request is ad
 requests/min budget (and needs at least one token left); the tokens it really used are debited afterwards.
 Refusal → 429 envelope with `retry-after` and `x-ratelimit-*`; a limiter that fails closed → 503.
 Token usage is debited off the request path, summed per identity over `TokenLedger.interval_s` (one limiter
-call per identity per interval instead of one per request), so the token budget is enforced within ~50 ms.
+call per identity per interval instead of one per request), so a spent token budget is noticed within one
+interval.
 """
 
 from __future__ import annotations

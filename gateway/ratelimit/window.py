@@ -1,8 +1,8 @@
 """One-round-trip admission check on the `limits` library's sliding-window counters (a Lua script).
 
 Why a script: with the library's strategy API an admission check needs three round trips — window stats of
-the request and token limits, then the request hit — because each is its own Lua script call (≈ 300 µs of
-client CPU per check measured here, against ≈ 110–150 µs for one EVALSHA). `CHECK` does the same in one EVALSHA,
+the request and token limits, then the request hit — because each is its own Lua script call, and each call
+costs client CPU as well as a round trip. `CHECK` does the same in one EVALSHA,
 atomically: it reads both windows, refuses on tokens first, otherwise counts the request unless its budget is
 spent, and returns the raw window figures that the response headers need. It takes a batch of checks, so
 concurrent requests can share one call (`gateway.ratelimit.batching.GroupCommit`).

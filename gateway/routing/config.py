@@ -86,7 +86,7 @@ class TritonDeployment(_Strict):
 
     @property
     def local(self) -> bool:
-        """Local deployments keep prompts on this machine (no PII redaction by default)."""
+        """Local deployments keep prompts on the local host (no PII redaction by default)."""
         return True
 
 

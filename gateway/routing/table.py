@@ -36,7 +36,7 @@ class Deployment:
 
     @property
     def local(self) -> bool:
-        """Served on this machine (Triton)."""
+        """Served on the local host (Triton)."""
         return self.config.local
 
     @property

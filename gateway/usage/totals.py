@@ -3,7 +3,7 @@
 Redis holds all-time totals in hashes ``tritonstack:usage:key:{name}`` and ``tritonstack:usage:model:{name}``
 (fields `requests`, `prompt_tokens`, `completion_tokens`, `cost_micro_usd`, `cached`), indexed by two sets, so
 every gateway process adds to the same totals; `GET /admin/usage` reads them back. Increments are summed in
-memory and written in one pipelined round trip per `flush_interval_s` (50 ms), off the request path. Writes
+memory and written in one pipelined round trip per `flush_interval_s`, off the request path. Writes
 are guarded: a Redis outage loses those increments (counted in `gateway_redis_errors`), never fails a request.
 """
 
