@@ -4,7 +4,7 @@
     .venv/bin/python -m loadtest.soak --duration 15 --warmup 5  # a smoke run (tests/test_soak.py)
 
 Starts Redis, Triton (the models of `--repository` that have weights), one jobs worker and one gateway on free
-loopback ports (the `stack` launchers, as `tritonstack up` does), then runs for `--duration` seconds:
+loopback ports (`stack.up.start_stack`, as `tritonstack up` does), then runs for `--duration` seconds:
 embeddings clients, half cache-cold (a fresh sentence per request) and half cache-warm (a Zipf-popular hot
 set), one jobs client (submit, poll, fetch the result, repeat) and, when the repository has a smollm2 export,
 one chat client. Every `--sample-every` seconds it records the RSS, open file descriptors and established TCP
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -35,19 +36,16 @@ from typing import Any
 import aiohttp
 import psutil
 
-from stack.process import ManagedProcess, free_port
-from stack.redis import RedisServer
-from stack.triton import TritonOptions, TritonServer
-from stack.up import StackOptions, dev_api_key, gateway_process, http_ok, worker_process
+from stack.gateway import ENV_PREFIX as GATEWAY_ENV_PREFIX
+from stack.up import Stack, StackOptions, start_stack
 
 ROLES = ("gateway", "worker")
-# Gateway settings of the soak (the environment wins): rate limits on (the limiter's Redis path is exercised) but
-# far above what the soak sends; an in-process L1 cache small enough to be full before the warm-up ends. With
-# the default 10,000 entries (~1.1 KB each) the L1 fills at the cold-request rate for ~9 minutes, and that
-# bounded growth (+9.7 % RSS over a 10-minute run) would read as a leak.
-GATEWAY_DEFAULTS = {"TRITONSTACK_GATEWAY_REQUESTS_PER_MINUTE": "10000000",
-                    "TRITONSTACK_GATEWAY_TOKENS_PER_MINUTE": "1000000000",
-                    "TRITONSTACK_GATEWAY_CACHE_L1_SIZE": "500"}
+# Gateway settings of the soak (the environment's win): rate limits on, so the limiter's Redis path is exercised,
+# but far above what the soak sends; an in-process L1 cache small enough to be full before the warm-up ends. The
+# default L1 keeps filling with cold requests for most of a 10-minute run, and that bounded growth would read as
+# a leak.
+GATEWAY_DEFAULTS: dict[str, object] = {"requests_per_minute": 10_000_000, "tokens_per_minute": 1_000_000_000,
+                                       "cache_l1_size": 500}
 HOT_SET = 200
 WORDS = ("model", "serving", "batch", "latency", "vector", "token", "gateway", "queue", "cache", "triton")
 
@@ -106,36 +104,15 @@ def loadable_models(repository: Path) -> list[str]:
     return models
 
 
-def start_stack(opts: SoakOptions, state: Path) -> tuple[list[ManagedProcess], StackOptions, list[str]]:
-    """Redis, Triton, worker and gateway on free ports, each ready; everything stopped again on failure."""
+def start(opts: SoakOptions, state: Path) -> tuple[Stack, list[str]]:
+    """Redis, Triton (the exported models), worker and gateway on free ports, each ready; the models served."""
     models = loadable_models(opts.repository)
     if not models:
         raise SystemExit(f"no exported model in {opts.repository}: run `tritonstack export minilm` first")
-    redis_port = free_port()
-    stack = StackOptions(repository=opts.repository, state_dir=state, redis_url=f"redis://127.0.0.1:{redis_port}/0",
-                         triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port(),
-                         gateway_port=free_port(), worker_metrics_port=free_port())
-    started: list[ManagedProcess] = []
-    try:
-        redis = RedisServer(redis_port, log_path=state / "redis.log")
-        started.append(redis.start_and_wait())
-        triton = TritonServer(TritonOptions(opts.repository, http_port=stack.triton_http_port,
-                                            grpc_port=stack.triton_grpc_port, metrics_port=stack.triton_metrics_port,
-                                            models=models), state_dir=state, log_path=state / "triton.log")
-        started.append(triton.start_and_wait())
-        key = dev_api_key(state)
-        worker = worker_process(stack, key).start()
-        started.append(worker)
-        worker.wait_ready(lambda: http_ok(f"http://127.0.0.1:{stack.worker_metrics_port}/metrics"), timeout=60)
-        gateway = gateway_process(stack, key)
-        gateway.env = {**GATEWAY_DEFAULTS, **(gateway.env or {})}
-        started.append(gateway.start())
-        gateway.wait_ready(lambda: http_ok(f"http://127.0.0.1:{stack.gateway_port}/healthz"), timeout=60)
-    except BaseException:
-        for process in reversed(started):
-            process.stop()
-        raise
-    return started, stack, models
+    defaults = {name: value for name, value in GATEWAY_DEFAULTS.items()
+                if f"{GATEWAY_ENV_PREFIX}{name.upper()}" not in os.environ}
+    stack = start_stack(StackOptions.on_free_ports(opts.repository, state, models=models, gateway_settings=defaults))
+    return stack, models
 
 
 def read_process(pid: int) -> tuple[float, int, int]:
@@ -280,15 +257,11 @@ def run(opts: SoakOptions) -> Report:
     """Start the stack, soak, stop the stack; the judged report."""
     state = opts.state_dir or Path(tempfile.mkdtemp(prefix="tritonstack-soak-"))
     state.mkdir(parents=True, exist_ok=True)
-    processes, stack, models = start_stack(opts, state)
-    try:
-        gateway, worker = processes[-1], processes[-2]
-        pids = {"gateway": gateway.pid, "worker": worker.pid}
-        url = f"http://127.0.0.1:{stack.gateway_port}"
-        report = asyncio.run(drive(url, dev_api_key(state), pids, opts, chat="smollm2" in models))
-    finally:
-        for process in reversed(processes):
-            process.stop()
+    stack, models = start(opts, state)
+    with stack:
+        assert stack.gateway is not None and stack.worker is not None and stack.api_key is not None
+        pids = {"gateway": stack.gateway.process.pid, "worker": stack.worker.process.pid}
+        report = asyncio.run(drive(stack.gateway.url, stack.api_key, pids, opts, chat="smollm2" in models))
     judge(report, opts)
     return report
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -30,6 +34,43 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True when a GET of `url` answers 200 (a readiness check)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def console_script(name: str = "tritonstack") -> str:
+    """The path of a console script of this interpreter's environment (how the parts are started)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def settings_env(prefix: str, settings: Mapping[str, object]) -> dict[str, str]:
+    """Settings (pydantic-settings field names, any case) as `prefix` + NAME environment variables: lists, tuples,
+    sets and dicts as JSON (as pydantic-settings parses them), booleans as true/false, the rest as text."""
+    env = {}
+    for name, value in settings.items():
+        if isinstance(value, (list, tuple, set, frozenset)):
+            text = json.dumps(sorted(value) if isinstance(value, (set, frozenset)) else list(value))
+        elif isinstance(value, dict):
+            text = json.dumps(value)
+        elif isinstance(value, bool):
+            text = str(value).lower()
+        else:
+            text = str(value)
+        env[f"{prefix}{name.upper()}"] = text
+    return env
+
+
+def stop_all(processes: Iterable[ManagedProcess]) -> None:
+    """Stop `processes` in reverse order (the last started first)."""
+    for process in reversed(list(processes)):
+        process.stop()
 
 
 class ManagedProcess:
@@ -57,6 +98,7 @@ class ManagedProcess:
         self._log = None
 
     def start(self) -> ManagedProcess:
+        """Spawn the command (its output to `log_path` when given); returns at once."""
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
@@ -72,14 +114,17 @@ class ManagedProcess:
 
     @property
     def pid(self) -> int:
+        """The leader's process id (also its process group's)."""
         if self.proc is None:
             raise ProcessError(f"{self.name} was never started")
         return self.proc.pid
 
     def alive(self) -> bool:
+        """True while the leader runs."""
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of the log (empty without one)."""
         if self.log_path is None or not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -97,7 +142,18 @@ class ManagedProcess:
         self.stop()
         raise ProcessError(f"{self.name} was not ready after {timeout:.0f}s\n{self.log_tail()}")
 
+    def start_ready(self, check: Callable[[], bool], timeout: float, interval: float = 0.1) -> ManagedProcess:
+        """Start, then wait until `check` holds; on any failure (or Ctrl-C) stop the process group and re-raise."""
+        self.start()
+        try:
+            self.wait_ready(check, timeout=timeout, interval=interval)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
     def signal(self, sig: int) -> None:
+        """Send `sig` to the whole process group."""
         if self.alive():
             os.killpg(self.pid, sig)
 

@@ -12,12 +12,10 @@ import os
 import shutil
 import sys
 import sysconfig
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stack.process import ManagedProcess, ProcessError
+from stack.process import ManagedProcess, ProcessError, free_port, http_ok
 
 
 class TritonNotInstalledError(ProcessError):
@@ -121,8 +119,15 @@ class TritonOptions:
     exit_timeout_s: int = 5
     extra_args: list[str] = field(default_factory=list)
 
+    @classmethod
+    def on_free_ports(cls, repository: Path, **options: object) -> TritonOptions:
+        """Options with free loopback HTTP, gRPC and metrics ports (unless `options` name them)."""
+        ports: dict[str, object] = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+        return cls(repository, **{**ports, **options})  # type: ignore[arg-type]
+
 
 def server_argv(dist: TritonDistribution, backend_dir: Path, opts: TritonOptions) -> list[str]:
+    """`tritonserver`'s command line: explicit model control, CPU only, no pinned or CUDA memory pools."""
     argv = [
         str(dist.binary),
         f"--model-repository={opts.repository.resolve()}",
@@ -169,21 +174,25 @@ class TritonServer(ManagedProcess):
 
     @property
     def http_url(self) -> str:
+        """host:port of the HTTP endpoint (KServe v2)."""
         return f"{self.opts.host}:{self.opts.http_port}"
 
     @property
     def grpc_url(self) -> str:
+        """host:port of the gRPC endpoint."""
         return f"{self.opts.host}:{self.opts.grpc_port}"
 
     def ready(self) -> bool:
-        url = f"http://{self.http_url}/v2/health/ready"
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        """True once /v2/health/ready answers 200 (every model loaded: strict readiness)."""
+        return http_ok(f"http://{self.http_url}/v2/health/ready")
 
     def start_and_wait(self, timeout: float = 180.0) -> TritonServer:
-        self.start()
-        self.wait_ready(self.ready, timeout=timeout, interval=0.25)
+        """Start and wait until every model is ready (stopped again if that fails)."""
+        self.start_ready(self.ready, timeout=timeout, interval=0.25)
         return self
+
+
+def start_triton(opts: TritonOptions, state_dir: Path, *, log_path: Path | None = None,
+                 timeout: float = 180.0) -> TritonServer:
+    """Triton with `opts` (its backend directory under `state_dir`), every model ready."""
+    return TritonServer(opts, state_dir=state_dir, log_path=log_path).start_and_wait(timeout)

@@ -1,21 +1,22 @@
-"""`tritonstack up`: Redis (when none is reachable) + Triton + jobs worker + gateway; Ctrl-C stops all."""
+"""A local stack, or any subset of it: Redis (unless one answers), Triton, the jobs worker and the gateway, each
+started on its port and ready before the next; `Stack.stop()` stops them in reverse.
+
+`tritonstack up` runs every part on the documented ports; the soak, the benchmarks and the tests choose parts and
+free ports (`StackOptions.on_free_ports`).
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import secrets
-import sys
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
-from stack.process import ManagedProcess, ProcessError, port_open
-from stack.redis import RedisServer
-from stack.triton import TritonOptions, TritonServer
+from stack.gateway import GatewayProcess, api_key_entry, start_gateway
+from stack.process import ManagedProcess, free_port, stop_all
+from stack.redis import RedisServer, redis_unless_running
+from stack.triton import TritonOptions, TritonServer, start_triton
+from stack.worker import WorkerProcess, start_worker
 
 DEFAULT_ROUTES = Path(__file__).resolve().parents[1] / "deploy" / "routes.local.yaml"
 ROUTES_ENV = "TRITONSTACK_GATEWAY_ROUTES_FILE"
@@ -29,10 +30,10 @@ DEV_TOKENS_PER_MINUTE = 1_000_000_000
 
 @dataclass
 class StackOptions:
-    """Where each part listens; defaults are the documented ports."""
+    """Which parts to start and where each listens; defaults are every part on the documented ports."""
 
     repository: Path
-    state_dir: Path
+    state_dir: Path  # logs, Triton's backend directory, the development key, the rollouts file
     redis_url: str = "redis://127.0.0.1:6379/0"
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
@@ -41,6 +42,56 @@ class StackOptions:
     gateway_port: int = 8080
     worker_metrics_port: int = 9500
     routes_file: Path = DEFAULT_ROUTES  # chat routes (model "smollm2" → local Triton); the environment's wins
+    models: list[str] = field(default_factory=lambda: ["*"])  # what Triton loads
+    # more gateway settings (`GatewaySettings` field names) over the environment's; the worker gets them too
+    gateway_settings: dict[str, object] = field(default_factory=dict)
+    redis: bool = True  # start a redis-server when none answers at `redis_url` (False: use the URL as it is)
+    triton: bool = True
+    worker: bool = True
+    gateway: bool = True
+
+    @classmethod
+    def on_free_ports(cls, repository: Path, state_dir: Path, **options: object) -> StackOptions:
+        """Every port a free loopback one (so a fresh Redis starts), unless `options` name it."""
+        ports: dict[str, object] = {
+            "redis_url": f"redis://127.0.0.1:{free_port()}/0", "triton_http_port": free_port(),
+            "triton_grpc_port": free_port(), "triton_metrics_port": free_port(), "gateway_port": free_port(),
+            "worker_metrics_port": free_port(),
+        }
+        return cls(repository, state_dir, **{**ports, **options})  # type: ignore[arg-type]
+
+    @property
+    def gateway_url(self) -> str:
+        """The gateway's base URL."""
+        return f"http://{self.gateway_host}:{self.gateway_port}"
+
+
+@dataclass
+class Stack:
+    """The started parts (None: not started) and the development API key (None without a gateway or worker)."""
+
+    options: StackOptions
+    api_key: str | None = None
+    redis: RedisServer | None = None  # None also when an existing Redis answered
+    triton: TritonServer | None = None
+    worker: WorkerProcess | None = None
+    gateway: GatewayProcess | None = None
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        """The started processes, in start order."""
+        parts = (self.redis, self.triton, self.worker and self.worker.process, self.gateway and self.gateway.process)
+        return [p for p in parts if p is not None]
+
+    def stop(self) -> None:
+        """Stop every part, the last started first."""
+        stop_all(self.processes)
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def dev_api_key(state_dir: Path) -> str:
@@ -67,90 +118,58 @@ def ensure_rollouts_file(opts: StackOptions) -> None:
         write_rollouts(path, RolloutsConfig())
 
 
-def redis_for(opts: StackOptions) -> RedisServer | None:
-    """None when a Redis already answers at the URL; otherwise a local redis-server to start on its port."""
-    url = urlparse(opts.redis_url)
-    host, port = url.hostname or "127.0.0.1", url.port or 6379
-    if port_open(host, port):
-        return None
-    if host not in {"127.0.0.1", "localhost"}:
-        raise ProcessError(f"no Redis reachable at {opts.redis_url}, and it is not local, so none can be started")
-    return RedisServer(port, host="127.0.0.1", log_path=opts.state_dir / "redis.log")
-
-
-def gateway_env(opts: StackOptions, api_key: str) -> dict[str, str]:
-    """`TRITONSTACK_GATEWAY_*` of the stack (the worker reads them too: chat jobs use the same routes, budgets)."""
-    keys = [{"name": "dev", "sha256": hashlib.sha256(api_key.encode()).hexdigest(), "scopes": ["admin"],
-             "requests_per_minute": DEV_REQUESTS_PER_MINUTE, "tokens_per_minute": DEV_TOKENS_PER_MINUTE}]
-    env = {
-        "TRITONSTACK_GATEWAY_TRITON_GRPC_URL": f"127.0.0.1:{opts.triton_grpc_port}",
-        "TRITONSTACK_GATEWAY_TRITON_HTTP_URL": f"127.0.0.1:{opts.triton_http_port}",
-        "TRITONSTACK_GATEWAY_REDIS_URL": opts.redis_url,
-        "TRITONSTACK_GATEWAY_API_KEYS": json.dumps(keys),
+def gateway_settings(opts: StackOptions, api_key: str) -> dict[str, object]:
+    """The stack's gateway settings (the worker reads them too: chat jobs use the same routes and budgets): its
+    Triton and Redis, the development key, the routes and rollouts files unless the environment names them, then
+    `opts.gateway_settings`."""
+    key = api_key_entry("dev", api_key, scopes=["admin"], requests_per_minute=DEV_REQUESTS_PER_MINUTE,
+                        tokens_per_minute=DEV_TOKENS_PER_MINUTE)
+    settings: dict[str, object] = {
+        "triton_grpc_url": f"127.0.0.1:{opts.triton_grpc_port}",
+        "triton_http_url": f"127.0.0.1:{opts.triton_http_port}",
+        "redis_url": opts.redis_url,
+        "api_keys": [key],
     }
     if ROUTES_ENV not in os.environ:
-        env[ROUTES_ENV] = str(opts.routes_file)
+        settings["routes_file"] = str(opts.routes_file)
     if ROLLOUTS_ENV not in os.environ:  # model versions: `tritonstack model promote|rollback|load` write it
-        env[ROLLOUTS_ENV] = str(rollouts_path(opts).resolve())
-    return env
+        settings["rollouts_file"] = str(rollouts_path(opts).resolve())
+    return {**settings, **opts.gateway_settings}
 
 
-def gateway_process(opts: StackOptions, api_key: str) -> ManagedProcess:
-    cli = Path(sys.executable).parent / "tritonstack"
-    argv = [str(cli), "gateway", "--host", opts.gateway_host, "--port", str(opts.gateway_port)]
-    return ManagedProcess("gateway", argv, env={**os.environ, **gateway_env(opts, api_key)},
-                          log_path=opts.state_dir / "gateway.log")
+def worker_settings(opts: StackOptions) -> dict[str, object]:
+    """The stack's worker settings: its Redis and Triton, tokenizers from the repository."""
+    return {"redis_url": opts.redis_url, "triton_grpc_url": f"127.0.0.1:{opts.triton_grpc_port}",
+            "model_repository": str(opts.repository.resolve())}
 
 
-def worker_process(opts: StackOptions, api_key: str) -> ManagedProcess:
-    """`tritonstack worker` on the stack's Redis and Triton (tokenizers from the repository)."""
-    env = {
-        "TRITONSTACK_WORKER_REDIS_URL": opts.redis_url,
-        "TRITONSTACK_WORKER_TRITON_GRPC_URL": f"127.0.0.1:{opts.triton_grpc_port}",
-        "TRITONSTACK_WORKER_MODEL_REPOSITORY": str(opts.repository.resolve()),
-        "TRITONSTACK_WORKER_METRICS_PORT": str(opts.worker_metrics_port),
-    }
-    cli = Path(sys.executable).parent / "tritonstack"
-    return ManagedProcess("worker", [str(cli), "worker"], env={**os.environ, **gateway_env(opts, api_key), **env},
-                          log_path=opts.state_dir / "worker.log")
-
-
-def http_ok(url: str) -> bool:
+def start_stack(opts: StackOptions) -> Stack:
+    """Start the chosen parts in dependency order, each ready before the next; on failure stop what started."""
+    stack = Stack(opts)
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def start_stack(opts: StackOptions) -> list[ManagedProcess]:
-    """Start every part in dependency order and wait for each to be ready; stop what started on failure."""
-    started: list[ManagedProcess] = []
-    try:
-        redis = redis_for(opts)
-        if redis is not None:
-            started.append(redis.start_and_wait())
-        triton = TritonServer(
-            TritonOptions(
-                opts.repository,
-                http_port=opts.triton_http_port,
-                grpc_port=opts.triton_grpc_port,
-                metrics_port=opts.triton_metrics_port,
-            ),
-            state_dir=opts.state_dir,
-            log_path=opts.state_dir / "triton.log",
-        )
-        started.append(triton.start_and_wait())
-        worker = worker_process(opts, dev_api_key(opts.state_dir)).start()
-        started.append(worker)
-        worker.wait_ready(lambda: http_ok(f"http://127.0.0.1:{opts.worker_metrics_port}/metrics"), timeout=60)
-        ensure_rollouts_file(opts)
-        gateway = gateway_process(opts, dev_api_key(opts.state_dir)).start()
-        started.append(gateway)
-        health = f"http://{opts.gateway_host}:{opts.gateway_port}/healthz"
-        gateway.wait_ready(lambda: http_ok(health), timeout=60)
+        _start_parts(stack)
     except BaseException:
-        for process in reversed(started):
-            process.stop()
+        stack.stop()
         raise
-    return started
+    return stack
+
+
+def _start_parts(stack: Stack) -> None:
+    opts, logs = stack.options, stack.options.state_dir
+    if opts.redis and (redis := redis_unless_running(opts.redis_url, log_path=logs / "redis.log")) is not None:
+        stack.redis = redis.start_and_wait()
+    if opts.triton:
+        triton = TritonOptions(opts.repository, http_port=opts.triton_http_port, grpc_port=opts.triton_grpc_port,
+                               metrics_port=opts.triton_metrics_port, models=list(opts.models))
+        stack.triton = start_triton(triton, opts.state_dir, log_path=logs / "triton.log")
+    if not (opts.worker or opts.gateway):
+        return
+    stack.api_key = dev_api_key(opts.state_dir)
+    if opts.worker:
+        stack.worker = start_worker(worker_settings(opts), metrics_port=opts.worker_metrics_port,
+                                    gateway_settings=gateway_settings(opts, stack.api_key),
+                                    log_path=logs / "worker.log")
+    if opts.gateway:
+        ensure_rollouts_file(opts)
+        stack.gateway = start_gateway(gateway_settings(opts, stack.api_key), port=opts.gateway_port,
+                                      host=opts.gateway_host, log_path=logs / "gateway.log")

@@ -13,7 +13,6 @@ import itertools
 import json
 import math
 import os
-import sys
 import threading
 import time
 import uuid
@@ -25,8 +24,9 @@ from typing import Any
 import aiohttp
 import httpx
 
+from stack.gateway import ENV_PREFIX as GATEWAY_ENV_PREFIX
+from stack.gateway import start_gateway
 from stack.process import ManagedProcess, free_port
-from stack.up import http_ok
 
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 
@@ -176,16 +176,10 @@ def poll_until(check: Callable[[], bool], within_s: float, what: str, interval: 
 
 def spawn_gateway(settings: dict[str, Any], log_dir: Path) -> tuple[ManagedProcess, str]:
     """`tritonstack gateway` as its own process (own GIL and event loop, like production) with `settings` as
-    `TRITONSTACK_GATEWAY_*`; ready once `/healthz` answers. The caller stops the process."""
+    `TRITONSTACK_GATEWAY_*` (none from this process's environment); ready once `/healthz` answers. The caller
+    stops the process."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRITONSTACK_GATEWAY_")}
-    for name, value in settings.items():
-        text = json.dumps(value) if isinstance(value, (list, dict)) else str(value).lower() if isinstance(
-            value, bool) else str(value)
-        env[f"TRITONSTACK_GATEWAY_{name.upper()}"] = text
-    argv = [str(Path(sys.executable).parent / "tritonstack"), "gateway", "--port", str(port), "--log-level",
-            "warning"]
-    process = ManagedProcess(f"gateway-{port}", argv, env=env, log_path=log_dir / f"gateway-{port}.log").start()
-    url = f"http://127.0.0.1:{port}"
-    process.wait_ready(lambda: http_ok(f"{url}/healthz"), timeout=60)
-    return process, url
+    env = {k: v for k, v in os.environ.items() if not k.startswith(GATEWAY_ENV_PREFIX)}
+    gateway = start_gateway(settings, port=port, name=f"gateway-{port}", log_path=log_dir / f"gateway-{port}.log",
+                            log_level="warning", base_env=env)
+    return gateway.process, gateway.url

@@ -30,7 +30,7 @@ from gateway.rollout.service import VERSION_HEADER
 from stack.process import free_port
 from stack.redis import RedisServer
 from stack.triton import TritonServer
-from stack.up import ROLLOUTS_ENV, StackOptions, ensure_rollouts_file, gateway_env, rollouts_path
+from stack.up import ROLLOUTS_ENV, StackOptions, ensure_rollouts_file, gateway_settings, rollouts_path
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
 from tests.fixtures.servers import start_triton, two_version_repository
 from tritonstack.cli import app as cli
@@ -131,14 +131,15 @@ def test_up_gives_its_gateway_the_rollouts_file_the_cli_writes(tmp_path: Path, m
                                                                ) -> None:
     monkeypatch.delenv(ROLLOUTS_ENV, raising=False)
     opts = StackOptions(repository=tmp_path / "repository", state_dir=tmp_path / "state")
-    assert gateway_env(opts, "ts-dev-key")[ROLLOUTS_ENV] == str((tmp_path / "state" / "rollouts.yaml").resolve())
+    expected = str((tmp_path / "state" / "rollouts.yaml").resolve())
+    assert gateway_settings(opts, "ts-dev-key")["rollouts_file"] == expected
     ensure_rollouts_file(opts)
     assert load_rollouts(rollouts_path(opts), missing_ok=False) == RolloutsConfig()
     # `tritonstack model …` defaults to the file of `tritonstack up`'s default state directory
     assert rollouts_path(StackOptions(repository=Path("model_repository"), state_dir=Path(".tritonstack"))) \
         == DEFAULT_ROLLOUTS_FILE
     monkeypatch.setenv(ROLLOUTS_ENV, str(tmp_path / "elsewhere.yaml"))  # the operator's setting wins
-    assert ROLLOUTS_ENV not in gateway_env(opts, "ts-dev-key")
+    assert "rollouts_file" not in gateway_settings(opts, "ts-dev-key")
 
 
 def test_export_names_the_command_that_serves_the_new_version(tmp_path: Path) -> None:

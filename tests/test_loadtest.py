@@ -159,9 +159,10 @@ def test_key_limit_refusals_are_named_with_the_fix(triton_server: TritonServer, 
 
 def test_up_gives_its_development_key_load_test_limits(tmp_path: Path) -> None:
     from gateway.ratelimit.policy import key_limits
-    from stack.up import StackOptions, gateway_env
+    from stack.gateway import gateway_env
+    from stack.up import StackOptions, gateway_settings
 
-    env = gateway_env(StackOptions(repository=tmp_path, state_dir=tmp_path), "ts-dev-test")
+    env = gateway_env(gateway_settings(StackOptions(repository=tmp_path, state_dir=tmp_path), "ts-dev-test"))
     settings = GatewaySettings(api_keys=json.loads(env["TRITONSTACK_GATEWAY_API_KEYS"]))
     (dev_key,) = settings.api_keys
     assert dev_key.sha256 == hash_api_key("ts-dev-test") and dev_key.scopes == {"admin"}

@@ -21,9 +21,11 @@ import redis
 from gateway.config import GatewaySettings
 from gateway.jobqueue.egress import ALLOW_PRIVATE_ENV, ALLOW_PRIVATE_ENV_NAMES
 from jobs.config import WorkerConfig
+from stack.gateway import gateway_env
 from stack.redis import RedisServer
 from stack.triton import TritonServer
-from stack.up import StackOptions, gateway_process, worker_process
+from stack.up import StackOptions, gateway_settings, worker_settings
+from stack.worker import worker_env
 from tests.envelope import assert_envelope
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
 from tests.fixtures.jobs import WebhookSink, Worker, new_queue, start_worker
@@ -118,10 +120,11 @@ def test_the_stack_wide_name_wins_over_the_old_ones() -> None:
 def test_tritonstack_up_gives_gateway_and_worker_the_same_policy(tmp_path: Path, value: str) -> None:
     opts = StackOptions(repository=tmp_path, state_dir=tmp_path)
     with _webhook_env(**{ALLOW_PRIVATE_ENV: value}):
-        gateway_env, worker_env = gateway_process(opts, "k").env or {}, worker_process(opts, "k").env or {}
-    with mock.patch.dict(os.environ, gateway_env, clear=True):
+        for_gateway = gateway_env(gateway_settings(opts, "k"))
+        for_worker = worker_env(worker_settings(opts), gateway_settings=gateway_settings(opts, "k"))
+    with mock.patch.dict(os.environ, for_gateway, clear=True):
         in_gateway = GatewaySettings().jobs_webhook_allow_private
-    with mock.patch.dict(os.environ, worker_env, clear=True):
+    with mock.patch.dict(os.environ, for_worker, clear=True):
         in_worker = WorkerConfig().webhook_allow_private
     assert in_gateway is in_worker is (value == "true")
 

@@ -38,7 +38,7 @@ def triton(
     """Run the Triton server bundled in the nvidia-pytriton wheel (CPU, python backend) until Ctrl-C."""
     from stack.process import ProcessError
     from stack.run import console, supervise
-    from stack.triton import TritonOptions, TritonServer
+    from stack.triton import TritonOptions, start_triton
 
     opts = TritonOptions(
         repository=repository,
@@ -50,18 +50,12 @@ def triton(
         response_cache_bytes=response_cache_mb << 20,
     )
     try:
-        server = TritonServer(opts, state_dir=state_dir.resolve(), log_path=state_dir.resolve() / "triton.log")
-    except ProcessError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    try:
         with console.status(f"starting Triton on {repository} …"):
-            server.start_and_wait()
+            server = start_triton(opts, state_dir.resolve(), log_path=state_dir.resolve() / "triton.log")
     except ProcessError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
-        server.stop()
         raise typer.Exit(130) from None
     console.print(
         f"[green]Triton ready[/green] http://{server.http_url} grpc://{server.grpc_url} "
@@ -80,25 +74,25 @@ def up(
     """Redis (if none is reachable) + Triton + jobs worker + gateway, in the foreground; Ctrl-C stops all."""
     from stack.process import ProcessError
     from stack.run import console, supervise
-    from stack.up import StackOptions, dev_api_key, start_stack
+    from stack.up import StackOptions, start_stack
 
     opts = StackOptions(
         repository=repository, state_dir=state_dir.resolve(), redis_url=redis_url, gateway_port=gateway_port
     )
     try:
         with console.status("starting Redis, Triton, the jobs worker and the gateway …"):
-            processes = start_stack(opts)
+            stack = start_stack(opts)
     except ProcessError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
-    base = f"http://127.0.0.1:{gateway_port}"
+    base = opts.gateway_url
     console.print(
         f"[green]tritonstack is up[/green]: gateway {base} (OpenAI: {base}/v1, KServe v2: {base}/v2, "
         f"metrics: {base}/metrics; jobs: {base}/v1/jobs, worker metrics: "
         f"http://127.0.0.1:{opts.worker_metrics_port}/metrics)\n"
-        f"development API key: [bold]{dev_api_key(opts.state_dir)}[/bold]  (logs in {state_dir}/); Ctrl-C stops all"
+        f"development API key: [bold]{stack.api_key}[/bold]  (logs in {state_dir}/); Ctrl-C stops all"
     )
-    raise typer.Exit(supervise(processes))
+    raise typer.Exit(supervise(stack.processes))
 
 
 @app.command("loadtest")

@@ -1,1 +1,2 @@
-"""Benchmarks: separate from tests, ratios measured in one run, results written to docs/BENCHMARKS.md."""
+"""Benchmarks: separate from tests, each ratio from the runs of one invocation, results written to
+docs/BENCHMARKS.md."""

@@ -1,4 +1,4 @@
-"""`tritonstack bench baseline`: the naive FastAPI + sentence-transformers service, measured with wrk.
+"""`tritonstack bench baseline`: the naive FastAPI + sentence-transformers service, timed with wrk.
 
 Starts `loadtest.baselines.naive_st` on a free port, warms it up, and drives a closed loop of unique
 one-sentence `/v1/embeddings` requests (the gateway bench's body) at each concurrency. Writes the `baseline`
@@ -12,40 +12,24 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 from loadtest.bench import plots
 from loadtest.bench.report import machine_description, markdown_table, write_section
 from loadtest.wrk import WrkResult, run_wrk
-from stack.process import free_port
+from stack.process import ManagedProcess, free_port, http_ok
 
 Runs = dict[str, dict[int, list[WrkResult]]]
 EMBED_BODY = '{"model":"minilm","input":"{TEXT}","encoding_format":"base64"}'
 
 
-def start_baseline(port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_baseline(port: int, log: Path) -> ManagedProcess:
     """The naive service in its own process; returns once /health answers."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "loadtest.baselines.naive_st", "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the baseline exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)  # polling the child's readiness
-    proc.kill()
-    raise RuntimeError(f"the baseline did not start in 120 s; see {log}")
+    proc = ManagedProcess("naive-baseline", [sys.executable, "-m", "loadtest.baselines.naive_st", "--port", str(port)],
+                          log_path=log)
+    return proc.start_ready(lambda: http_ok(f"http://127.0.0.1:{port}/health"), timeout=120, interval=0.5)
 
 
 NAIVE = "naive FastAPI + sentence-transformers"
@@ -78,7 +62,7 @@ def measure(targets: list[Target], concurrencies: list[int], duration_s: int, ro
     return runs
 
 
-# (numerator, denominator, target at c=32): ratios stated when both series were measured
+# (numerator, denominator, target at c=32): ratios stated when both series ran
 RATIOS = (
     ("gateway /v1/embeddings (cache-cold)", NAIVE, "≥ 7×"),
     ("gateway /v1/embeddings (cache-cold)", "Triton direct (KServe v2 JSON, batched)", "≥ 0.85×"),
@@ -172,8 +156,7 @@ def run(duration_s: int, concurrencies: list[int], rounds: int, output: Path | N
     try:
         runs = measure(everything, sorted(concurrencies), duration_s, rounds)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        proc.stop()
     s = plots.from_wrk_runs(runs)
     plots.save_series(img_dir, "baseline", s, {"command": command, "load generator": "wrk"})
     plots.draw(img_dir)

@@ -2,7 +2,8 @@
 fake upstream called directly, with `wrk` (closed loop, unique prompts: never cached).
 
 Added p50 latency at c=1 = p50(gateway) − p50(direct); throughput at c=32 both ways. Each server is its own
-process (the gateway as `tritonstack gateway` runs it); a throwaway redis-server serves the gateway's Redis. Run:
+process (the gateway as `tritonstack gateway` runs it, `stack.gateway`); a throwaway redis-server
+(`stack.redis`) serves the gateway's Redis. Run:
 
     .venv/bin/python -m loadtest.bench.chat [--duration 10] [--output docs/BENCHMARKS.md]
 """
@@ -10,8 +11,6 @@ process (the gateway as `tritonstack gateway` runs it); a throwaway redis-server
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import secrets
 import sys
 import tempfile
@@ -20,42 +19,34 @@ from pathlib import Path
 import httpx
 import yaml
 
-from gateway.config import hash_api_key
 from loadtest.bench.report import machine_description, markdown_table, write_section
 from loadtest.wrk import WrkResult, run_wrk
-from stack.process import ManagedProcess, free_port, port_open
-from stack.redis import RedisServer
+from stack.gateway import GatewayProcess, api_key_entry, start_gateway
+from stack.process import ManagedProcess, free_port, port_open, stop_all
+from stack.redis import start_redis
 
 BODY = '{"model":"%s","messages":[{"role":"user","content":"{TEXT}"}],"max_tokens":32}'
 
 
-def _python_server(name: str, argv: list[str], port: int, log: Path, env: dict[str, str] | None = None
-                   ) -> ManagedProcess:
-    proc = ManagedProcess(name, [sys.executable, *argv], env={**os.environ, **(env or {})}, log_path=log).start()
-    proc.wait_ready(lambda: port_open("127.0.0.1", port), timeout=30)
-    return proc
-
-
 def start_fake(tmp: Path) -> tuple[ManagedProcess, int]:
+    """The fake OpenAI upstream (`tests.fake_llm`) on a free port, accepting connections."""
     port = free_port()
-    return _python_server("fake-llm", ["-m", "tests.fake_llm", "--port", str(port)], port, tmp / "fake.log"), port
+    fake = ManagedProcess("fake-llm", [sys.executable, "-m", "tests.fake_llm", "--port", str(port)],
+                          log_path=tmp / "fake.log")
+    fake.start_ready(lambda: port_open("127.0.0.1", port), timeout=30)
+    return fake, port
 
 
-def start_gateway(tmp: Path, fake_port: int, redis_url: str, key: str) -> tuple[ManagedProcess, int]:
+def start_chat_gateway(tmp: Path, fake_port: int, redis_url: str, key: str) -> GatewayProcess:
+    """`tritonstack gateway` with one route, `chat`, to the fake; ready on /healthz."""
     routes = {"deployments": {"fake": {"kind": "openai", "base_url": f"http://127.0.0.1:{fake_port}/v1",
                                        "model": "fake-model", "timeout_s": 10}},
               "routes": {"chat": {"deployments": ["fake"]}}}
     path = tmp / "routes.yaml"
     path.write_text(yaml.safe_dump(routes))
-    port = free_port()
-    env = {"TRITONSTACK_GATEWAY_ROUTES_FILE": str(path), "TRITONSTACK_GATEWAY_REDIS_URL": redis_url,
-           "TRITONSTACK_GATEWAY_API_KEYS": json.dumps([{"name": "bench", "sha256": hash_api_key(key)}]),
-           "TRITONSTACK_GATEWAY_REQUESTS_PER_MINUTE": "100000000",
-           "TRITONSTACK_GATEWAY_TOKENS_PER_MINUTE": "1000000000",
-           "TRITONSTACK_GATEWAY_LOG_LEVEL": "warning"}
-    cli = str(Path(sys.executable).parent / "tritonstack")  # the gateway as deployed (`tritonstack gateway`)
-    argv = [cli, "gateway", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    return _python_server("gateway", argv, port, tmp / "gateway.log", env), port
+    settings = {"routes_file": str(path), "redis_url": redis_url, "api_keys": [api_key_entry("bench", key)],
+                "requests_per_minute": 100_000_000, "tokens_per_minute": 1_000_000_000, "log_level": "warning"}
+    return start_gateway(settings, port=free_port(), log_path=tmp / "gateway.log", log_level="warning", timeout=30)
 
 
 def measure(url: str, model: str, key: str | None, duration_s: int) -> tuple[WrkResult, WrkResult]:
@@ -91,22 +82,21 @@ def render(direct: tuple[WrkResult, WrkResult], gateway: tuple[WrkResult, WrkRes
 
 
 def run(duration_s: int, output: Path | None, command: str) -> str:
-    """Start redis, the fake and the gateway; measure; write the section (unless `output` is None)."""
+    """Start redis, the fake and the gateway; time both paths; write the section (unless `output` is None)."""
     key = f"sk-bench-{secrets.token_hex(8)}"
     with tempfile.TemporaryDirectory(prefix="tritonstack-chat-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        redis = RedisServer(free_port(), log_path=tmp / "redis.log").start_and_wait()
+        redis = start_redis(log_path=tmp / "redis.log")
         procs: list[ManagedProcess] = [redis]
         try:
             fake, fake_port = start_fake(tmp)
             procs.append(fake)
-            gateway, gw_port = start_gateway(tmp, fake_port, redis.url, key)
-            procs.append(gateway)
+            gateway = start_chat_gateway(tmp, fake_port, redis.url, key)
+            procs.append(gateway.process)
             direct = measure(f"http://127.0.0.1:{fake_port}/v1/chat/completions", "fake-model", None, duration_s)
-            via = measure(f"http://127.0.0.1:{gw_port}/v1/chat/completions", "chat", key, duration_s)
+            via = measure(f"{gateway.url}/v1/chat/completions", "chat", key, duration_s)
         finally:
-            for proc in reversed(procs):
-                proc.stop()
+            stop_all(procs)
     markdown = render(direct, via, command)
     if output is not None:
         write_section(output, "chat", markdown)

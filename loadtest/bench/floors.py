@@ -1,4 +1,4 @@
-"""Floors of the gateway's added latency at c=1: what a bare Python hop in front of Triton costs on this machine.
+"""Floors of the gateway's added latency at c=1: what a bare Python hop in front of Triton costs where it runs.
 
 Two bare apps embed one text per request with tritonclient's `grpc.aio` client (as the gateway does) and answer the
 OpenAI body (base64), with nothing else — no validation, cache, auth, limits, metrics or coalescing:

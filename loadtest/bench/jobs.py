@@ -1,11 +1,12 @@
 """`tritonstack bench jobs`: a bulk embedding job's items/s vs Triton's own batched throughput, and pickup latency.
 
-One stack (`tritonstack up`'s processes on free ports: Redis, Triton, one worker, the gateway). Per round,
+One stack (`stack.up.start_stack`, `tritonstack up`'s processes on free ports: Redis, Triton, one worker, the
+gateway). Per round,
 back to back and in alternating order: (a) Triton alone — `batch_concurrency` gRPC requests of
 `max_batch_size` unique sentences in flight, as the worker sends them, for `items` sentences; (b) one
 embeddings job of `items` unique sentences through `POST /v1/jobs`, timed by the job's own timestamps
-(first start → finish). Every sentence is new, so the cache never answers. Pickup latency is measured on
-small jobs submitted one at a time to an idle worker (submit → the job's `started_at`).
+(first start → finish). Every sentence is new, so the cache never answers. Pickup latency is timed on small
+jobs submitted one at a time to an idle worker (submit → the job's `started_at`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import numpy as np
 
 from jobs.config import WorkerConfig
 from loadtest.bench.report import cpu_seconds, machine_description, markdown_table, write_section
-from stack.process import free_port
-from stack.up import StackOptions, dev_api_key, start_stack
+from stack.up import Stack, StackOptions, start_stack
 
 MODEL = "minilm"
 _WORDS = ("model", "serving", "batch", "latency", "vector", "token", "gateway", "queue", "cache", "triton")
@@ -88,37 +88,35 @@ def pickup_latencies(client: httpx.Client, n: int) -> list[float]:
 
 def measure(opts: StackOptions, items: int, rounds: int) -> dict[str, list[float]]:
     """Run the stack and every measurement; raw numbers by name."""
-    config = WorkerConfig()
-    results: dict[str, list[float]] = {"triton": [], "job": [], "ratio": [], "job_pickup": [], "worker_cpu": [],
-                                       "triton_cpu": []}
-    processes = start_stack(opts)
-    pids = {p.name: p.pid for p in processes}
-    try:
-        client = httpx.Client(base_url=f"http://{opts.gateway_host}:{opts.gateway_port}", timeout=120,
-                              headers={"Authorization": f"Bearer {dev_api_key(opts.state_dir)}"})
+    with start_stack(opts) as stack, httpx.Client(base_url=opts.gateway_url, timeout=120,
+                                                  headers={"Authorization": f"Bearer {stack.api_key}"}) as client:
         grpc = f"127.0.0.1:{opts.triton_grpc_port}"
-        asyncio.run(triton_items_per_s(grpc, sentences(256, "warmup"), 64, config.batch_concurrency))
+        concurrency = WorkerConfig().batch_concurrency
+        asyncio.run(triton_items_per_s(grpc, sentences(256, "warmup"), 64, concurrency))
+        results: dict[str, list[float]] = {"triton": [], "job": [], "ratio": [], "job_pickup": [], "worker_cpu": [],
+                                           "triton_cpu": []}
         for r in range(rounds):
-            triton_first = r % 2 == 0
-            for step in ("triton", "job") if triton_first else ("job", "triton"):
+            for step in ("triton", "job") if r % 2 == 0 else ("job", "triton"):
                 texts = sentences(items, f"{step}-{uuid.uuid4().hex[:8]}")
                 if step == "triton":
-                    results["triton"].append(asyncio.run(
-                        triton_items_per_s(grpc, texts, 64, config.batch_concurrency)))
+                    results["triton"].append(asyncio.run(triton_items_per_s(grpc, texts, 64, concurrency)))
                 else:
-                    worker, triton = pids["worker"], pids["tritonserver"]
-                    before = cpu_seconds(worker, children=True), cpu_seconds(triton, children=True)
-                    rate, pickup = job_items_per_s(client, texts)
-                    results["worker_cpu"].append((cpu_seconds(worker, children=True) - before[0]) / items * 1000)
-                    results["triton_cpu"].append((cpu_seconds(triton, children=True) - before[1]) / items * 1000)
-                    results["job"].append(rate)
-                    results["job_pickup"].append(pickup)
+                    job_round(stack, client, texts, results)
             results["ratio"].append(results["job"][-1] / results["triton"][-1])
         results["pickup"] = pickup_latencies(client, 20)
-    finally:
-        for process in reversed(processes):
-            process.stop()
     return results
+
+
+def job_round(stack: Stack, client: httpx.Client, texts: list[str], results: dict[str, list[float]]) -> None:
+    """One embeddings job of `texts`: its items/s, pickup and the worker's and Triton's CPU per 1,000 items."""
+    assert stack.worker is not None and stack.triton is not None
+    worker, triton = stack.worker.process.pid, stack.triton.pid
+    before = cpu_seconds(worker, children=True), cpu_seconds(triton, children=True)
+    rate, pickup = job_items_per_s(client, texts)
+    results["worker_cpu"].append((cpu_seconds(worker, children=True) - before[0]) / len(texts) * 1000)
+    results["triton_cpu"].append((cpu_seconds(triton, children=True) - before[1]) / len(texts) * 1000)
+    results["job"].append(rate)
+    results["job_pickup"].append(pickup)
 
 
 def render(results: dict[str, list[float]], items: int, rounds: int, command: str) -> str:
@@ -156,9 +154,7 @@ def render(results: dict[str, list[float]], items: int, rounds: int, command: st
 def run(repository: Path, items: int, rounds: int, output: Path | None, command: str) -> str:
     """Measure and (unless `output` is None) write the `jobs` section; returns the markdown."""
     with tempfile.TemporaryDirectory(prefix="bench-jobs-") as state:
-        opts = StackOptions(repository=repository, state_dir=Path(state), redis_url=f"redis://127.0.0.1:{free_port()}/0",
-                            triton_http_port=free_port(), triton_grpc_port=free_port(),
-                            triton_metrics_port=free_port(), gateway_port=free_port(), worker_metrics_port=free_port())
+        opts = StackOptions.on_free_ports(repository, Path(state))
         markdown = render(measure(opts, items, rounds), items, rounds, command)
     if output is not None:
         write_section(output, "jobs", markdown)

@@ -34,8 +34,7 @@ import numpy as np
 from loadtest.bench.llm_report import render
 from loadtest.bench.llm_steps import engine_steps
 from loadtest.bench.report import cpu_seconds, write_section
-from stack.process import free_port
-from stack.triton import TritonOptions, TritonServer
+from stack.triton import TritonOptions, TritonServer, start_triton
 
 MODEL = "smollm2"
 PROMPTS = (
@@ -108,8 +107,8 @@ class TransformersBaseline:
 
     def tokens_per_s(self, max_tokens: int) -> float:
         """New tokens per second of `generate` (prefill included): the better of torch's default thread count and
-        one thread (on a busy machine torch's OpenMP threads wait on each other: 1.5–1.9 tokens/s with 2 threads
-        against 8–9 with 1, measured here at load average 5)."""
+        one thread (on a busy machine torch's OpenMP threads wait on each other, and one thread can be several
+        times faster than two)."""
         import torch
 
         default = torch.get_num_threads()
@@ -280,28 +279,27 @@ def measure(repository: Path, state_dir: Path, max_tokens: int, streams: int, ro
     """Interleave transformers, Triton single-stream and Triton N-stream runs round by round (background load on
     a shared machine then hits all three alike); ratios are medians of per-round ratios."""
     baseline = TransformersBaseline()
-    options = TritonOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                            models=[MODEL])
-    server = TritonServer(options, state_dir=state_dir, log_path=state_dir / "triton-bench-llm.log").start_and_wait()
-    measured = Rounds()
+    server = start_triton(TritonOptions.on_free_ports(repository, models=[MODEL]), state_dir,
+                          log_path=state_dir / "triton-bench-llm.log")
+    record = Rounds()
     load_before = os.getloadavg()[0]
     try:
         run_streams(server, [PROMPTS[1]], 8)  # warm-up
         for r in range(1, rounds + 1):
-            measured.hf.append(baseline.tokens_per_s(max_tokens))
-            measured.single.append(run_streams(server, [f"(r{r}) {PROMPTS[0]}"], max_tokens)[0])
-            for name, runs, interval in (("many", measured.many, None), ("each", measured.each, 1)):
+            record.hf.append(baseline.tokens_per_s(max_tokens))
+            record.single.append(run_streams(server, [f"(r{r}) {PROMPTS[0]}"], max_tokens)[0])
+            for name, runs, interval in (("many", record.many, None), ("each", record.each, 1)):
                 before = _cpu_s(server.pid)
                 runs.append(run_streams(server, _prompts(f"r{r} {name}", streams), max_tokens, interval=interval))
                 for process, used in _cpu_s(server.pid).items():
-                    measured.cpu.setdefault(f"{name}_{process}", []).append((used - before[process]) / max_tokens * 1e3)
-            measured.single.append(run_streams(server, [f"(r{r}, again) {PROMPTS[0]}"], max_tokens)[0])
-            measured.interrupts.append(interrupted(server, max_tokens, f"Round {len(measured.interrupts) + 1}"))
+                    record.cpu.setdefault(f"{name}_{process}", []).append((used - before[process]) / max_tokens * 1e3)
+            record.single.append(run_streams(server, [f"(r{r}, again) {PROMPTS[0]}"], max_tokens)[0])
+            record.interrupts.append(interrupted(server, max_tokens, f"Round {len(record.interrupts) + 1}"))
     finally:
         server.stop()
-    context = measured.single[0].prompt_tokens + max_tokens // 2  # a stream's mean cached tokens while it decodes
+    context = record.single[0].prompt_tokens + max_tokens // 2  # a stream's mean cached tokens while it decodes
     steps = engine_steps(repository, MODEL, streams, context)
-    return {**measured.summary(), **{f"engine_{k}": v for k, v in steps.items()}, "interrupt_after": INTERRUPT_AFTER,
+    return {**record.summary(), **{f"engine_{k}": v for k, v in steps.items()}, "interrupt_after": INTERRUPT_AFTER,
             "load": (load_before, os.getloadavg()[0])}
 
 
@@ -310,7 +308,7 @@ def run(repository: Path, max_tokens: int, streams: int, rounds: int, output: Pa
     from export.llm.pipeline import Smollm2Request, export_smollm2
 
     export_smollm2(Smollm2Request(repository=repository, if_missing=True))
-    measured = measure(repository.resolve(), Path(".tritonstack").resolve(), max_tokens, streams, rounds)
-    markdown = render(measured, max_tokens, streams, rounds, command)
+    summary = measure(repository.resolve(), Path(".tritonstack").resolve(), max_tokens, streams, rounds)
+    markdown = render(summary, max_tokens, streams, rounds, command)
     write_section(output, "llm", markdown)
     return markdown

@@ -1,8 +1,8 @@
 """Raw benchmark series as JSON next to the plots (`docs/img/<bench>.json`) and the PNG plots drawn from them.
 
-A series is one configuration measured at several concurrencies: `{label: [{concurrency, rps, p50_ms, p95_ms,
+A series is one configuration run at several concurrencies: `{label: [{concurrency, rps, p50_ms, p95_ms,
 p99_ms}, …]}`. Each bench saves its own file; `draw` plots every file present, so the figures compare whatever
-was measured on this machine.
+the benches last wrote here.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def draw(img_dir: Path) -> list[Path]:
     for label, points in series.items():
         ax.plot([p["concurrency"] for p in points], [p["rps"] for p in points], marker="o", label=label)
     _axes(ax, "throughput vs concurrency (closed loop, wrk)", "requests/s (log scale)")
-    ax.set_yscale("log")  # cache hits are ~100× the naive baseline: a linear axis flattens everything else
+    ax.set_yscale("log")  # cache hits are orders of magnitude above the naive baseline: a linear axis flattens the rest
     throughput = img_dir / "throughput.png"
     fig.savefig(throughput, dpi=110, bbox_inches="tight")
     plt.close(fig)

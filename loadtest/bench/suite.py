@@ -8,10 +8,10 @@ Steps, each writing its own section (and the plots under docs/img/), in this ord
                 or the gateway at `--host`);
 3. `gateway`  — the gateway's added latency and throughput vs direct Triton, cache-hit throughput, a profile;
 4. `jobs`     — a bulk embeddings job's items/s vs Triton alone;
-5. `llm`      — SmolLM2 tokens/s, time to first token and concurrent streams (when smollm2 is exported).
+5. `llm`      — SmolLM2's tokens/s, time to first token and concurrent streams (when smollm2 is exported).
 
-With `--host`, only what can be measured against a running gateway from here runs (step 2 without Triton
-direct); the other steps start their own servers. A summary section lists what ran, what was skipped and why.
+With `--host`, only the step that needs nothing but a running gateway runs (step 2, without Triton direct);
+the other steps start their own servers. A summary section lists what ran, what was skipped and why.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ from pathlib import Path
 
 from loadtest.bench.gateway import UNLIMITED
 from loadtest.bench.report import machine_description, markdown_table, write_section
-from stack.process import free_port
-from stack.up import StackOptions, dev_api_key, start_stack
+from stack.up import StackOptions, start_stack
 
 STEPS = ("triton", "baseline", "gateway", "jobs", "llm")
-LLM_MIN_ROUNDS = 3  # a single stream's run is ~2.5 s: one noisy moment moves a 2-round median
+LLM_MIN_ROUNDS = 3  # a single stream's run is short: one noisy moment would move a 2-round median
 
 
 @dataclass(frozen=True)
@@ -79,25 +78,12 @@ def _step_command(opts: SuiteOptions, step: str) -> str:
 
 @contextmanager
 def local_stack(opts: SuiteOptions) -> Iterator[tuple[str, str, str]]:
-    """`tritonstack up`'s stack on free ports: yields (gateway URL, API key, Triton HTTP host:port)."""
+    """`tritonstack up`'s stack on free ports, its gateway's rate limits too high to refuse a benchmark: yields
+    (gateway URL, API key, Triton HTTP host:port)."""
     with tempfile.TemporaryDirectory(prefix="tritonstack-bench-stack-") as state:
-        stack = StackOptions(repository=opts.repository.resolve(), state_dir=Path(state),
-                             redis_url=f"redis://127.0.0.1:{free_port()}/0", triton_http_port=free_port(),
-                             triton_grpc_port=free_port(), triton_metrics_port=free_port(),
-                             gateway_port=free_port(), worker_metrics_port=free_port())
-        saved = {k: os.environ.get(k) for k in UNLIMITED}
-        os.environ.update(UNLIMITED)  # the stack's gateway: rate limits on, too high to refuse a benchmark
-        try:
-            processes = start_stack(stack)
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        try:
-            yield (f"http://127.0.0.1:{stack.gateway_port}", dev_api_key(stack.state_dir),
-                   f"127.0.0.1:{stack.triton_http_port}")
-        finally:
-            for process in reversed(processes):
-                process.stop()
+        stack = StackOptions.on_free_ports(opts.repository.resolve(), Path(state), gateway_settings=dict(UNLIMITED))
+        with start_stack(stack) as started:
+            yield stack.gateway_url, str(started.api_key), f"127.0.0.1:{stack.triton_http_port}"
 
 
 def _triton(opts: SuiteOptions) -> str:

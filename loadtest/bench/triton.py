@@ -2,7 +2,7 @@
 
 Each variant is exported into a fresh repository with `tritonstack export minilm`, one Triton serves them all,
 and `wrk` drives a closed loop of unique one-sentence requests at each concurrency. Ratios are computed
-from numbers measured in this one run: the machine is shared and noisy.
+from the runs of this one invocation only: the machine is shared and noisy.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import numpy as np
 from loadtest.bench import plots
 from loadtest.bench.report import machine_description, markdown_table, write_section
 from loadtest.wrk import WrkResult, run_wrk
-from stack.process import free_port
-from stack.triton import TritonOptions, TritonServer
+from stack.triton import TritonOptions, TritonServer, start_triton
 
 INFER_BODY = '{"inputs":[{"name":"text","shape":[1,1],"datatype":"BYTES","data":["{TEXT}"]}]}'
 RATIO_CONCURRENCY = 32
@@ -115,7 +114,7 @@ def measure(
 
 
 def ratio_concurrency(concurrencies: list[int]) -> int:
-    """Where the ratios are stated: c=32 (where the targets are set) when measured, else the highest."""
+    """Where the ratios are stated: c=32 (where the targets are set) when it ran, else the highest."""
     return RATIO_CONCURRENCY if RATIO_CONCURRENCY in concurrencies else max(concurrencies)
 
 
@@ -136,7 +135,7 @@ def _row(label: str, c: int, rs: list[WrkResult]) -> list[str]:
 
 
 def _paired(runs: Runs, a: str, b: str, c: int) -> float:
-    """Median over rounds of a/b throughput, each pair measured back to back."""
+    """Median over rounds of a/b throughput, each pair run back to back."""
     return _median([x.rps / y.rps for x, y in zip(runs[a][c], runs[b][c], strict=True)])
 
 
@@ -172,11 +171,8 @@ def run(duration_s: int, concurrencies: list[int], tuning: bool, rounds: int, ou
     with tempfile.TemporaryDirectory(prefix="tritonstack-bench-") as tmp:
         repository = Path(tmp) / "repository"
         export_variants(repository, variants)
-        server = TritonServer(
-            TritonOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()),
-            state_dir=Path(tmp) / "state",
-            log_path=Path(tmp) / "state" / "triton.log",
-        ).start_and_wait()
+        server = start_triton(TritonOptions.on_free_ports(repository), Path(tmp) / "state",
+                              log_path=Path(tmp) / "state" / "triton.log")
         version_dir = repository / "minilm" / "1"
         try:
             runs, ort = measure(
