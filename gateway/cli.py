@@ -24,7 +24,7 @@ def gateway(
     from pydantic_settings import SettingsError
 
     from gateway.config import GatewaySettings
-    from gateway.http.server import CoalescingHttpToolsProtocol
+    from gateway.http.server import uvicorn_options
 
     try:
         GatewaySettings()  # fail here, readably, rather than in every worker
@@ -37,10 +37,6 @@ def gateway(
         host=host,
         port=port,
         workers=workers,
-        loop="uvloop",
-        http=CoalescingHttpToolsProtocol,
-        lifespan="on",
-        access_log=False,
         log_level=log_level,
-        timeout_graceful_shutdown=timeout_graceful_shutdown,
+        **uvicorn_options(timeout_graceful_shutdown),
     )

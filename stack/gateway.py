@@ -20,15 +20,6 @@ from typing import Any
 from stack.process import ManagedProcess, ProcessError, console_script, http_ok, settings_env
 
 ENV_PREFIX = "TRITONSTACK_GATEWAY_"
-# uvicorn's options in `tritonstack gateway` (gateway/cli.py). The protocol is named by its import path: stack/
-# imports the gateway's code only for the rollouts file (tests/test_layout.py).
-SERVER_OPTIONS: dict[str, Any] = {
-    "loop": "uvloop",
-    "http": "gateway.http.server:CoalescingHttpToolsProtocol",
-    "lifespan": "on",
-    "access_log": False,
-    "timeout_graceful_shutdown": 10,
-}
 
 
 def api_key_entry(name: str, key: str, **fields: object) -> dict[str, object]:
@@ -103,7 +94,9 @@ def serve_in_thread(app: Any, *, port: int, host: str = "127.0.0.1", log_level: 
     (lifespan done, socket bound)."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, **SERVER_OPTIONS))
+    from gateway.http.server import uvicorn_options
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, **uvicorn_options()))
     thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ ALLOWED = {
     "export": {"triton_models"},
     "gateway": set(),
     "jobs": {"gateway"},
-    "stack": {"gateway"},  # the rollouts file it creates for its gateway
+    "stack": {"gateway"},  # the gateway's server options and the rollouts file it creates
     "loadtest": {"stack", "export", "gateway", "jobs", "triton_models"},
     "tritonstack": {"export", "gateway", "jobs", "stack", "loadtest"},
 }

@@ -65,3 +65,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+
+
+def uvicorn_options(timeout_graceful_shutdown: int = 10) -> dict[str, Any]:
+    """uvicorn's options for the gateway: `tritonstack gateway` and the in-thread servers of tests use these."""
+    return {
+        "loop": "uvloop",
+        "http": CoalescingHttpToolsProtocol,
+        "lifespan": "on",
+        "access_log": False,
+        "timeout_graceful_shutdown": timeout_graceful_shutdown,
+    }
