@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,9 @@ class StackOptions:
     triton: bool = True
     worker: bool = True
     gateway: bool = True
+    # runs once Triton is ready, before the worker and the gateway start (`tritonstack up`: restore the versions
+    # the rollouts file names, so a restart never moves traffic)
+    after_triton: Callable[[Stack], None] | None = None
 
     @classmethod
     def on_free_ports(cls, repository: Path, state_dir: Path, **options: object) -> StackOptions:
@@ -105,8 +109,10 @@ def dev_api_key(state_dir: Path) -> str:
 
 
 def rollouts_path(opts: StackOptions) -> Path:
-    """The rollouts file of the stack's gateway (`tritonstack model …`'s default: `.tritonstack/rollouts.yaml`)."""
-    return opts.state_dir / "rollouts.yaml"
+    """The rollouts file of the stack's gateway (`tritonstack model …`'s default: `.tritonstack/rollouts.yaml`), or
+    the one the environment names."""
+    named = os.environ.get(ROLLOUTS_ENV)
+    return Path(named) if named else opts.state_dir / "rollouts.yaml"
 
 
 def ensure_rollouts_file(opts: StackOptions) -> None:
@@ -162,6 +168,10 @@ def _start_parts(stack: Stack) -> None:
         triton = TritonOptions(opts.repository, http_port=opts.triton_http_port, grpc_port=opts.triton_grpc_port,
                                metrics_port=opts.triton_metrics_port, models=list(opts.models))
         stack.triton = start_triton(triton, opts.state_dir, log_path=logs / "triton.log")
+        if opts.gateway:
+            ensure_rollouts_file(opts)
+        if opts.after_triton is not None:
+            opts.after_triton(stack)
     if not (opts.worker or opts.gateway):
         return
     stack.api_key = dev_api_key(opts.state_dir)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from export import cli as export_cli
+
+if TYPE_CHECKING:
+    from stack.up import Stack
 
 app = typer.Typer(
     name="tritonstack",
@@ -75,14 +79,16 @@ def up(
     from stack.process import ProcessError
     from stack.run import console, supervise
     from stack.up import StackOptions, start_stack
+    from tritonstack.rollout import RolloutError
 
     opts = StackOptions(
-        repository=repository, state_dir=state_dir.resolve(), redis_url=redis_url, gateway_port=gateway_port
+        repository=repository, state_dir=state_dir.resolve(), redis_url=redis_url, gateway_port=gateway_port,
+        after_triton=_restore_versions,
     )
     try:
         with console.status("starting Redis, Triton, the jobs worker and the gateway …"):
             stack = start_stack(opts)
-    except ProcessError as exc:
+    except (ProcessError, RolloutError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
     base = opts.gateway_url
@@ -93,6 +99,20 @@ def up(
         f"development API key: [bold]{stack.api_key}[/bold]  (logs in {state_dir}/); Ctrl-C stops all"
     )
     raise typer.Exit(supervise(stack.processes))
+
+
+def _restore_versions(stack: Stack) -> None:
+    """Serve the versions the stack's rollouts file names (a restarted Triton loads only the newest ones)."""
+    from stack.run import console
+    from stack.up import rollouts_path
+    from tritonstack.model_load import restore
+    from tritonstack.rollout import RolloutPlan, TritonControl
+
+    control = TritonControl(f"127.0.0.1:{stack.options.triton_grpc_port}")
+    try:
+        restore(RolloutPlan([control], rollouts_path(stack.options), check_gateway=False, say=console.print))
+    finally:
+        control.close()
 
 
 @app.command("loadtest")

@@ -139,3 +139,33 @@ def unload(plan: RolloutPlan, model: str, version: str | None) -> None:
             plan.say(f"Triton {triton.url}: unloading '{model}' version {version}")
             triton.serve(model, set(current) - {version})
     plan.say(f"'{model}': version {version} unloaded")
+
+
+def restore(plan: RolloutPlan) -> None:
+    """After Triton (re)starts, before any gateway: serve what the rollouts file says, and pin what serves now.
+
+    A restarted Triton loads each model as its `config.pbtxt` says (the newest version only), which would move
+    traffic to a version exported since. So: a listed model gets its listed versions back (a generation model
+    exactly those, as chat follows its newest ready version); a model the file does not list yet is recorded with
+    the version serving now as its stable one, so a later export and restart keeps it there.
+    """
+    config = plan.config()
+    models = dict(config.models)
+    for triton in plan.tritons:
+        for model in triton.loaded_models():
+            current = triton.ready_versions(model)
+            rollout = models.get(model)
+            if rollout is None:
+                stable = oldest(current)
+                if stable is not None:
+                    models[model] = ModelRollout(versions={stable: 100}, stable=stable)
+                    plan.say(f"'{model}': version {stable} serves; recorded as its stable version")
+                continue
+            listed = {v for v, weight in rollout.versions.items() if weight > 0} | {rollout.stable_version}
+            wanted = listed if triton.decoupled(model) else listed | set(current)
+            if wanted != set(current):
+                plan.say(f"Triton {triton.url}: '{model}' serves {', '.join(sorted(wanted, key=version_key))} "
+                         f"as the rollouts file says (it had loaded {', '.join(current)})")
+                triton.serve(model, wanted)
+    if models != config.models:
+        plan.publish(config.model_copy(update={"models": models}), reload=False)

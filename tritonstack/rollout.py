@@ -69,6 +69,10 @@ class TritonControl:
         except InferenceServerException as exc:
             raise _explain(exc, self.url, "list its model repository") from None
 
+    def loaded_models(self) -> list[str]:
+        """The models with at least one READY version, by name."""
+        return sorted({str(m["name"]) for m in self._index() if m.get("state") == "READY" and m.get("name")})
+
     def ready_versions(self, model: str) -> list[str]:
         """The versions of `model` that are READY, ascending; RolloutError when the repository lacks `model`."""
         index = self._index()
