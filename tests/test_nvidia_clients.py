@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from loadtest import perf_analyzer
 from tests.fixtures.exported import ExportedRepository
 from tests.fixtures.gateway import GatewayKeys, RunningGateway, settings_for, start_gateway
 
@@ -73,9 +74,7 @@ def client_tool(name: str) -> Path:
 
 def perf_analyzer_env() -> dict[str, str]:
     """perf_analyzer loads libcudart.so.12 (no GPU used): the nvidia-cuda-runtime-cu12 wheel's copy."""
-    libs = sorted(CLIENTS.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
-    assert libs, "the clients' venv lacks nvidia-cuda-runtime-cu12: run `make clients`"
-    return {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join([str(libs[0]), os.environ.get("LD_LIBRARY_PATH", "")])}
+    return perf_analyzer.environment()
 
 
 def run_perf_analyzer(gateway: RunningGateway, key: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

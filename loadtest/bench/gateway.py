@@ -26,8 +26,18 @@ from pathlib import Path
 
 import httpx
 
+from loadtest import perf_analyzer
 from loadtest.bench import floors, latency, profile
-from loadtest.bench.gateway_report import DIRECT, EMBED, PASSTHROUGH, Measured, Results, render
+from loadtest.bench.gateway_report import (
+    DIRECT,
+    EMBED,
+    PA_DIRECT,
+    PA_GATEWAY,
+    PASSTHROUGH,
+    Measured,
+    Results,
+    render,
+)
 from loadtest.bench.report import cpu_seconds, write_section
 from loadtest.bench.triton import INFER_BODY
 from loadtest.wrk import WrkResult, run_wrk
@@ -38,6 +48,7 @@ from stack.triton import TritonServer
 from stack.up import StackOptions, start_stack
 
 MODEL = "minilm"
+PERF_SENTENCES = [f"sentence {i}: the gateway adds auth, limits and metrics in front of Triton" for i in range(64)]
 EMBED_BODY = '{"model":"minilm","input":"{TEXT}","encoding_format":"base64"}'
 HIT_BODY = EMBED_BODY.replace("{TEXT}", "one sentence that every request repeats, so the cache answers it")
 UNLIMITED: dict[str, object] = {"requests_per_minute": 1_000_000_000, "tokens_per_minute": 1_000_000_000_000}
@@ -191,6 +202,21 @@ class Bench:
                 _add(record[i], *self.wrk(gateway.url("/v1/embeddings"), HIT_BODY, c, gateway, fixed=True))
         return record
 
+    def perf(self, rounds: int, tmp: Path) -> dict[tuple[str, int], list[perf_analyzer.PerfResult]]:
+        """perf_analyzer on /v2, direct Triton and through the gateway, at c=1 and c=32, `rounds` times each."""
+        data = perf_analyzer.sentences_file(tmp, PERF_SENTENCES)
+        gateway = self.servers.limited
+        paths = {PA_DIRECT: (self.servers.triton.http_url, None), PA_GATEWAY: (f"127.0.0.1:{gateway.port}",
+                                                                                 self.servers.key)}
+        record: dict[tuple[str, int], list[perf_analyzer.PerfResult]] = {}
+        for c in (1, 32):
+            for r in range(rounds):
+                for label in (list(paths) if r % 2 == 0 else list(reversed(paths))):
+                    address, key = paths[label]
+                    result = perf_analyzer.measure(address, MODEL, c, data, key=key)
+                    record.setdefault((label, c), []).append(result)
+        return record
+
     def profiled(self, fixed: bool) -> tuple[list[tuple[str, float]], float]:
         """(component shares, gateway CPU µs per request) while wrk runs cache hits or unique misses at c=32."""
         gateway = self.servers.limited
@@ -231,15 +257,16 @@ def run(duration_s: int, rounds: int, with_profile: bool, output: Path | None, c
         tmp = Path(tmp_name)
         export_model(tmp / "repository")
         with servers(tmp, key) as started:
-            results = measure(Bench(started, duration_s), rounds, with_profile)
+            results = measure(Bench(started, duration_s), rounds, with_profile, tmp)
     markdown = render(results, command)
     if output is not None:
         write_section(output, "gateway", markdown)
     return markdown
 
 
-def measure(bench: Bench, rounds: int, with_profile: bool) -> Results:
-    """Warm up, then the cache-cold rounds at c=1 and c=32, the cache hits and (optionally) the profiles."""
+def measure(bench: Bench, rounds: int, with_profile: bool, tmp: Path) -> Results:
+    """Warm up, then the cache-cold rounds at c=1 and c=32, the cache hits, perf_analyzer's rows and (optionally)
+    the profiles."""
     gateways = (bench.servers.limited, bench.servers.unlimited)
     load_before = os.getloadavg()[0]
     errors_before = sum(g.redis_errors() for g in gateways)
@@ -253,5 +280,12 @@ def measure(bench: Bench, rounds: int, with_profile: bool) -> Results:
             profiles["cache miss (c=32, unique sentences, rate limits on)"] = bench.profiled(fixed=False)
         except profile.ProfilerMissingError as exc:
             print(f"note: no profile: {exc}", file=sys.stderr)
+    perf, perf_missing = None, None
+    try:
+        perf = bench.perf(rounds, tmp)
+    except perf_analyzer.PerfAnalyzerMissingError as exc:
+        perf_missing = str(exc)
+        print(f"note: no perf_analyzer rows: {exc}", file=sys.stderr)
     errors = sum(g.redis_errors() for g in gateways) - errors_before
-    return Results(c1, c32, hits, profiles, errors, (load_before, os.getloadavg()[0]), bench.splits)
+    return Results(c1, c32, hits, profiles, errors, (load_before, os.getloadavg()[0]), bench.splits, perf,
+                   perf_missing)

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 
 from loadtest.bench import floors, latency
 from loadtest.bench.report import machine_description, markdown_table
+from loadtest.perf_analyzer import PerfResult
 from loadtest.wrk import WrkResult
 
 DIRECT, EMBED, PASSTHROUGH = "direct Triton (KServe v2 JSON)", "gateway /v1/embeddings", "gateway /v2 passthrough"
 TARGET_ADDED_P50_MS, TARGET_RATIO, TARGET_HIT_RPS, TARGET_HIT_P99_MS = 1.0, 0.85, 3000, 10.0
+PA_DIRECT, PA_GATEWAY = "perf_analyzer: direct Triton /v2", "perf_analyzer: gateway /v2"
+TARGET_PA_ADDED_P50_MS, TARGET_PA_RATIO = 0.5, 0.95
 
 
 @dataclass
@@ -55,6 +58,9 @@ class Results:
     redis_errors: float
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end (other users)
     splits: dict[str, list[latency.Split]] | None = None
+    # perf_analyzer's runs: (path, concurrency) → one result per round; or why there are none
+    perf: dict[tuple[str, int], list[PerfResult]] | None = None
+    perf_missing: str | None = None
 
 
 def _row(m: Measured, concurrency: int) -> list[str]:
@@ -164,9 +170,36 @@ def render(res: Results, command: str) -> str:
         "is debited in one call per key every 50 ms, not per request. A response's head and body leave in one "
         "socket write (`gateway/http/server.py`). Native code has no Python frame of its own "
         "and shows under the event loop: uvloop's socket I/O and, on misses, the Cython core of the gRPC client.",
+        *_perf_text(res),
         *_latency_text(res),
         *_profile_text(res),
     ])
+
+
+def _perf_text(res: Results) -> list[str]:
+    """perf_analyzer's direct-vs-gateway rows on /v2 (binary tensors), or why there are none."""
+    if not res.perf:
+        return [f"(No perf_analyzer rows in this run: {res.perf_missing or 'not requested'}.)"]
+    rows = [[path, str(c), f"{statistics.median(r.infer_per_s for r in runs):.0f}",
+             f"{statistics.median(r.p50_ms for r in runs):.2f}", f"{statistics.median(r.p99_ms for r in runs):.2f}"]
+            for (path, c), runs in res.perf.items()]
+    targets = []
+    for c, measure, fn, target, ok in (
+            (1, "added p50 latency", lambda g, d: g.p50_ms - d.p50_ms, f"≤ {TARGET_PA_ADDED_P50_MS} ms",
+             lambda v: v <= TARGET_PA_ADDED_P50_MS),
+            (32, "gateway / direct throughput", lambda g, d: g.infer_per_s / d.infer_per_s, f"≥ {TARGET_PA_RATIO}×",
+             lambda v: v >= TARGET_PA_RATIO)):
+        pairs = zip(res.perf.get((PA_GATEWAY, c), []), res.perf.get((PA_DIRECT, c), []), strict=False)
+        values = [fn(g, d) for g, d in pairs]
+        if values:
+            value = statistics.median(values)
+            shown = f"{value:+.2f} ms" if c == 1 else f"{value:.2f}×"
+            targets.append([f"perf_analyzer /v2, c={c}: {measure}", shown, target, _verdict(ok(value))])
+    return ["**NVIDIA's perf_analyzer** on the same Triton, direct and through the gateway's `/v2` (KServe v2 "
+            "HTTP, binary tensors, the bench key), at concurrency 1 and 32, the two paths alternating and the "
+            "order reversed each round; medians over rounds, each ratio the median of per-round ratios.",
+            markdown_table(["path", "concurrency", "infer/s", "p50 ms", "p99 ms"], rows),
+            markdown_table(["measure", "measured", "target", ""], targets)]
 
 
 def _latency_text(res: Results) -> list[str]:
