@@ -15,6 +15,9 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
+from stack import shm
 from stack.process import ManagedProcess, ProcessError, free_port, http_ok
 
 
@@ -171,6 +174,35 @@ class TritonServer(ManagedProcess):
             log_path=log_path,
         )
         self.opts = opts
+        self.shm_regions: set[str] = set()  # the python backend's regions this server created (stack/shm.py)
+
+    def start(self) -> TritonServer:
+        """Remove the regions no live process holds (left by servers that were killed), then spawn the server."""
+        if removed := shm.remove_unused():
+            print(shm.describe(removed, "left by stopped servers (no live process maps them)"), file=sys.stderr)
+        super().start()
+        return self
+
+    def group_pids(self) -> list[int]:
+        """The server and its children (the python-backend stubs); empty once it has exited."""
+        try:
+            server = psutil.Process(self.pid)
+            return [server.pid, *(child.pid for child in server.children(recursive=True))]
+        except psutil.Error:
+            return []
+
+    def note_shm_regions(self) -> None:
+        """Remember the regions the server and its stubs hold now (they are this server's to remove at stop)."""
+        self.shm_regions |= shm.mapped_by(self.group_pids())
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """Stop the process group, then remove the regions it created that no live process holds any more."""
+        if self.alive():
+            self.note_shm_regions()  # models loaded since it became ready have regions too
+        code = super().stop(timeout)
+        if self.shm_regions:
+            shm.remove_unused(self.shm_regions)
+        return code
 
     @property
     def http_url(self) -> str:
@@ -189,6 +221,7 @@ class TritonServer(ManagedProcess):
     def start_and_wait(self, timeout: float = 180.0) -> TritonServer:
         """Start and wait until every model is ready (stopped again if that fails)."""
         self.start_ready(self.ready, timeout=timeout, interval=0.25)
+        self.note_shm_regions()
         return self
 
 

@@ -1,4 +1,5 @@
-"""`tritonstack triton`: the bundled server starts, answers, and Ctrl-C leaves no server or stub behind."""
+"""`tritonstack triton`: the bundled server starts, answers, and Ctrl-C leaves no server, stub or shared-memory
+region behind."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from stack import shm
 from stack.process import free_port
 from stack.triton import TritonDistribution, TritonNotInstalledError
 
@@ -63,6 +65,8 @@ def test_cli_serves_the_repository_and_ctrl_c_stops_everything(minilm_repository
         server = next(p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "tritonserver")
         stubs = [p for p in server.children(recursive=True) if "triton_python_backend_stub" in " ".join(p.cmdline())]
         assert stubs, "the python model runs in a backend stub process"
+        regions = shm.mapped_by([server.pid, *(p.pid for p in stubs)])
+        assert regions and all((shm.SHM_DIR / name).exists() for name in regions)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=2) as resp:
             assert b"nv_inference_count" in resp.read()
 
@@ -71,6 +75,7 @@ def test_cli_serves_the_repository_and_ctrl_c_stops_everything(minilm_repository
         watched = [server, *stubs]
         assert _wait(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in watched), 10)
         assert not _ready(http)
+        assert not any((shm.SHM_DIR / name).exists() for name in regions), "Ctrl-C leaves no shared memory"
     finally:
         if proc.poll() is None:
             proc.kill()
