@@ -7,9 +7,14 @@ Starts Redis, Triton (the models of `--repository` that have weights), one jobs 
 loopback ports (`stack.up.start_stack`, as `tritonstack up` does), then runs for `--duration` seconds:
 embeddings clients, half cache-cold (a fresh sentence per request) and half cache-warm (a Zipf-popular hot
 set), one jobs client (submit, poll, fetch the result, repeat) and, when the repository has a smollm2 export,
-one chat client. Every `--sample-every` seconds it records the RSS, open file descriptors and established TCP
-connections of the gateway and worker processes (psutil). Verdict, after `--warmup` seconds:
+chat clients: one non-streamed and `--chat-streams` streamed (SSE through the gateway, Triton's decoupled model
+over gRPC streams). Every `--sample-every` seconds it records the RSS, open file descriptors and established TCP
+connections of the gateway, the worker, Triton's server and each python-backend stub (psutil). Verdict, after
+`--warmup` seconds:
 - RSS growth of each process ≤ `--max-rss-growth` (median of the last 3 samples vs the first 3 after warm-up);
+- no linear growth: the least-squares slope of each process's RSS over the second half of the run (MB/min) ≤
+  `--max-rss-slope` (a cache still filling up passes the first check and this one once it is full; a slow leak
+  passes the first over a short run and fails this one);
 - no fd or connection leak: the same medians differ by at most `--fd-slack` / `--conn-slack`;
 - error ratio 0 (any non-2xx, transport error, wrong answer or failed job is an error).
 Prints a table, optionally writes JSON (`--json`), exits 1 on any failure. The load is an asyncio/aiohttp
@@ -39,7 +44,6 @@ import psutil
 from stack.gateway import ENV_PREFIX as GATEWAY_ENV_PREFIX
 from stack.up import Stack, StackOptions, start_stack
 
-ROLES = ("gateway", "worker")
 # Gateway settings of the soak (the environment's win): rate limits on, so the limiter's Redis path is exercised,
 # but far above what the soak sends; an in-process L1 cache small enough to be full before the warm-up ends. The
 # default L1 keeps filling with cold requests for most of a 10-minute run, and that bounded growth would read as
@@ -62,6 +66,8 @@ class SoakOptions:
     think_s: float = 0.02  # pause between a client's requests: a steady load, not a saturation test
     job_items: int = 20
     max_rss_growth: float = 0.10
+    max_rss_slope: float = 0.1  # MB/min over the second half; noise of a few-minute run needs more (see --help)
+    chat_streams: int = 2
     fd_slack: int = 8
     conn_slack: int = 8
     state_dir: Path | None = None
@@ -113,6 +119,17 @@ def start(opts: SoakOptions, state: Path) -> tuple[Stack, list[str]]:
                 if f"{GATEWAY_ENV_PREFIX}{name.upper()}" not in os.environ}
     stack = start_stack(StackOptions.on_free_ports(opts.repository, state, models=models, gateway_settings=defaults))
     return stack, models
+
+
+def stack_processes(stack: Stack) -> dict[str, int]:
+    """The processes to watch by role: gateway, worker, Triton's server, and `stub:<model>` per python stub."""
+    assert stack.gateway is not None and stack.worker is not None and stack.triton is not None
+    pids = {"gateway": stack.gateway.process.pid, "worker": stack.worker.process.pid, "triton": stack.triton.pid}
+    for child in psutil.Process(stack.triton.pid).children(recursive=True):
+        argv = child.cmdline()  # stub, model.py, shm region, 2 sizes, parent pid, backend dir, …, instance name
+        if argv and argv[0].endswith("triton_python_backend_stub"):
+            pids[f"stub:{argv[8] if len(argv) > 8 else child.pid}"] = child.pid
+    return pids
 
 
 def read_process(pid: int) -> tuple[float, int, int]:
@@ -189,6 +206,23 @@ class Load:
             if lines is not None and len(str(lines).splitlines()) != self.opts.job_items:
                 self.errors["jobs:result_lines"] += 1
 
+    async def chat_streams(self) -> None:
+        """Streamed chat completions: SSE chunks until `data: [DONE]` (when a smollm2 export is served)."""
+        while self.running():
+            self.requests["chat-stream"] += 1
+            body = {"model": "smollm2", "max_tokens": 24, "temperature": 0, "stream": True,
+                    "messages": [{"role": "user", "content": f"Describe a colour. ({self.rng.random():.6f})"}]}
+            try:
+                async with self.session.post("/v1/chat/completions", json=body) as resp:
+                    lines = [line.strip() async for line in resp.content if line.strip()]
+                    if resp.status != 200:
+                        self.errors[f"chat-stream:{resp.status}"] += 1
+                    elif len(lines) < 2 or lines[-1] != b"data: [DONE]":
+                        self.errors["chat-stream:unterminated"] += 1
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.errors[f"chat-stream:{type(exc).__name__}"] += 1
+            await asyncio.sleep(self.opts.think_s)
+
     async def chats(self) -> None:
         """Short non-streamed chat completions (when a smollm2 export is served)."""
         while self.running():
@@ -222,7 +256,7 @@ async def drive(url: str, key: str, pids: dict[str, int], opts: SoakOptions, cha
         load = Load(session, opts, chat, deadline)
         clients = [load.embeddings(warm=i % 2 == 1) for i in range(opts.embed_clients)] + [load.jobs()]
         if chat:
-            clients.append(load.chats())
+            clients += [load.chats(), *(load.chat_streams() for _ in range(opts.chat_streams))]
         await asyncio.gather(sampler(pids, opts.sample_every_s, deadline, start, samples), *clients)
     return Report(round(time.monotonic() - start, 1), dict(load.requests), dict(load.errors), samples)
 
@@ -233,7 +267,7 @@ def judge(report: Report, opts: SoakOptions) -> None:
     errors = sum(report.errors.values())
     report.checks["error_ratio"] = {"value": errors / total if total else 1.0, "bound": 0.0,
                                     "ok": total > 0 and errors == 0}
-    for role in ROLES:
+    for role in dict.fromkeys(s.role for s in report.samples):
         after = [s for s in report.samples if s.role == role and s.t >= opts.warmup_s]
         if len(after) < 4:
             report.checks[f"{role}_samples"] = {"value": len(after), "bound": 4, "ok": False}
@@ -251,6 +285,19 @@ def judge(report: Report, opts: SoakOptions) -> None:
             delta = median(last, attr) - median(first, attr)
             report.checks[f"{role}_{attr}_delta"] = {"value": delta, "from": median(first, attr),
                                                      "to": median(last, attr), "bound": slack, "ok": delta <= slack}
+        half = [s for s in after if s.t >= report.duration_s / 2]
+        slope = rss_slope(half)
+        report.checks[f"{role}_rss_slope"] = {"value": slope, "unit": "MB/min", "samples": len(half),
+                                              "bound": opts.max_rss_slope,
+                                              "ok": slope is not None and slope <= opts.max_rss_slope}
+
+
+def rss_slope(samples: list[Sample]) -> float | None:
+    """Least-squares slope of RSS over time, in MB per minute (None with fewer than 3 samples)."""
+    if len(samples) < 3 or len({s.t for s in samples}) < 2:
+        return None
+    fit = statistics.linear_regression([s.t / 60 for s in samples], [s.rss_mb for s in samples])
+    return round(fit.slope, 4)
 
 
 def run(opts: SoakOptions) -> Report:
@@ -259,8 +306,8 @@ def run(opts: SoakOptions) -> Report:
     state.mkdir(parents=True, exist_ok=True)
     stack, models = start(opts, state)
     with stack:
-        assert stack.gateway is not None and stack.worker is not None and stack.api_key is not None
-        pids = {"gateway": stack.gateway.process.pid, "worker": stack.worker.process.pid}
+        assert stack.gateway is not None and stack.api_key is not None
+        pids = stack_processes(stack)
         report = asyncio.run(drive(stack.gateway.url, stack.api_key, pids, opts, chat="smollm2" in models))
     judge(report, opts)
     return report
@@ -286,13 +333,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-every", type=float, default=SoakOptions.sample_every_s)
     parser.add_argument("--embed-clients", type=int, default=SoakOptions.embed_clients)
     parser.add_argument("--max-rss-growth", type=float, default=SoakOptions.max_rss_growth)
+    parser.add_argument("--max-rss-slope", type=float, default=SoakOptions.max_rss_slope,
+                        help="MB/min, least squares over the second half of the run (the issue's bound for an "
+                        "hour: 0.1; a few minutes' sampling noise is larger)")
+    parser.add_argument("--chat-streams", type=int, default=SoakOptions.chat_streams,
+                        help="streamed chat clients (when smollm2 is exported)")
     parser.add_argument("--state-dir", type=Path, default=None, help="logs and state (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     args = parser.parse_args(argv)
     opts = SoakOptions(repository=args.repository, duration_s=args.duration,
                        warmup_s=args.warmup if args.warmup is not None else args.duration / 10,
                        sample_every_s=args.sample_every, embed_clients=args.embed_clients,
-                       max_rss_growth=args.max_rss_growth, state_dir=args.state_dir)
+                       max_rss_growth=args.max_rss_growth, max_rss_slope=args.max_rss_slope,
+                       chat_streams=args.chat_streams, state_dir=args.state_dir)
     report = run(opts)
     print(render(report))
     if args.json is not None:

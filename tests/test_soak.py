@@ -1,6 +1,7 @@
-"""The soak command (loadtest/soak.py, issue #9 item 7) in a 12-second smoke run, so that it does not rot.
+"""The soak command (loadtest/soak.py, issue #9 item 7) in a 12-second smoke run, so that it does not rot, and its
+linear-growth gate (issue 23) on synthetic samples.
 
-The real soak is 10 minutes and not part of `make test`: `.venv/bin/python -m loadtest.soak --duration 600`.
+The real soak is not part of `make test`: `.venv/bin/python -m loadtest.soak --duration 900` (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -8,14 +9,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+from loadtest.soak import Report, Sample, SoakOptions, judge, rss_slope
 
 
 def test_soak_smoke_run_passes_and_reports_every_measurement(minilm_repository: Path, tmp_path: Path) -> None:
     report_path = tmp_path / "soak.json"
     argv = [sys.executable, "-m", "loadtest.soak", "--repository", str(minilm_repository), "--duration", "12",
             "--warmup", "4", "--sample-every", "1", "--state-dir", str(tmp_path / "state"), "--json",
-            str(report_path)]
+            str(report_path), "--max-rss-slope", "1000", "--max-rss-growth", "0.5"]  # 12 s: no leak verdict
     done = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=Path(__file__).parents[1])
     print(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -26,8 +30,43 @@ def test_soak_smoke_run_passes_and_reports_every_measurement(minilm_repository: 
         assert requests.get(kind, 0) > 0, requests
     assert "chat" not in requests, "the test repository has no smollm2 export"
     checks = report["checks"]
-    for role in ("gateway", "worker"):
-        for check in ("rss_growth", "fds_delta", "connections_delta"):
+    roles = {s["role"] for s in report["samples"]}
+    assert {"gateway", "worker", "triton"} <= roles and any(r.startswith("stub:minilm") for r in roles), roles
+    for role in roles:
+        for check in ("rss_growth", "rss_slope", "fds_delta", "connections_delta"):
             assert checks[f"{role}_{check}"]["ok"], checks
         readings = [s for s in report["samples"] if s["role"] == role]
         assert len(readings) >= 10 and all(s["rss_mb"] > 0 and s["fds"] > 0 for s in readings)
+
+
+def _samples(rss_at: Callable[[float], float], minutes: float = 60, every_s: float = 20) -> Report:
+    """One role's samples every `every_s` for `minutes`, RSS from `rss_at(minute)` plus ±0.3 MB of jitter."""
+    n = int(minutes * 60 / every_s) + 1
+    jitter = [0.3, -0.3, 0.1, -0.1, 0.0]
+    samples = [Sample(i * every_s, "triton", rss_at(i * every_s / 60) + jitter[i % 5], 40, 3) for i in range(n)]
+    return Report(minutes * 60, {"chat": 100}, {}, samples)
+
+
+def _verdict(report: Report) -> dict[str, object]:
+    judge(report, SoakOptions(warmup_s=360, max_rss_slope=0.1, max_rss_growth=0.10))
+    return report.checks["triton_rss_slope"]
+
+
+def test_slope_gate_passes_a_cache_that_fills_then_stays_flat() -> None:
+    report = _samples(lambda m: 100 + 9 * min(m, 25) / 25)  # +9 MB over 25 minutes, then full
+    assert _verdict(report)["ok"], report.checks
+    assert report.checks["triton_rss_growth"]["ok"]
+
+
+def test_slope_gate_fails_a_slow_linear_leak_that_growth_alone_misses() -> None:
+    report = _samples(lambda m: 100 + 0.15 * m)  # 0.15 MB/min: +8 % over the hour, under the 10 % growth bound
+    check = _verdict(report)
+    assert not check["ok"] and 0.13 < check["value"] < 0.17, check
+    assert report.checks["triton_rss_growth"]["ok"], "start-vs-end growth alone lets this leak through"
+    assert not report.ok
+
+
+def test_slope_is_least_squares_in_mb_per_minute() -> None:
+    exact = [Sample(t, "x", 50 + 2 * t / 60, 1, 1) for t in (0, 30, 60, 120)]
+    assert rss_slope(exact) == 2.0
+    assert rss_slope(exact[:2]) is None
