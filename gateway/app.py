@@ -25,6 +25,8 @@ from gateway.chat.factory import build_chat
 from gateway.chat.router import admin as chat_admin
 from gateway.chat.router import router as chat_router
 from gateway.chat.service import ChatService
+from gateway.classify.router import router as classify_router
+from gateway.classify.service import ClassifyPolicy, ClassifyService
 from gateway.config import GatewaySettings
 from gateway.deps import GatewayState
 from gateway.embeddings.router import route as embeddings_route
@@ -43,8 +45,11 @@ from gateway.models.service import ModelService
 from gateway.ops.router import PROBE_PATHS, admin
 from gateway.ops.router import router as ops_router
 from gateway.ratelimit.policy import TokenLedger, build_limiter
+from gateway.rerank.router import router as rerank_router
+from gateway.rerank.service import RerankPolicy, RerankService
 from gateway.rollout.router import admin as rollout_admin
 from gateway.rollout.service import RolloutMetrics, RolloutService
+from gateway.scoring.runner import ScoringRunner
 
 log = logging.getLogger("gateway")
 
@@ -112,8 +117,11 @@ def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewaySt
     chat = build_chat(settings, metrics, redis, backend, limiter)
     rollouts = RolloutService(settings.rollouts_file, metrics=RolloutMetrics(metrics.registry),
                               check_interval_s=settings.rollouts_check_interval_s)
+    ledger = TokenLedger(limiter) if limiter is not None else None
     embeddings = EmbeddingService(backend, metrics=metrics, policy=policy, cache=cache, flights=flights,
-                                  ledger=TokenLedger(limiter) if limiter is not None else None, rollouts=rollouts)
+                                  ledger=ledger, rollouts=rollouts)
+    # rerank and classify share the embeddings' cache, single-flight, token ledger and rollouts
+    scoring = ScoringRunner(backend, metrics=metrics, cache=cache, flights=flights, ledger=ledger, rollouts=rollouts)
     return GatewayState(
         settings=settings,
         metrics=metrics,
@@ -122,6 +130,8 @@ def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewaySt
         redis=redis,
         embeddings=embeddings,
         models=ModelService(backend, started_at=int(time.time())),
+        rerank=RerankService(scoring, RerankPolicy(settings.max_input_items, settings.max_input_chars)),
+        classify=ClassifyService(scoring, ClassifyPolicy(settings.max_input_items, settings.max_input_chars)),
         kserve=KServeProxy(triton_http_session(settings.passthrough_max_connections, settings.backend_timeout_s),
                            settings.http_urls, backend if isinstance(backend, TritonPool) else None),
         cache=cache,
@@ -169,8 +179,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                   default_response_class=OrjsonResponse, telemetry=NO_OTEL)
     install_error_handlers(app)
     app.router.routes.append(embeddings_route)  # the hot route, ahead of the routers (see gateway.http.direct)
-    for router in (chat_router, models_router, kserve_router, ops_router, admin, chat_admin,
-                   rollout_admin, jobs_router):
+    for router in (chat_router, rerank_router, classify_router, models_router, kserve_router, ops_router, admin,
+                   chat_admin, rollout_admin, jobs_router):
         app.include_router(router)
     app.add_middleware(AdmissionMiddleware, max_in_flight=settings.max_in_flight,
                        max_body_bytes=settings.max_body_bytes, retry_after_s=settings.overload_retry_after_s,

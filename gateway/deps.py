@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
 from fastapi import Request
+from pydantic import BaseModel
 
 from gateway.auth import ADMIN_SCOPE, Authenticator, Principal
 from gateway.backends.base import Backend
 from gateway.cache import EmbeddingCache
 from gateway.cache.control import CacheMode, parse_cache_control
 from gateway.chat.service import ChatService
+from gateway.classify.protocol import ClassifyRequest
+from gateway.classify.service import ClassifyService
 from gateway.config import GatewaySettings
 from gateway.embeddings.protocol import EmbeddingRequest
 from gateway.embeddings.service import EmbeddingService
@@ -23,6 +27,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.models.service import ModelService
 from gateway.ratelimit import RateLimiter
 from gateway.ratelimit.policy import admit
+from gateway.rerank.protocol import RerankRequest, TeiRerankRequest
+from gateway.rerank.service import RerankService
 from gateway.rollout.service import VERSION_HEADER, RolloutService, parse_pin
 
 
@@ -38,6 +44,8 @@ class GatewayState:
     embeddings: EmbeddingService
     models: ModelService
     kserve: KServeProxy
+    rerank: RerankService
+    classify: ClassifyService
     cache: EmbeddingCache | None = None
     limiter: RateLimiter | None = None
     chat: ChatService | None = None
@@ -168,3 +176,44 @@ async def chat_call(request: Request) -> ChatCall:
     principal = authenticate(request)
     await admit_request(request, principal)
     return ChatCall(principal, await get_chat_service(request), record_of(request))
+
+
+B = TypeVar("B", bound=BaseModel)
+S = TypeVar("S")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCall(Generic[B, S]):
+    """What a scoring route (`/v1/rerank`, `/rerank`, `/v1/classify`) needs, resolved as its one dependency."""
+
+    principal: Principal
+    service: S
+    body: B
+    mode: CacheMode  # from `Cache-Control`
+    pin: str | None  # a model version pinned by `x-tritonstack-model-version`
+    record: RequestRecord
+
+
+async def _task_call(request: Request, model: type[B], service: S) -> TaskCall[B, S]:
+    """Authenticate (401), admit (429), then parse the body from bytes (400 naming the field)."""
+    principal = authenticate(request)
+    await admit_request(request, principal)
+    body = parse_body(model, await request.body())
+    headers = request.headers
+    return TaskCall(principal, service, body, parse_cache_control(headers.get("cache-control")),
+                    parse_pin(headers.get(VERSION_HEADER)), record_of(request))
+
+
+async def rerank_call(request: Request) -> TaskCall[RerankRequest, RerankService]:
+    """`POST /v1/rerank`'s dependency."""
+    return await _task_call(request, RerankRequest, state_of(request).rerank)
+
+
+async def tei_rerank_call(request: Request) -> TaskCall[TeiRerankRequest, RerankService]:
+    """TEI's `POST /rerank`'s dependency."""
+    return await _task_call(request, TeiRerankRequest, state_of(request).rerank)
+
+
+async def classify_call(request: Request) -> TaskCall[ClassifyRequest, ClassifyService]:
+    """`POST /v1/classify`'s dependency."""
+    return await _task_call(request, ClassifyRequest, state_of(request).classify)

@@ -225,7 +225,9 @@ def parse_body(model: type[M], raw: bytes) -> M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise validation_error(exc.errors(include_url=False)) from None
+        # located in the body, as FastAPI's errors are: a field called `query` or `path` keeps its name in `param`
+        errors = [{**error, "loc": ("body", *error.get("loc", ()))} for error in exc.errors(include_url=False)]
+        raise validation_error(errors) from None
 
 
 def from_http_exception(exc: StarletteHTTPException) -> GatewayError:

@@ -62,6 +62,10 @@ class GatewayMetrics:
             "gateway_embedding_items", "Items embedded by the backend (cache misses).", ["model"], registry=r,
         )
         self.tokens = Counter("gateway_tokens", "Prompt tokens served.", ["model"], registry=r)
+        self.task_items = Counter(
+            "gateway_task_items", "Rerank pairs and classify texts computed by the backend (cache misses).",
+            ["task", "model"], registry=r,
+        )
         # several Triton endpoints (gateway.backends.pool); the label is the configured gRPC URL
         self.triton_endpoint_in_flight = Gauge(
             "gateway_triton_endpoint_in_flight", "Requests in flight to each Triton endpoint.", ["endpoint"],

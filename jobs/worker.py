@@ -1,8 +1,8 @@
 """The arq worker: `worker_settings(config)` is arq's WorkerSettings; `run(config)` runs it until SIGTERM.
 
-Functions: `embeddings` and `chat` (one per job type, named like the type; the argument is the job id, the
-input is in Redis) and `deliver_webhook` (one attempt per try). `on_startup` creates the Triton and Redis
-clients in `ctx` (see `jobs.runtime`) and starts the reaper; `on_shutdown` closes them. arq's own retry
+Functions: `embeddings`, `chat`, `rerank` and `classify` (one per job type, named like the type; the argument is
+the job id, the input is in Redis) and `deliver_webhook` (one attempt per try). `on_startup` creates the Triton and
+Redis clients in `ctx` (see `jobs.runtime`) and starts the reaper; `on_shutdown` closes them. arq's own retry
 machinery runs a job again after a worker shutdown (SIGTERM cancels, the job is re-queued) and after a
 deferred `Retry`; the reaper covers SIGKILL. arq's job timeout is `job_timeout_s` plus a minute: the job
 enforces `job_timeout_s` itself so that it can record why it failed.
@@ -19,10 +19,12 @@ from arq.worker import func
 
 from gateway.jobqueue.store import arq_dumps, arq_loads
 from jobs.chat import chat
+from jobs.classify import classify
 from jobs.config import WorkerConfig
 from jobs.embeddings import embeddings
 from jobs.outage import OutageTolerantWorker
 from jobs.reaper import Reaper
+from jobs.rerank import rerank
 from jobs.runtime import build_runtime, close_runtime
 from jobs.webhook import deliver_webhook
 
@@ -56,6 +58,8 @@ def worker_settings(config: WorkerConfig) -> dict[str, Any]:
         "functions": [
             func(embeddings, name="embeddings"),
             func(chat, name="chat"),
+            func(rerank, name="rerank"),
+            func(classify, name="classify"),
             func(deliver_webhook, name="deliver_webhook", max_tries=config.webhook_max_attempts,
                  timeout=config.webhook_timeout_s * 2),
         ],

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.fake_llm",
     "tests.fixtures.llm",
     "tests.fixtures.jobs",
+    "tests.fixtures.task_models",
 ]

@@ -7,7 +7,7 @@ InvalidRequestError, unreachable or queue full → BackendUnavailableError, dead
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -27,6 +27,14 @@ class EmbedResult:
 
     vectors: np.ndarray  # float32 [n, d]
     token_counts: np.ndarray  # int32 [n]
+    model_version: str  # the version Triton actually served
+
+
+@dataclass(frozen=True)
+class RowsResult:
+    """The requested outputs of a batch of rows, in input order: each array is [n, ...] (n rows)."""
+
+    outputs: dict[str, np.ndarray]
     model_version: str  # the version Triton actually served
 
 
@@ -80,6 +88,12 @@ class Backend(Protocol):
     async def embed(self, model: str, texts: Sequence[str], *, version: str = "") -> EmbedResult:
         """Embed `texts` with `model` (a pinned `version`, or "" for the server's choice); splits into batches
         the model accepts."""
+        ...
+
+    async def infer_rows(self, model: str, inputs: Mapping[str, Sequence[str]], outputs: Sequence[str], *,
+                         version: str = "") -> RowsResult:
+        """One batch row per item: each input a list of strings (all of one length, sent as BYTES [n, 1]); the
+        named outputs, split into batches the model accepts (rerank pairs, classify texts)."""
         ...
 
     async def model_info(self, model: str) -> ModelInfo:

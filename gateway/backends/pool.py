@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from gateway.backends.base import EmbedResult, ModelEntry, ModelInfo
+from gateway.backends.base import EmbedResult, ModelEntry, ModelInfo, RowsResult
 from gateway.backends.triton import TritonBackend
 from gateway.errors import BackendUnavailableError, GatewayError, NotFoundError
 from gateway.metrics import GatewayMetrics
@@ -174,6 +174,11 @@ class TritonPool:
     async def embed(self, model: str, texts: Sequence[str], *, version: str = "") -> EmbedResult:
         """Embed on the chosen endpoint (see `TritonBackend.embed`); retried once elsewhere when unreachable."""
         return await self.run(lambda ep: ep.backend.embed(model, texts, version=version))
+
+    async def infer_rows(self, model: str, inputs: Mapping[str, Sequence[str]], outputs: Sequence[str], *,
+                         version: str = "") -> RowsResult:
+        """`TritonBackend.infer_rows` on the chosen endpoint; retried once elsewhere when unreachable."""
+        return await self.run(lambda ep: ep.backend.infer_rows(model, inputs, outputs, version=version))
 
     async def model_info(self, model: str) -> ModelInfo:
         """Metadata of a ready model, from a healthy endpoint."""

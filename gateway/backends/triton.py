@@ -15,12 +15,18 @@ from typing import Any
 
 import grpc
 import numpy as np
-from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, InferInput, InferResult, KeepAliveOptions
+from tritonclient.grpc import (
+    MAX_GRPC_MESSAGE_SIZE,
+    InferInput,
+    InferRequestedOutput,
+    InferResult,
+    KeepAliveOptions,
+)
 from tritonclient.grpc._utils import get_error_grpc
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from gateway.backends.base import EmbedResult, ModelEntry, ModelInfo, TensorInfo
+from gateway.backends.base import EmbedResult, ModelEntry, ModelInfo, RowsResult, TensorInfo
 from gateway.backends.coalesce import EmbedCoalescer
 from gateway.errors import (
     BackendTimeoutError,
@@ -260,6 +266,59 @@ class TritonBackend:
             token_counts=np.asarray(counts, dtype=np.int32).reshape(-1),
             model_version=result.get_response().model_version,
         )
+
+    async def infer_rows(self, model: str, inputs: Mapping[str, Sequence[str]], outputs: Sequence[str], *,
+                         version: str = "") -> RowsResult:
+        """Rows of strings (rerank pairs, classify texts) → the named outputs, [n, ...] each, in row order.
+
+        Split by the model's `max_batch_size` and sent concurrently; a model without batching gets one row per
+        request. `version` pins a Triton model version ("" = Triton's choice)."""
+        info = await self.model_info(model)
+        n = len(next(iter(inputs.values()), ()))
+        if n == 0 or any(len(column) != n for column in inputs.values()):
+            raise ValueError("infer_rows needs at least one row and one value per row in every input")
+        step = info.max_batch_size if info.max_batch_size > 0 else 1
+        parts = [{name: column[i : i + step] for name, column in inputs.items()} for i in range(0, n, step)]
+        batched = info.max_batch_size > 0
+        if len(parts) == 1:
+            return await self._send_rows(model, version, parts[0], outputs, batched)
+        results = await asyncio.gather(*(self._send_rows(model, version, p, outputs, batched) for p in parts),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        done: list[RowsResult] = results  # type: ignore[assignment]
+        versions = {r.model_version for r in done}
+        return RowsResult({name: np.concatenate([r.outputs[name] for r in done]) for name in outputs},
+                          versions.pop() if len(versions) == 1 else "")
+
+    async def _send_rows(self, model: str, version: str, inputs: Mapping[str, Sequence[str]],
+                         outputs: Sequence[str], batched: bool) -> RowsResult:
+        tensors = []
+        for name, column in inputs.items():
+            try:
+                data = np.array([t.encode("utf-8") for t in column], dtype=np.object_)
+            except UnicodeEncodeError:
+                raise InvalidRequestError(f"'{name}' contains invalid Unicode (an unpaired surrogate)",
+                                          code="invalid_input") from None
+            data = data.reshape(-1, 1) if batched else data.reshape(1)
+            tensor = InferInput(name, list(data.shape), "BYTES")
+            tensor.set_data_from_numpy(data)
+            tensors.append(tensor)
+        wanted = [InferRequestedOutput(name) for name in outputs]
+        try:
+            result: InferResult = await self._client.infer(model, tensors, model_version=version, outputs=wanted,
+                                                            client_timeout=self._timeout_s)
+        except InferenceServerException as exc:
+            raise self._fail(exc, model) from None
+        rows = len(next(iter(inputs.values())))
+        arrays = {}
+        for name in outputs:
+            array = result.as_numpy(name)
+            if array is None or array.size % rows:
+                raise InternalError("The model returned an unexpected response", code="backend_error")
+            arrays[name] = array.reshape(rows, -1)
+        return RowsResult(arrays, result.get_response().model_version)
 
     async def stream_infer(self, model: str, inputs: Mapping[str, np.ndarray], *, timeout_s: float,
                            request_id: str = "") -> AsyncIterator[dict[str, np.ndarray]]:

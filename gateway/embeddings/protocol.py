@@ -25,6 +25,27 @@ def _is_token_array(value: Any) -> bool:
     return all(isinstance(x, list) and all(isinstance(t, int) for t in x) for x in value)
 
 
+def text_input(value: Any) -> Any:
+    """An `input` of text: a non-empty string or a non-empty array of them (ValueError otherwise, token arrays
+    refused with `TOKEN_INPUT_MESSAGE`); also the `input` of `/v1/classify`."""
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("'input' must be a non-empty string")
+        return value
+    if _is_token_array(value):
+        raise ValueError(TOKEN_INPUT_MESSAGE)
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("'input' must be a non-empty array")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ValueError(f"'input[{i}]' must be a string")
+            if not item:
+                raise ValueError(f"'input[{i}]' must be a non-empty string")
+        return value
+    raise ValueError("'input' must be a string or an array of strings")
+
+
 class EmbeddingRequest(BaseModel):
     """The request body; unknown fields are ignored (SDKs may add new ones)."""
 
@@ -39,22 +60,7 @@ class EmbeddingRequest(BaseModel):
     @field_validator("input", mode="before")
     @classmethod
     def _text_only(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            if not value:
-                raise ValueError("'input' must be a non-empty string")
-            return value
-        if _is_token_array(value):
-            raise ValueError(TOKEN_INPUT_MESSAGE)
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("'input' must be a non-empty array")
-            for i, item in enumerate(value):
-                if not isinstance(item, str):
-                    raise ValueError(f"'input[{i}]' must be a string")
-                if not item:
-                    raise ValueError(f"'input[{i}]' must be a non-empty string")
-            return value
-        raise ValueError("'input' must be a string or an array of strings")
+        return text_input(value)
 
 
 class Embedding(BaseModel):

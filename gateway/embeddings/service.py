@@ -31,6 +31,7 @@ from gateway.embeddings.encoding import embedding_payload
 from gateway.embeddings.protocol import EmbeddingRequest
 from gateway.errors import BackendUnavailableError, InvalidRequestError, NotFoundError
 from gateway.metrics import GatewayMetrics
+from gateway.models.tasks import EMBED, require_task
 from gateway.ratelimit.policy import TokenLedger
 from gateway.rollout.service import VERSION_HEADER, Choice, RolloutService, choose_version, with_pinned
 
@@ -139,6 +140,7 @@ class EmbeddingService:
         the returned payload is the OpenAI response object, `headers` name the served version."""
         texts = request_texts(request, self.policy)
         info = await self.model(request.model)
+        require_task(info, EMBED)
         check_dimensions(request, info)
         if self.cache is None:
             mode = CacheMode.BYPASS

@@ -2,7 +2,8 @@
 
 A record is a Redis hash of strings. Timestamps are epoch milliseconds inside, epoch seconds (float, ms
 precision) outside. `done`/`total` count work items: chunks for embedding jobs (known once the worker has
-planned the job; `total` is null before), requests for chat jobs.
+planned the job; `total` is null before), requests for chat jobs, (query, document) pairs for rerank jobs, texts
+for classify jobs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class JobType(enum.StrEnum):
 
     EMBEDDINGS = "embeddings"
     CHAT = "chat"
+    RERANK = "rerank"
+    CLASSIFY = "classify"
 
 
 def _int(value: bytes | None) -> int | None:
@@ -114,8 +117,8 @@ class JobRecord:
             "cancel_requested_at": _seconds(self.cancel_ms),
             "input_items": self.items,
             "progress": {"done": self.done, "total": self.total, "failed": self.failed},
-            "usage": {"prompt_tokens": self.tokens, "total_tokens": self.tokens}
-            if self.type is JobType.EMBEDDINGS else {"total_tokens": self.tokens},
+            "usage": {"total_tokens": self.tokens} if self.type is JobType.CHAT
+            else {"prompt_tokens": self.tokens, "total_tokens": self.tokens},
             "attempts": self.attempts,
             "error": self.error,
             "result_url": f"/v1/jobs/{self.id}/result",

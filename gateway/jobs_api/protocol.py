@@ -1,11 +1,12 @@
 """Wire models of `POST /v1/jobs` and the job object.
 
 A JSON body names the `type`: `embeddings` (`model`, and `input` — strings — or `documents` — `{id, text}`;
-optional `chunking {max_tokens, overlap}` and `encoding_format`) or `chat` (`requests`: `{custom_id, body}`
-with `body` a non-stream chat-completion request). Both take an optional `webhook {url, secret}` and
-`metadata` (≤ 16 string pairs). A JSONL upload (`Content-Type: application/x-ndjson`) carries the items, one
-per line (a document, a bare string, or a chat request), with the rest as query parameters
-(see `gateway.jobs_api.router`).
+optional `chunking {max_tokens, overlap}` and `encoding_format`), `chat` (`requests`: `{custom_id, body}`
+with `body` a non-stream chat-completion request), `rerank` (`model`, and `query` with `documents` — strings or
+`{id, text}` — or `groups` of `{id, query, documents}`) or `classify` (`model`, `input` or `documents`, `top_k`).
+All take an optional `webhook {url, secret}` and `metadata` (≤ 16 string pairs). A JSONL upload
+(`Content-Type: application/x-ndjson`) carries the items, one per line (a document, a bare string, a chat request,
+or a rerank group), with the rest as query parameters (see `gateway.jobs_api.router`).
 """
 
 from __future__ import annotations
@@ -120,7 +121,63 @@ class ChatJobRequest(_JobBase):
     requests: list[ChatJobItem] = Field(min_length=1)
 
 
-JobRequest = Annotated[EmbeddingsJobRequest | ChatJobRequest, Field(discriminator="type")]
+class RerankGroup(BaseModel):
+    """One query and the documents to score against it; `id` is echoed as `query_id` (default: its index)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | int | None = None
+    query: str = Field(min_length=1)
+    documents: list[Annotated[str, Field(min_length=1)] | Document] = Field(min_length=1)
+
+
+class RerankJobRequest(_JobBase):
+    """A rerank job: one `query` with its `documents`, or several `groups` of them; strings or `{id, text}`."""
+
+    type: Literal["rerank"]
+    model: str = Field(min_length=1, max_length=256)
+    query: str | None = Field(default=None, min_length=1)
+    documents: list[Annotated[str, Field(min_length=1)] | Document] | None = Field(default=None, min_length=1)
+    groups: list[RerankGroup] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> RerankJobRequest:
+        single = self.query is not None or self.documents is not None
+        if single == (self.groups is not None) or (single and (self.query is None or self.documents is None)):
+            raise ValueError("give either 'query' and 'documents', or 'groups' ([{id, query, documents}])")
+        return self
+
+    def group_list(self) -> list[RerankGroup]:
+        """The groups (a single query is group 0)."""
+        if self.groups is not None:
+            return self.groups
+        return [RerankGroup(id=0, query=self.query or "", documents=self.documents or [])]
+
+
+class ClassifyJobRequest(_JobBase):
+    """A classify job: strings (`input`) or documents (`{id, text}`), `top_k` labels per text (default all)."""
+
+    type: Literal["classify"]
+    model: str = Field(min_length=1, max_length=256)
+    input: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    documents: list[Document] | None = Field(default=None, min_length=1)
+    top_k: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> ClassifyJobRequest:
+        if (self.input is None) == (self.documents is None):
+            raise ValueError("give exactly one of 'input' (strings) or 'documents' ({id, text})")
+        return self
+
+    def document_list(self) -> list[Document]:
+        """The documents (plain strings get their index as id)."""
+        if self.documents is not None:
+            return self.documents
+        return [Document(id=i, text=text) for i, text in enumerate(self.input or [])]
+
+
+JobRequest = Annotated[EmbeddingsJobRequest | ChatJobRequest | RerankJobRequest | ClassifyJobRequest,
+                       Field(discriminator="type")]
 
 
 class JobProgress(BaseModel):
@@ -150,7 +207,7 @@ class JobObject(BaseModel):
 
     id: str
     object: Literal["job"] = "job"
-    type: Literal["embeddings", "chat"]
+    type: Literal["embeddings", "chat", "rerank", "classify"]
     model: str | None
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     created_at: float

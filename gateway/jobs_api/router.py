@@ -2,8 +2,9 @@
 
 - `POST /v1/jobs` → 202 job object (`Location` header; `Idempotent-Replayed: true` on a replay). A JSON body
   (see `gateway.jobs_api.protocol`), or JSONL (`Content-Type: application/x-ndjson`): one item per line — a
-  string or `{id, text}` for embeddings, `{custom_id, body}` for chat — with `type` (default embeddings),
-  `model`, `max_tokens`, `overlap`, `encoding_format` and `webhook_url` as query parameters.
+  string or `{id, text}` for embeddings and classify, `{custom_id, body}` for chat, a group `{id, query,
+  documents}` for rerank — with `type` (default embeddings), `model`, `max_tokens`, `overlap`,
+  `encoding_format`, `top_k` and `webhook_url` as query parameters.
 - `GET /v1/jobs/{id}` → the job object; `GET /v1/jobs/{id}/result` → JSONL of the units stored so far
   (`x-job-status` tells whether more will come); `DELETE /v1/jobs/{id}` → the job object after the cancel.
 """
@@ -49,6 +50,11 @@ def _jsonl_job(request: Request, raw: bytes) -> dict[str, Any]:
         job["webhook"] = {"url": q["webhook_url"]}
     if job["type"] == "chat":
         return {**job, "requests": [x if "body" in x else {"body": x} for x in lines]}
+    if job["type"] == "rerank":
+        return {**job, "model": q.get("model"), "groups": lines}
+    if job["type"] == "classify":
+        documents = [{"id": i, "text": x} if isinstance(x, str) else x for i, x in enumerate(lines)]
+        return {**job, "model": q.get("model"), "documents": documents, "top_k": q.get("top_k")}
     job.update(model=q.get("model"), encoding_format=q.get("encoding_format", "float"),
                documents=[{"id": i, "text": x} if isinstance(x, str) else x for i, x in enumerate(lines)])
     if q.get("max_tokens"):

@@ -39,11 +39,12 @@ from gateway.errors import (
 from gateway.jobqueue.egress import WebhookPolicy
 from gateway.jobqueue.records import JobRecord, JobStatus, JobType
 from gateway.jobqueue.store import JobStore, NewJob, SubmitLimits, new_job_id
-from gateway.jobs_api.protocol import ChatJobRequest, EmbeddingsJobRequest
+from gateway.jobs_api.protocol import ChatJobRequest, ClassifyJobRequest, EmbeddingsJobRequest, RerankJobRequest
+from gateway.models.tasks import CLASSIFY, EMBED, RERANK, require_task
 
 log = logging.getLogger("gateway.jobs")
 
-JobRequest = EmbeddingsJobRequest | ChatJobRequest
+JobRequest = EmbeddingsJobRequest | ChatJobRequest | RerankJobRequest | ClassifyJobRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,10 @@ class JobsService:
             raise InvalidRequestError(refused, param="webhook.url", code="webhook_url_not_allowed")
         if isinstance(request, EmbeddingsJobRequest):
             job_input, items, model = await self._embeddings_input(request, principal)
+        elif isinstance(request, RerankJobRequest):
+            job_input, items, model = await self._rerank_input(request, principal)
+        elif isinstance(request, ClassifyJobRequest):
+            job_input, items, model = await self._classify_input(request, principal)
         else:
             job_input, items, model = self._chat_input(request)
         secret = request.webhook.secret if request.webhook else None
@@ -192,28 +197,63 @@ class JobsService:
         documents = request.document_list()
         param = "input" if request.input is not None else "documents"
         self._check_items(len(documents), param)
-        for i, doc in enumerate(documents):
-            if len(doc.text) > self.policy.max_document_chars:
-                raise InvalidRequestError(f"'{param}[{i}]' has {len(doc.text)} characters; at most "
-                                          f"{self.policy.max_document_chars} per document", param=param,
-                                          code="input_too_long")
-        await self._check_model(request.model)
+        self._check_chars([doc.text for doc in documents], param)
+        await self._check_model(request.model, EMBED, "an embeddings job")
         chunking = (request.chunking.model_dump() if request.chunking is not None
                     else {"max_tokens": self.policy.chunk_tokens, "overlap": self.policy.chunk_overlap})
         job = {"model": request.model, "documents": [d.model_dump() for d in documents], "chunking": chunking,
                "encoding_format": request.encoding_format}
-        with contextlib.suppress(BackendUnavailableError, BackendTimeoutError):  # Triton down: the worker chooses
-            if (version := await self.embeddings.job_version(request.model, principal)) is not None:
-                job["model_version"] = version  # the owner's version under the rollout table, as its requests get
+        await self._choose_version(job, request.model, principal)
         return job, len(documents), request.model
 
-    async def _check_model(self, model: str) -> None:
-        """404 for a model Triton does not serve; accepted when Triton cannot be asked now (it runs later)."""
+    async def _rerank_input(self, request: RerankJobRequest, principal: Principal) -> tuple[dict[str, Any], int, str]:
+        groups = []
+        for g, group in enumerate(request.group_list()):
+            param = f"groups.{g}" if request.groups is not None else ""
+            documents = [{"id": i, "text": d} if isinstance(d, str) else d.model_dump()
+                         for i, d in enumerate(group.documents)]
+            self._check_chars([group.query], f"{param}.query".lstrip("."))
+            self._check_chars([d["text"] for d in documents], f"{param}.documents".lstrip("."))
+            groups.append({"id": g if group.id is None else group.id, "query": group.query, "documents": documents})
+        pairs = sum(len(group["documents"]) for group in groups)
+        self._check_items(pairs, "groups" if request.groups is not None else "documents")
+        await self._check_model(request.model, RERANK, "a rerank job")
+        job = {"model": request.model, "groups": groups}
+        await self._choose_version(job, request.model, principal)
+        return job, pairs, request.model
+
+    async def _classify_input(self, request: ClassifyJobRequest, principal: Principal
+                              ) -> tuple[dict[str, Any], int, str]:
+        documents = request.document_list()
+        param = "input" if request.input is not None else "documents"
+        self._check_items(len(documents), param)
+        self._check_chars([doc.text for doc in documents], param)
+        await self._check_model(request.model, CLASSIFY, "a classify job")
+        job = {"model": request.model, "documents": [d.model_dump() for d in documents], "top_k": request.top_k}
+        await self._choose_version(job, request.model, principal)
+        return job, len(documents), request.model
+
+    def _check_chars(self, texts: list[str], param: str) -> None:
+        for i, text in enumerate(texts):
+            if len(text) > self.policy.max_document_chars:
+                raise InvalidRequestError(f"'{param}[{i}]' has {len(text)} characters; at most "
+                                          f"{self.policy.max_document_chars} per document", param=param,
+                                          code="input_too_long")
+
+    async def _choose_version(self, job: dict[str, Any], model: str, principal: Principal) -> None:
+        """The owner's version under the rollout table, as its requests get (Triton down: the worker chooses)."""
+        with contextlib.suppress(BackendUnavailableError, BackendTimeoutError):
+            if (version := await self.embeddings.job_version(model, principal)) is not None:
+                job["model_version"] = version
+
+    async def _check_model(self, model: str, task: str, asker: str) -> None:
+        """404 for a model Triton does not serve, 400 for one of another task; accepted when Triton cannot be
+        asked now (it runs later)."""
         if not valid_model_name(model):
             raise NotFoundError(f"The model '{model}' does not exist or is not ready", param="model",
                                 code="model_not_found")
         with contextlib.suppress(BackendUnavailableError, BackendTimeoutError):
-            await self.embeddings.model(model)
+            require_task(await self.embeddings.model(model), task, asker)
 
     def _chat_input(self, request: ChatJobRequest) -> tuple[dict[str, Any], int, None]:
         self._check_items(len(request.requests), "requests")

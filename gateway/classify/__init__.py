@@ -1,0 +1,1 @@
+"""`POST /v1/classify`: texts → label scores from a sequence-classification model."""

@@ -1,0 +1,1 @@
+"""What `/v1/rerank` and `/v1/classify` share: model and task check, version choice, the per-item cache, limits."""
