@@ -24,12 +24,14 @@ from export.cli_options import (
     InterOpt,
     IntraOpt,
     PolicyOpt,
+    Pooling,
     Precision,
     RepositoryOpt,
     ServingFlags,
     SpinOpt,
     Target,
     TargetOpt,
+    Task,
     VersionOpt,
     serving_flags,
 )
@@ -195,6 +197,73 @@ def torch(
         if_missing=if_missing,
     )
     _run(export_torch, request)
+
+
+@app.command()
+@serving_flags(instances=2)
+def hf(
+    source: Annotated[Path, typer.Argument(
+        help="Local model directory: config.json, weights, tokenizer (a sentence-transformers directory too).")],
+    task: Annotated[Task, typer.Option(
+        help="embed (sentence embeddings), rerank (a cross-encoder scoring query/document pairs) or classify "
+        "(labels with scores).")],
+    name: Annotated[str | None, typer.Option(help="Model name (default: the directory's name, sanitised).")] = None,
+    repository: RepositoryOpt = Path("model_repository"),
+    target: TargetOpt = Target.cpu,
+    precision: Annotated[
+        Precision, typer.Option(help="fp32; int8 (ORT dynamic quantization); fp16 (gpu only).")
+    ] = Precision.fp32,
+    pooling: Annotated[Pooling | None, typer.Option(
+        help="embed, when the directory has no sentence-transformers files: mean (default), cls or last (token).")
+    ] = None,
+    normalize: Annotated[bool | None, typer.Option(
+        "--normalize/--no-normalize",
+        help="embed, when the directory has no sentence-transformers files: L2-normalise (default: yes).")] = None,
+    prefix: Annotated[str | None, typer.Option(
+        help='embed: text Triton prepends to every input, e.g. "query: " (default: the sentence-transformers '
+        "default prompt, if any).")] = None,
+    max_length: Annotated[int | None, typer.Option(
+        "--max-length", min=1,
+        help="Tokens per input (default: sentence_bert_config.json, else the tokenizer's and the model's limit).")
+    ] = None,
+    *,
+    serving: ServingFlags,  # the serving flags, listed here in --help (cli_options.serving_flags)
+    min_cosine: Annotated[float | None, typer.Option(
+        "--min-cosine", help="embed's parity gate (default: fp32 0.9999, fp16 0.999, int8 0.95).")] = None,
+    max_score_diff: Annotated[float | None, typer.Option(
+        "--max-score-diff",
+        help="rerank's and classify's parity gate: largest score difference (default: fp32 1e-4, fp16 1e-2, "
+        "int8 0.1).")] = None,
+    pad_to_multiple_of: Annotated[int, typer.Option(
+        "--pad-to-multiple-of", min=1, help="gpu: pad token ids to a multiple of this so requests co-batch.")] = 16,
+    version: VersionOpt = None,
+    force: ForceOpt = False,
+    if_missing: IfMissingOpt = False,
+) -> None:
+    """Export a Hugging Face encoder, reranker or classifier from a local directory, check parity, write a new
+    version."""
+    from export.hf.pipeline import HfRequest, export_hf
+
+    request = HfRequest(
+        source=source,
+        task=task.value,
+        model_name=name,
+        repository=repository,
+        target=target.value,
+        precision=precision.value,
+        serving=serving.options(),
+        pooling={"last": "lasttoken"}.get(pooling.value, pooling.value) if pooling else None,
+        normalize=normalize,
+        prefix=prefix,
+        max_length=max_length,
+        min_cosine=min_cosine,
+        max_score_diff=max_score_diff,
+        pad_to_multiple_of=pad_to_multiple_of,
+        version=version,
+        force=force,
+        if_missing=if_missing,
+    )
+    _run(export_hf, request)
 
 
 @app.command()

@@ -41,6 +41,22 @@ class Format(StrEnum):
     tensorrt = "tensorrt"
 
 
+class Task(StrEnum):
+    """What `export hf` serves a model for (the model contract in docs/EXPORT.md)."""
+
+    embed = "embed"
+    rerank = "rerank"
+    classify = "classify"
+
+
+class Pooling(StrEnum):
+    """`export hf --pooling`; `last` is sentence-transformers' `lasttoken`."""
+
+    mean = "mean"
+    cls = "cls"
+    last = "last"
+
+
 # Options shared by every export command (config knobs and repository handling).
 RepositoryOpt = Annotated[Path, typer.Option("--repository", "-r", help="Triton model repository directory.")]
 TargetOpt = Annotated[

@@ -1,12 +1,14 @@
 """Text-in sentence embedding on ONNX Runtime, for Triton's python backend (the CPU target).
 
 Inputs  `text`        TYPE_STRING [1]    one UTF-8 string per batch item
-Outputs `embedding`   TYPE_FP32   [dim]  L2-normalised sentence embedding
+Outputs `embedding`   TYPE_FP32   [dim]  sentence embedding (L2-normalised unless the export said otherwise)
         `token_count` TYPE_INT32  [1]    tokens actually embedded (after truncation, incl. [CLS]/[SEP])
 
 Tokenising inside the model lets requests of any text length share one dynamic batch. Every request
 gets exactly one response; a request whose bytes are not UTF-8 gets an error without failing its batch.
-Tunables come from `parameters` in config.pbtxt.
+Tunables come from `parameters` in config.pbtxt; `prefix` (written by `tritonstack export hf --prefix`, e.g.
+"query: ") is prepended to every text before tokenising, so `token_count` includes its tokens. Pooling and
+normalisation are inside the ONNX graph; `tritonstack_task` is "embed" (the contract above).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.max_seq_length = int(param(config, "max_seq_length", "256"))
         self.ort_batch_size = int(param(config, "ort_batch_size", "64"))
+        self.prefix = param(config, "prefix", "")
 
         self.tokenizer = Tokenizer.from_file(str(version_dir / param(config, "tokenizer_file", "tokenizer.json")))
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
@@ -48,6 +51,8 @@ class TritonPythonModel:
         )
 
     def _embed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.prefix:
+            texts = [self.prefix + text for text in texts]
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
         lengths = np.array([len(e.ids) for e in encodings], dtype=np.int32)
         out = None

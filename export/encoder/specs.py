@@ -74,6 +74,7 @@ def text_embedding_cpu(name: str, model: EmbeddingModel, opts: ServingOptions) -
             "onnx_file": "model.onnx",
             "tokenizer_file": "tokenizer.json",
             "precision": model.precision,
+            "tritonstack_task": "embed",  # the task the gateway routes by (docs/EXPORT.md, the model contract)
             **model.extra_parameters,
         },
     )
@@ -99,7 +100,8 @@ def _ensemble(name: str, model: EmbeddingModel, opts: ServingOptions) -> ModelFi
         outputs=[Tensor("embedding", "TYPE_FP32", (model.dim,)), TOKEN_COUNT],
         batching=None,
         version_policy=opts.version_policy,
-        parameters=dict(model.extra_parameters),  # the drift reference: clients (the gateway) read this config
+        # the task and the drift reference: clients (the gateway) read this config
+        parameters={"tritonstack_task": "embed", **model.extra_parameters},
     )
     cfg = build(spec)
     add_ensemble_steps(
