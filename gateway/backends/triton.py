@@ -337,16 +337,19 @@ class TritonBackend:
             yield {"model_name": model, "inputs": tensors, "request_id": request_id}
 
         call = self._client.stream_infer(requests())
+        finished = False
         try:
             while True:
                 result = await self._next_response(call, model, timeout_s)
                 response = result.get_response()
-                yield {out.name: result.as_numpy(out.name) for out in response.outputs}
                 params = response.parameters
-                if "triton_final_response" not in params or params["triton_final_response"].bool_param:
+                finished = "triton_final_response" not in params or params["triton_final_response"].bool_param
+                yield {out.name: result.as_numpy(out.name) for out in response.outputs}
+                if finished:
                     return
         finally:
-            call.cancel()
+            if not finished or not await _ended(call):
+                call.cancel()  # a stream cancelled after its final response leaves memory behind in Triton 2.51
 
     async def _next_response(self, call: AsyncIterator, model: str, timeout_s: float) -> InferResult:
         try:
@@ -364,3 +367,15 @@ class TritonBackend:
         if error is not None:
             raise self._fail(error, model)
         return result
+
+
+async def _ended(call: AsyncIterator, timeout_s: float = 1.0) -> bool:
+    """Whether the stream ends by itself after its final response (the server closes it once the request stream
+    is closed), so that it needs no cancel."""
+    try:
+        await asyncio.wait_for(anext(call), timeout_s)
+    except StopAsyncIteration:
+        return True
+    except (TimeoutError, grpc.RpcError, InferenceServerException):
+        return False
+    return False  # one more response after the final one: not a stream we understand, cancel it
