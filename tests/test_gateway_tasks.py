@@ -2,9 +2,8 @@
 in front of a real tritonserver (the toy task models of tests/fixtures/task_models.py, built to the export's model
 contract) and a real redis-server.
 
-The `cohere` SDK is not in the lock: its rerank requests are sent with httpx instead, with the request bodies
-Cohere's API reference documents (v2: strings, to `/v2/rerank` as `ClientV2` does; v1: objects with `rank_fields`,
-`return_documents`); a test with the SDK itself runs where it is installed.
+Cohere's own SDK (`cohere.ClientV2`) reranks through the gateway; the v1 request bodies of Cohere's API reference
+(objects with `rank_fields`, `return_documents`) are sent with httpx.
 """
 
 from __future__ import annotations
@@ -191,11 +190,14 @@ def test_cohere_request_bodies(task_gateway: RunningGateway, gateway_keys: Gatew
     assert body["results"][0]["document"]["id"] == str(body["results"][0]["index"])
 
 
-def test_cohere_sdk_when_installed(task_gateway: RunningGateway, gateway_keys: GatewayKeys) -> None:
-    cohere = pytest.importorskip("cohere")
+def test_cohere_sdk_reranks_through_the_gateway(task_gateway: RunningGateway, gateway_keys: GatewayKeys) -> None:
+    import cohere
+
     client = cohere.ClientV2(api_key=gateway_keys.user, base_url=task_gateway.url)
-    response = client.rerank(model=RERANK_MODEL, query=QUERY, documents=fresh(DOCUMENTS), top_n=2)
-    assert len(response.results) == 2
+    documents = fresh(DOCUMENTS)
+    response = client.rerank(model=RERANK_MODEL, query=QUERY, documents=documents, top_n=2)
+    assert [r.index for r in response.results] == expected_order(QUERY, documents)[:2]
+    assert response.results[0].relevance_score >= response.results[1].relevance_score
 
 
 def test_tei_rerank_route(task_gateway: RunningGateway, gateway_keys: GatewayKeys) -> None:
