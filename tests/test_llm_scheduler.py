@@ -1,6 +1,7 @@
 """The continuous-batching scheduler (`llm_scheduler`) on a stand-in decoder, without a server or the real model:
 batching and capacity, prefill groups, chunked prefill (cancelled, failing, passed by short prompts), the sender
-thread, and responses coalesced under load."""
+thread, and responses coalesced under load; and on a tiny real graph in the GPU target's configuration (unpadded),
+the passes GroupQueryAttention accepts."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.llm_fakes import Pieces, slots
+from tests.llm_fakes import Pieces, slots, tiny_graph
 from triton_models.llm_engine import KVSlots
 from triton_models.llm_text import SamplingParams, TextStream
 
@@ -434,3 +435,42 @@ def test_log_probabilities_ride_with_the_responses_that_carry_their_tokens(sched
     assert first["logprob"] == pytest.approx(1 - np.log(np.e + 15))
     assert first["top_logprobs"] == [{"token": " t1", "bytes": [], "logprob": first["logprob"]}]
     assert sinks[1].logprobs == ["", "", ""]  # a request that did not ask gets none
+
+
+@pytest.fixture(scope="module")
+def gpu_graph(tmp_path_factory: pytest.TempPathFactory):
+    return tiny_graph(tmp_path_factory.mktemp("tiny-decoder"), "fp16")
+
+
+def test_the_gpu_configuration_prefills_rows_over_a_cached_prefix_one_per_pass(scheduling, gpu_graph) -> None:
+    """The GPU target's graph (fp16, no `query_seqlens`: unpadded) on ONNX Runtime's CPU provider, whose
+    GroupQueryAttention input check is the CUDA kernel's: prompts that arrive together over a cached system prompt
+    never share a pass of several tokens per row (which GroupQueryAttention refuses, and `_fail_all` would end every
+    running stream), prompts without a cached prefix still do, and every stream ends normally."""
+    import llm_engine
+
+    path, info = gpu_graph
+    decoder = llm_engine.Decoder(path, info)
+    assert not decoder.padded and decoder.kv_dtype == np.float16
+    passes: list[tuple[int, int, int]] = []  # (rows, new tokens per row, most cached tokens of a row)
+    step = decoder.step
+
+    def recorded(ids, new, batch):
+        passes.append((ids.shape[0], ids.shape[1], int(batch.lengths.max())))
+        return step(ids, new, batch)
+
+    decoder.step = recorded
+    limits = scheduling.Limits(max_batch_size=8, max_kv_tokens=4096, prefix_cache_tokens=1024)
+    scheduler = scheduling.Scheduler(decoder, limits, ())
+    system = list(range(1, 13))
+    decoder.prefill([*system, 20], scheduler.prefixes)  # an earlier conversation cached the system prompt
+    passes.clear()
+    prompts = [[*system, 30, 31, 32], [*system, 33, 34, 35], [*system, 36], [40, 41, 42], [43, 44, 45]]
+    sinks = [_submit_greedy(scheduling, scheduler, prompt, 4) for prompt in prompts]
+    _run(scheduler, until=lambda: all(s.finished is not None or s.error is not None for s in sinks))
+    assert [s.error for s in sinks] == [None] * 5 and all(s.finished == ("length", 4) for s in sinks)
+    refused = [p for p in passes if p[0] > 1 and p[1] > 1 and p[2] > 0]
+    assert not refused, f"passes GroupQueryAttention refuses without padding: {refused}"
+    assert (2, 3, 0) in passes  # the two prompts without a cached prefix: one pass
+    assert any(rows > 1 and new == 1 for rows, new, _ in passes)  # the rows decode together
+    assert scheduler.prefixes.hits >= 3

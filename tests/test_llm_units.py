@@ -14,8 +14,9 @@ from export.errors import OptionError, ParityError
 from export.llm.parity import GenerationParity, enforce
 from export.llm.pipeline import Smollm2Request, validate_smollm2
 from export.llm.specs import GenerationServing
-from tests.llm_fakes import Pieces, slots
-from triton_models.llm_engine import KVSlots, check_runtime
+from tests.llm_fakes import Pieces, slots, tiny_graph
+from triton_models import llm_engine
+from triton_models.llm_engine import KVSlots, Place, check_provider, check_runtime, unpadded_passes
 from triton_models.llm_prefix import PrefixCache
 from triton_models.llm_text import SamplingParams, TextStream, penalize, sample
 
@@ -147,6 +148,67 @@ def test_an_onnx_runtime_that_cannot_load_the_graph_is_refused_with_what_to_inst
     for old in ("1.31.1", "1.23.2"):  # 1.23: the last release for Python 3.10 (NVIDIA's Triton 24.10 image)
         with pytest.raises(RuntimeError, match=r"needs onnxruntime >= 1\.32 .*onnxruntime " + old.replace(".", r"\.")):
             check_runtime(old)
+    check_runtime("1.24.4", gpu_graph=True)  # the GPU graph: the GPU image's CUDA 12 onnxruntime-gpu
+    with pytest.raises(RuntimeError, match=r"onnxruntime-gpu >= 1\.24.*onnxruntime 1\.23\.2.*CUDA 12"):
+        check_runtime("1.23.2", gpu_graph=True)
+
+
+class Session:
+    def __init__(self, providers: list[str]) -> None:
+        self.providers = providers
+
+    def get_providers(self) -> list[str]:
+        return self.providers
+
+
+def test_a_gpu_session_that_fell_back_to_the_cpu_is_refused() -> None:
+    """ONNX Runtime lists CUDAExecutionProvider whenever it is built in, and falls back to the CPU when its libraries
+    do not load (a CUDA 13 build in a CUDA 12 image): the session's own providers decide."""
+    gpu = Place("cuda", 0)
+    check_provider(Session(["CUDAExecutionProvider", "CPUExecutionProvider"]), gpu)
+    check_provider(Session(["CPUExecutionProvider"]), llm_engine.HOST)
+    with pytest.raises(RuntimeError, match=r"with \['CPUExecutionProvider'\], not CUDAExecutionProvider.*CUDA 12"):
+        check_provider(Session(["CPUExecutionProvider"]), gpu)
+
+
+def test_unpadded_passes_follow_group_query_attentions_rule() -> None:
+    # rows: (cached tokens, new tokens)
+    assert unpadded_passes([0, 0, 0], [3, 3, 5]) == [[0, 1], [2]]  # nothing cached: by number of new tokens
+    assert unpadded_passes([12, 12, 0, 7], [3, 3, 3, 1]) == [[0], [1], [2], [3]]  # cached + several tokens: alone
+    assert unpadded_passes([12, 0, 5], [1, 1, 1]) == [[0, 1, 2]]  # one new token each: a decode-shaped pass
+
+
+@pytest.fixture(scope="module")
+def gpu_decoder(tmp_path_factory: pytest.TempPathFactory) -> llm_engine.Decoder:
+    return llm_engine.Decoder(*tiny_graph(tmp_path_factory.mktemp("tiny-decoder"), "fp16"))
+
+
+def test_the_unpadded_graph_refuses_several_rows_over_cached_tokens_and_the_decoder_says_why(
+        gpu_decoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GroupQueryAttention's own refusal, on the GPU target's graph (ONNX Runtime's CPU provider shares the input
+    check with CUDA's): two rows of three new tokens over two cached ones; the decoder refuses it first, by name."""
+    over_cached = gpu_decoder.empty(2)
+    over_cached.lengths[:] = 2
+    ids, new = np.ones((2, 3), dtype=np.int64), np.array([3, 3])
+    with pytest.raises(ValueError, match="batch_size must be 1 when sequence_length > 1 and past context"):
+        gpu_decoder.step(ids, new, over_cached)
+    monkeypatch.setattr(llm_engine, "_check_unpadded", lambda *_: None)
+    with pytest.raises(Exception, match="batch_size must be 1 when sequence_length > 1 and past context is given"):
+        gpu_decoder.step(ids, new, over_cached)
+    logits, fresh = gpu_decoder.step(ids, new, gpu_decoder.empty(2))  # nothing cached: one pass of both rows
+    assert fresh.lengths.tolist() == [3, 3] and np.isfinite(logits).all()
+
+
+def test_the_cache_copies_are_synchronised_before_each_pass(gpu_decoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU, CuPy queues the cache copies on its stream and ONNX Runtime computes on another: each pass first
+    waits for CuPy's (`Place.synchronize`), then runs."""
+    events: list[str] = []
+    monkeypatch.setattr(Place, "synchronize", lambda self: events.append("synchronize"))
+    run = gpu_decoder.session.run_with_iobinding
+    monkeypatch.setattr(gpu_decoder.session, "run_with_iobinding", lambda b: (events.append("run"), run(b))[1],
+                        raising=False)
+    gpu_decoder.decode([1, 2], gpu_decoder.empty(2))
+    assert events == ["synchronize", "run"]
 
 
 def test_logprobs_entries_in_openais_shape_with_raw_bytes() -> None:

@@ -31,18 +31,62 @@ if TYPE_CHECKING:  # at runtime the caller's cache is used as given (llm_prefix 
 
 CHUNK = 64  # cache capacity grows in steps of this many columns
 MIN_ORT = (1, 32)  # the CPU graph: GroupQueryAttention's `query_seqlens` input (right-padded rows) is new in 1.32
+# The GPU graph (fp16, no `query_seqlens`) needs no 1.32 feature. It is checked on ONNX Runtime 1.24 (the CPU provider
+# of 1.24.4 loads and runs it, batched prefill included: docs/LLM.md, "GPU target"), the GPU image's pin: a CUDA 12
+# build of onnxruntime-gpu (up to 1.26 on PyPI; 1.27 on are CUDA 13 builds), as NVIDIA's Triton 24.12 has CUDA 12.6.
+MIN_ORT_GPU = (1, 24)
 
 
-def check_runtime(version: str = ort.__version__) -> None:
+def check_runtime(version: str = ort.__version__, *, gpu_graph: bool = False) -> None:
     """Refuse an ONNX Runtime that cannot load the exported graph, with what to install (instead of its INVALID_GRAPH
     error about GroupQueryAttention's input count)."""
     found = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
-    if found < MIN_ORT:
+    if gpu_graph and found < MIN_ORT_GPU:
+        raise RuntimeError(
+            f"the GPU generation graph (tritonstack export smollm2 --target gpu) is checked on onnxruntime-gpu >= "
+            f"{'.'.join(map(str, MIN_ORT_GPU))}; this Python has onnxruntime {version}: install the GPU image's pin "
+            "(deploy/docker/requirements-triton-gpu.txt: onnxruntime-gpu 1.24.4, a CUDA 12 build)"
+        )
+    if not gpu_graph and found < MIN_ORT:
         raise RuntimeError(
             f"the generation graph needs onnxruntime >= {'.'.join(map(str, MIN_ORT))} (GroupQueryAttention's "
             f"query_seqlens input); this Python has onnxruntime {version}: pip install 'onnxruntime>=1.32' "
-            "(wheels for Python >= 3.11)"
+            "(wheels for Python >= 3.11). A `--target cpu` export does not load on the GPU image's onnxruntime-gpu "
+            "(no CUDA 12 build of 1.32): serve it with LLM_RUNTIME=cpu, or export with --target gpu"
         )
+
+
+def check_provider(session: Any, place: Place) -> None:
+    """Refuse a GPU session that ONNX Runtime quietly created on the CPU. `get_available_providers()` lists the
+    providers built in, not those that load: when the CUDA provider's libraries (CUDA, cuDNN) do not load, ONNX
+    Runtime logs the error and falls back to the CPU provider."""
+    if place.device == "cpu":
+        return
+    used = list(session.get_providers())
+    if not used or used[0] != "CUDAExecutionProvider":
+        raise RuntimeError(
+            f"execution_provider cuda: ONNX Runtime {ort.__version__} created the session with {used}, not "
+            "CUDAExecutionProvider first: its CUDA provider did not load (the log above names the library that "
+            "failed). onnxruntime-gpu must be a build for the CUDA major version of this machine (1.24.x: CUDA 12 "
+            "and cuDNN 9, as NVIDIA's Triton 24.12 image has; 1.27 on: CUDA 13) and the driver must support it. "
+            "Refusing to run the fp16 GPU graph on the CPU"
+        )
+
+
+def unpadded_passes(cached: Sequence[int], new: Sequence[int]) -> list[list[int]]:
+    """The passes that prefill rows on a graph without `query_seqlens` (the GPU's): row indices, each pass in order.
+
+    Without padding every row of a pass has the same number of new tokens. And ONNX Runtime's GroupQueryAttention
+    (its input check, shared by the CPU and CUDA kernels) refuses a pass of more than one row with more than one new
+    token per row when any row has cached tokens ("batch_size must be 1 when sequence_length > 1 and past context is
+    given"). So rows without a cached prefix share a pass with the rows that have as many new tokens, rows with one
+    new token share one pass (shaped like a decode step), and every other row (a cached prefix and more than one new
+    token) has a pass of its own."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, (n, k) in enumerate(zip(cached, new, strict=True)):
+        key = ("one", 1) if k == 1 else ("fresh", k) if n == 0 else ("alone", i)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
 @dataclass(frozen=True)
@@ -136,6 +180,15 @@ class Place:
 
     def pointer(self, array: Any) -> int:
         return int(array.ctypes.data) if self.device == "cpu" else int(array.data.ptr)
+
+    def synchronize(self) -> None:
+        """Wait until the array operations queued here are done. CuPy queues its copies into the cache buffers on its
+        current stream, and ONNX Runtime's CUDA provider computes on a stream of its own that does not wait for it:
+        without this, a pass could read a row's slot before the copy of its cached prefix (or of a merged batch)
+        has landed."""
+        if self.device != "cpu":
+            with self.active():
+                _cupy().cuda.get_current_stream().synchronize()
 
 
 HOST = Place()
@@ -250,11 +303,14 @@ class Decoder:
         self.place = place
         if (missing := place.missing()) is not None:  # a clear error before the sessions load
             raise RuntimeError(missing)
+        if place.device != "cpu":
+            check_runtime(gpu_graph=True)
         try:
             self.session = _session(onnx_path, intra_op_threads, inter_op_threads, allow_spinning, place)
         except Exception:
             check_runtime()  # the CPU graph on an onnxruntime too old for it: say what to install
             raise
+        check_provider(self.session, place)
         self.single_row = (_session(single_row_path, intra_op_threads, inter_op_threads, allow_spinning, place)
                            if single_row_path is not None else None)
         self.info = info
@@ -300,13 +356,16 @@ class Decoder:
             "logits_index": np.arange(rows, dtype=np.int64) * columns + new - 1,
         }
         if not self.takes_query_seqlens:
-            assert bool((new == columns).all()), "this graph cannot pad: every row needs the same number of tokens"
+            _check_unpadded(slots.lengths, new, columns)
             del feeds["query_seqlens"]
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         logits = np.empty((rows, self.info.vocab), dtype=np.float32)  # ours: no output wrappers, no copy
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        slots.place.synchronize()  # the cache copies CuPy queued are in place before ONNX Runtime's stream reads
         session.run_with_iobinding(binding)
+        if slots.place.device != "cpu":
+            binding.synchronize_outputs()  # and the keys and values it wrote are, before CuPy copies rows again
         slots.lengths[:] = after
         return logits, slots
 
@@ -325,14 +384,16 @@ class Decoder:
 
         Each row starts from its own longest cached prefix, copied into its slot; the rest of each prompt is
         right-padded to the longest rest (`query_seqlens`: the padding never enters the cache). A graph that cannot
-        pad (`padded` False) runs one pass per group of rows with as many uncached tokens, and the rows come back in
-        the prompts' order. Every prompt's cache is then stored for later prompts."""
+        pad (`padded` False) runs the passes `unpadded_passes` allows, and the rows come back in the prompts' order.
+        Every prompt's cache is then stored for later prompts."""
         found = [prefixes.lookup(p) if prefixes is not None else (0, None) for p in prompts]
         rests = [list(p[n:]) for p, (n, _) in zip(prompts, found, strict=True)]
-        if self.padded or len({len(r) for r in rests}) == 1:
+        passes = [list(range(len(rests)))] if self.padded else unpadded_passes([n for n, _ in found],
+                                                                               [len(r) for r in rests])
+        if len(passes) == 1:
             logits, slots = self._prefill_pass(found, rests)
         else:
-            logits, slots = self._prefill_by_length(found, rests)
+            logits, slots = self._prefill_in_passes(found, rests, passes)
         if prefixes is not None:
             for i, prompt in enumerate(prompts):
                 prefixes.store(prompt, slots.row(i))
@@ -348,16 +409,13 @@ class Decoder:
             ids[i, : len(rest)] = rest
         return self.step(ids, np.array([len(r) for r in rests], dtype=np.int64), slots)
 
-    def _prefill_by_length(self, found: Sequence[tuple[int, list[np.ndarray] | None]], rests: list[list[int]]
-                           ) -> tuple[np.ndarray, KVSlots]:
-        """One unpadded pass per number of uncached tokens; rows and logits in the prompts' order."""
-        groups: dict[int, list[int]] = {}
-        for i, rest in enumerate(rests):
-            groups.setdefault(len(rest), []).append(i)
-        passes = [self._prefill_pass([found[i] for i in rows], [rests[i] for i in rows]) for rows in groups.values()]
-        back = np.argsort([i for rows in groups.values() for i in rows])  # prompt i's row in the stacked passes
-        stacked = KVSlots.stacked([slots for _, slots in passes])
-        return np.concatenate([logits for logits, _ in passes])[back], stacked.selected(back.tolist())
+    def _prefill_in_passes(self, found: Sequence[tuple[int, list[np.ndarray] | None]], rests: list[list[int]],
+                           passes: list[list[int]]) -> tuple[np.ndarray, KVSlots]:
+        """One pass per group of rows (`unpadded_passes`); rows and logits in the prompts' order."""
+        done = [self._prefill_pass([found[i] for i in rows], [rests[i] for i in rows]) for rows in passes]
+        back = np.argsort([i for rows in passes for i in rows])  # prompt i's row in the stacked passes
+        stacked = KVSlots.stacked([slots for _, slots in done])
+        return np.concatenate([logits for logits, _ in done])[back], stacked.selected(back.tolist())
 
     def prefill_start(self, token_ids: Sequence[int], prefixes: PrefixCache | None = None) -> PromptPrefill:
         """A prompt to prefill in chunks (`PromptPrefill.advance`), from its longest cached prefix."""
@@ -378,6 +436,17 @@ class Decoder:
         """One token per row: (logits [B, V], the batch one token longer per row)."""
         ids = np.asarray(last_tokens, dtype=np.int64).reshape(-1, 1)
         return self.step(ids, np.ones(ids.shape[0], dtype=np.int64), slots)
+
+
+def _check_unpadded(cached: np.ndarray, new: np.ndarray, columns: int) -> None:
+    """The passes a graph without `query_seqlens` can run (see `unpadded_passes`), refused here with the rule
+    rather than by GroupQueryAttention in the middle of a batch."""
+    if not bool((new == columns).all()):
+        raise ValueError("this graph cannot pad: every row of a pass needs the same number of new tokens")
+    if cached.shape[0] > 1 and columns > 1 and bool(cached.any()):
+        raise ValueError(f"this graph cannot prefill {cached.shape[0]} rows of {columns} tokens over cached ones in "
+                         "one pass (GroupQueryAttention: batch_size must be 1 when sequence_length > 1 and past "
+                         "context is given): one row per pass (`unpadded_passes`)")
 
 
 @dataclass
