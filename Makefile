@@ -36,6 +36,7 @@ lock: $(STAMP)
 		  echo "$(SMOLLM2) \\"; $(BIN)/pip hash $$tmp/*.whl | tail -1 | sed 's/^/    /'; } >> requirements.lock; rm -r $$tmp
 	cd deploy/docker && for set in runtime triton-cpu; do \
 		../../$(COMPILE) -c ../../requirements.lock -o requirements-$$set.txt requirements-$$set.in || exit 1; done
+	$(BIN)/python -m tritonstack.image_lock    # NVIDIA's Triton image: Python 3.12, resolved in one step
 	$(COMPILE) --upgrade -o requirements-clients.lock requirements-clients.in
 
 # Test-only tools: offline validators for deploy/ (tests/test_deploy.py), no Docker engine or cluster needed:
@@ -82,6 +83,13 @@ bench: install
 	$(BIN)/tritonstack export minilm --if-missing
 	$(BIN)/tritonstack export smollm2 --if-missing
 	$(BIN)/tritonstack bench
+
+# The GPU path's checks (tests/gpu_check.py, docs/deploy.md "GPU checks"): prepares .tritonstack/gpu-check/ (what
+# the GPU machine needs, ~45 MiB: it has no network) where the export stack is, then runs what this machine allows
+# ("no GPU" here). On a GPU machine with torch + CUDA, this tree and that folder: minutes, no network.
+.PHONY: gpu-check
+gpu-check:
+	@py=$(BIN)/python; test -x $$py || py=$(PYTHON); $$py -m tests.gpu_check
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -30,6 +30,12 @@ NUMPY_TO_TRITON = {
 }
 
 
+# Where ONNX Runtime's TensorRT accelerator keeps the engines it builds (`trt_engine_cache_path`): a writable volume in
+# NVIDIA's image as compose and Kubernetes run it (deploy/docker/triton-gpu.Dockerfile creates it), so that a restart
+# loads the engines instead of building them while requests wait.
+TRT_ENGINE_CACHE = "/var/cache/tritonstack/trt-engines"
+
+
 class ConfigError(ValueError):
     """A generated or hand-written config does not parse with Triton's schema, or is inconsistent."""
 
@@ -87,6 +93,9 @@ class ModelSpec:
     warmup: Sequence[WarmupSample] = ()
     parameters: dict[str, str] = field(default_factory=dict)
     tensorrt_accelerator_precision: str | None = None
+    # more parameters of the TensorRT accelerator, by the names Triton's onnxruntime backend takes (its README:
+    # "Parameter mapping between ONNX Runtime and Triton ONNXRuntime Backend"; it refuses any other name)
+    tensorrt_accelerator_parameters: dict[str, str] = field(default_factory=dict)
     decoupled: bool = False
     response_cache: bool = False
     default_model_filename: str | None = None
@@ -176,6 +185,10 @@ def build(spec: ModelSpec) -> mc.ModelConfig:
         acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         acc.parameters["precision_mode"] = spec.tensorrt_accelerator_precision
         acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
+        acc.parameters["trt_engine_cache_enable"] = "1"
+        acc.parameters["trt_engine_cache_path"] = TRT_ENGINE_CACHE
+        for key, value in spec.tensorrt_accelerator_parameters.items():
+            acc.parameters[key] = value
     if spec.decoupled:
         cfg.model_transaction_policy.decoupled = True
     if spec.response_cache:
@@ -208,10 +221,12 @@ def render_spec(spec: ModelSpec) -> str:
     return text
 
 
-def add_ensemble_steps(cfg: mc.ModelConfig, steps: Sequence[tuple[str, dict[str, str], dict[str, str]]]) -> None:
-    """Append `ensemble_scheduling` steps: (model, {step input: ensemble tensor}, {step output: ensemble tensor})."""
+def add_ensemble_steps(cfg: mc.ModelConfig, steps: Sequence[tuple[str, dict[str, str], dict[str, str]]],
+                       version: int = -1) -> None:
+    """Append `ensemble_scheduling` steps: (model, {step input: ensemble tensor}, {step output: ensemble tensor}),
+    each on `version` of its model (-1: the newest version Triton has loaded)."""
     for model, input_map, output_map in steps:
-        step = cfg.ensemble_scheduling.step.add(model_name=model, model_version=-1)
+        step = cfg.ensemble_scheduling.step.add(model_name=model, model_version=version)
         for key, value in input_map.items():
             step.input_map[key] = value
         for key, value in output_map.items():

@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.config import ConfigError, Tensor, parse_version_policy
 from export.encoder import specs
-from export.errors import OptionError, VersionExistsError
+from export.errors import OptionError, TensorRTUnavailableError, VersionExistsError
 from export.module.specs import generic_onnx
 from export.repository import CONFIG_HEADER, ModelFiles, check_compatible, write_version
 from export.serving import ServingOptions, string_warmup, validate_serving
@@ -111,6 +111,31 @@ def test_gpu_onnxruntime_encoder_with_tensorrt_fp16_accelerator() -> None:
     assert list(warm.dims) == [16] and len(encoder.warmup["input_ids"]) == 16 * 8
 
 
+def test_the_tensorrt_accelerator_builds_one_engine_for_every_shape_caches_it_and_warms_it_up() -> None:
+    """One optimization profile over 1×1 … max_batch×max_seq (no engine rebuild per new sequence width), engines
+    cached on the volume compose and Kubernetes mount, and warmup at the largest shape, so that the build happens
+    before the model is ready; the names are those Triton 24.12's onnxruntime backend takes (it refuses others)."""
+    model = specs.EmbeddingModel(Path("model.onnx"), Path("tokenizer.json"), 256, 384, "fp16")
+    cfg = parse(specs.text_embedding_gpu("minilm", model, OPTS, ENCODER_IN, ENCODER_OUT)[0].config_text)
+    (accelerator,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    assert dict(accelerator.parameters) == {
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": str(1 << 30),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": "/var/cache/tritonstack/trt-engines",
+        "trt_profile_min_shapes": "input_ids:1x1,attention_mask:1x1",
+        "trt_profile_opt_shapes": "input_ids:32x128,attention_mask:32x128",
+        "trt_profile_max_shapes": "input_ids:32x256,attention_mask:32x256",
+    }
+    largest = cfg.model_warmup[-1]
+    assert largest.batch_size == 32 and all(list(i.dims) == [256] for i in largest.inputs.values())
+    encoder = specs.text_embedding_gpu("minilm", model, OPTS, ENCODER_IN, ENCODER_OUT)[0]
+    assert len(encoder.warmup[largest.inputs["input_ids"].input_data_file]) == 256 * 8
+    generic = parse(generic_onnx("toy", Path("m.onnx"), ENCODER_IN, ENCODER_OUT, OPTS, target="gpu").config_text)
+    (accelerator,) = generic.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.parameters["trt_engine_cache_path"] == "/var/cache/tritonstack/trt-engines"
+
+
 def test_gpu_fp32_and_int8_accelerator_choice() -> None:
     fp32 = specs.text_embedding_gpu("m", MODEL, OPTS, ENCODER_IN, ENCODER_OUT)[0]
     (acc,) = parse(fp32.config_text).optimization.execution_accelerators.gpu_execution_accelerator
@@ -143,6 +168,7 @@ def test_gpu_tokenizer_and_ensemble_keep_the_cpu_contract() -> None:
     assert not ens.instance_group and not ens.HasField("dynamic_batching") and not ensemble.files
     steps = ens.ensemble_scheduling.step
     assert [s.model_name for s in steps] == ["minilm_tokenizer", "minilm_encoder"]
+    assert [s.model_version for s in steps] == [-1, -1]  # no version given: the newest loaded
     assert dict(steps[0].input_map) == {"text": "text"}
     assert dict(steps[0].output_map)["token_count"] == "token_count"
     assert dict(steps[1].input_map) == {"input_ids": "input_ids", "attention_mask": "attention_mask"}
@@ -153,7 +179,7 @@ def test_tensorrt_plan_encoder_follows_the_engine_io_types() -> None:
     engine_in = [Tensor("input_ids", "TYPE_INT32", (-1,)), Tensor("attention_mask", "TYPE_INT32", (-1,))]
     model = specs.EmbeddingModel(Path("model.onnx"), Path("tokenizer.json"), 256, 384, "fp16")
     encoder, tokenizer, _ = specs.text_embedding_gpu(
-        "minilm", model, OPTS, engine_in, ENCODER_OUT, plan_file=Path("model.plan")
+        "minilm", model, OPTS, engine_in, ENCODER_OUT, plan_file=Path("model.plan"), tensorrt_version="10.7.0"
     )
     cfg = parse(encoder.config_text)
     assert cfg.platform == "tensorrt_plan" and cfg.max_batch_size == 32
@@ -162,6 +188,54 @@ def test_tensorrt_plan_encoder_follows_the_engine_io_types() -> None:
     assert tensors(cfg.input)["input_ids"] == ("TYPE_INT32", [-1])
     assert tensors(parse(tokenizer.config_text).output)["input_ids"] == ("TYPE_INT32", [-1])
     assert len(encoder.warmup["input_ids"]) == 16 * 4
+
+
+def test_a_plan_records_its_tensorrt_and_the_ensemble_names_the_exported_version() -> None:
+    """A plan loads only on the TensorRT that built it: its version rides on the encoder's and the tokenizer's config
+    (the tokenizer step checks it against the server's at load); the steps name version 3, the one written."""
+    model = specs.EmbeddingModel(Path("model.onnx"), Path("tokenizer.json"), 256, 384, "fp16")
+    encoder, tokenizer, ensemble = specs.text_embedding_gpu(
+        "minilm", model, OPTS, ENCODER_IN, ENCODER_OUT, version=3, plan_file=Path("model.plan"),
+        tensorrt_version="10.7.0")
+    assert params(parse(encoder.config_text))["tensorrt_version"] == "10.7.0"
+    assert params(parse(tokenizer.config_text))["tensorrt_version"] == "10.7.0"
+    steps = parse(ensemble.config_text).ensemble_scheduling.step
+    assert [(s.model_name, s.model_version) for s in steps] == [("minilm_tokenizer", 3), ("minilm_encoder", 3)]
+    onnx_encoder = specs.text_embedding_gpu("minilm", model, OPTS, ENCODER_IN, ENCODER_OUT, version=3)[0]
+    assert "tensorrt_version" not in params(parse(onnx_encoder.config_text))
+    with pytest.raises(ValueError, match="pass tensorrt_version"):
+        specs.text_embedding_gpu("minilm", model, OPTS, ENCODER_IN, ENCODER_OUT, plan_file=Path("model.plan"))
+
+
+def test_the_tensorrt_pin_is_the_images_and_a_mismatch_is_refused_at_export_and_at_load(monkeypatch) -> None:
+    import re
+    import sys
+    import types
+
+    from export.encoder import tensorrt
+
+    dockerfile = (Path(__file__).parents[1] / "deploy" / "docker" / "triton-gpu.Dockerfile").read_text()
+    assert re.search(r"tritonserver:(\d+\.\d+)-py3", dockerfile)[1] == tensorrt.TRITON_RELEASE == "24.12"
+    assert tensorrt.TENSORRT_RELEASE == "10.7"  # what NVIDIA's Triton 24.12 ships
+    assert tensorrt.tensorrt_mismatch("10.7.0.post1") is None
+    assert "pip install 'tensorrt-cu12==10.7.*'" in tensorrt.tensorrt_mismatch("10.8.0.43")
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.16.1.11"))
+    refused = r"installed `tensorrt` is 10\.16\.1\.11.*serves plans with TensorRT 10\.7"
+    with pytest.raises(TensorRTUnavailableError, match=refused):
+        tensorrt.require_tensorrt()
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.SimpleNamespace())
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "triton_models"))
+    import model_support
+
+    config = {"parameters": {"tensorrt_version": {"string_value": "10.7.0"}}}
+    model_support.check_tensorrt(config, "10.7.0.23")
+    model_support.check_tensorrt(config, None)  # unknown here: the plan's own load says it
+    model_support.check_tensorrt({}, "10.8.0")  # no plan
+    with pytest.raises(RuntimeError, match=r"built with TensorRT 10\.7\.0, but this Triton runs TensorRT 10\.8\.0"):
+        model_support.check_tensorrt(config, "10.8.0.43")
+    assert model_support.server_tensorrt({"TRT_VERSION": "10.7.0.23"}) == "10.7.0.23"
+    assert model_support.server_tensorrt({}, folders=()) is None
+    sys.modules.pop("model_support", None)
 
 
 @pytest.mark.parametrize("target", ["cpu", "gpu"])

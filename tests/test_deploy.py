@@ -87,6 +87,10 @@ def test_compose_services_are_production_shaped() -> None:
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     triton = services["triton"]
     assert triton["profiles"] == ["gpu"]
+    from export.config import TRT_ENGINE_CACHE  # ONNX Runtime's TensorRT engines: on a volume, kept over restarts
+
+    assert any(v.split(":")[1] == TRT_ENGINE_CACHE and not v.startswith(".") for v in triton["volumes"])
+    assert triton["environment"]["CUPY_CACHE_DIR"].startswith("/tmp/")
     devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
     assert "--model-control-mode=explicit" in triton["command"]
@@ -220,18 +224,20 @@ def test_both_triton_images_install_what_the_python_models_import() -> None:
     needed = imported - GPU_ONLY_IMPORTS
     assert not needed - cpu.keys(), f"the CPU Triton image misses {sorted(needed - cpu.keys())}"
     gpu_file = (ROOT / "deploy" / "docker" / "triton-gpu.Dockerfile").read_text()
-    common, variants = gpu_file.split("if [")[0], gpu_file.split("then")[1].split("else")
-    pinned = [{_norm(m): v for m, v in re.findall(r'"([A-Za-z0-9_.-]+)[<>=]=?([\d.]*)', text)}
-              for text in (common, *variants)]
-    gpu_variant, cpu_variant = pinned[0] | pinned[1], pinned[0] | pinned[2]
+    # the Dockerfile installs one of NVIDIA's sets per LLM_RUNTIME (tests/test_lock.py checks the sets themselves)
+    assert "requirements-triton-$set.txt" in gpu_file and "gpu) set=gpu" in gpu_file and "cpu) set=gpu-cpu" in gpu_file
+    gpu_variant, cpu_variant = ({n: v for n, (v, _) in _requirements(RUNTIME_REQUIREMENTS.with_name(f)).items()}
+                                for f in ("requirements-triton-gpu.txt", "requirements-triton-gpu-cpu.txt"))
     missing = needed - cpu_variant.keys()
     assert not missing, f"NVIDIA's image (LLM_RUNTIME=cpu) misses {sorted(missing)}"
     assert {"onnxruntime-gpu", "cupy-cuda12x"} <= gpu_variant.keys()
     assert not (needed - {"onnxruntime"}) - gpu_variant.keys(), "NVIDIA's image (LLM_RUNTIME=gpu) misses some"
-    from triton_models.llm_engine import MIN_ORT
+    from triton_models.llm_engine import MIN_ORT, MIN_ORT_GPU
 
     for name, version in (("CPU image", cpu["onnxruntime"][0]), ("NVIDIA's image", cpu_variant["onnxruntime"])):
         assert tuple(map(int, version.split(".")[:2])) >= MIN_ORT, f"{name}: onnxruntime {version}"
+    gpu_ort = tuple(map(int, gpu_variant["onnxruntime-gpu"].split(".")[:2]))
+    assert gpu_ort >= MIN_ORT_GPU, f"the GPU graph is checked on onnxruntime-gpu >= {MIN_ORT_GPU}"
     # onnxruntime >= 1.32 has wheels for Python >= 3.11 only: NVIDIA's image from 24.12 on (Ubuntu 24.04, Python 3.12)
     tag = re.search(r"tritonserver:(\d+)\.(\d+)-py3", gpu_file)
     assert tag and (int(tag[1]), int(tag[2])) >= (24, 12), "NVIDIA's image before 24.12 has Python 3.10"
@@ -336,6 +342,16 @@ def test_k8s_workloads_are_hardened_and_budgeted(overlays: dict[str, list[dict[s
     if overlay == "gpu":
         assert "--model-control-mode=explicit" in triton["args"]
         assert triton["image"].startswith("tritonstack/triton-gpu")
+        from export.config import TRT_ENGINE_CACHE
+
+        # a read-only root filesystem: CuPy's kernel cache under /tmp (a volume), TensorRT's engines on a volume
+        assert triton["securityContext"]["readOnlyRootFilesystem"] is True
+        env = {e["name"]: e["value"] for e in triton["env"]}
+        mounts = {m["mountPath"]: m["name"] for m in triton["volumeMounts"]}
+        assert env["CUPY_CACHE_DIR"].startswith("/tmp/") and "/tmp" in mounts
+        assert TRT_ENGINE_CACHE in mounts
+        volumes = {v["name"] for v in deployments["triton"]["spec"]["template"]["spec"]["volumes"]}
+        assert {mounts["/tmp"], mounts[TRT_ENGINE_CACHE]} <= volumes
 
 
 def test_k8s_routes_configmap_is_a_valid_routes_file(overlays: dict[str, list[dict[str, Any]]]) -> None:

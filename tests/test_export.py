@@ -198,6 +198,8 @@ def test_gpu_export_writes_the_ensemble_layout(gpu_repository: Path) -> None:
     ]
     assert [p.name for p in (gpu_repository / "minilm_encoder" / "1").iterdir()] == ["model.onnx"]
     assert config(gpu_repository, "minilm").platform == "ensemble"
+    # the steps run the version this export wrote, not whichever encoder version is newest
+    assert {s.model_version for s in config(gpu_repository, "minilm").ensemble_scheduling.step} == {1}
     # the drift reference rides on the model clients call (the gateway reads it with the ensemble's config)
     assert "drift_reference_centroid" in config(gpu_repository, "minilm").parameters
     encoder = config(gpu_repository, "minilm_encoder")

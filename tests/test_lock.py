@@ -17,7 +17,10 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
-IMAGE_SETS = sorted((ROOT / "deploy" / "docker").glob("requirements-*.txt"))
+DOCKER = ROOT / "deploy" / "docker"
+# NVIDIA's Triton image (Python 3.12) is resolved on its own (tritonstack/image_lock.py); others: slices of the lock
+NVIDIA_SETS = sorted(DOCKER.glob("requirements-triton-gpu*.txt"))
+IMAGE_SETS = sorted(set(DOCKER.glob("requirements-*.txt")) - set(NVIDIA_SETS))
 
 
 def _norm(name: str) -> str:
@@ -83,16 +86,55 @@ def test_image_requirements_are_a_slice_of_the_lock(path: Path) -> None:
     assert source.exists(), f"{path.name} is compiled from {source.name}"
 
 
-PYTHON_IMAGES = [ROOT / "deploy" / "docker" / f"{name}.Dockerfile" for name in ("gateway", "worker", "triton-cpu")]
+PYTHON_IMAGES = [DOCKER / f"{name}.Dockerfile" for name in ("gateway", "worker", "triton-cpu", "triton-gpu")]
 
 
 @pytest.mark.parametrize("dockerfile", PYTHON_IMAGES, ids=lambda p: p.name)
 def test_images_install_only_hashed_pins(dockerfile: Path) -> None:
     """Every `pip install` of a python image takes a locked requirements file with hashes, or our package alone."""
     text = dockerfile.read_text()
-    for command in re.findall(r"pip install ([^\n&]*)", text):
+    commands = re.findall(r"pip install ([^\n&]*)", text)
+    assert commands, f"{dockerfile.name} installs nothing?"
+    for command in commands:
         if command.strip().endswith("."):
             assert "--no-deps" in command, f"{dockerfile.name}: our package must not pull unlocked deps"
             continue
         locked = "--require-hashes" in command and "-r " in command
         assert locked, f"{dockerfile.name}: unlocked `pip install {command}`"
+
+
+def test_nvidia_image_sets_are_one_hashed_resolution_for_its_cuda_12_and_numpy_1() -> None:
+    """NVIDIA's Triton 24.12 image (CUDA 12.6, a python backend stub built against numpy 1.x) installs one of these
+    with --no-deps --require-hashes: each is every distribution it needs, resolved together (`make lock`), so
+    nothing is installed later that could move numpy; nothing in it is built for CUDA 13."""
+    assert [p.name for p in NVIDIA_SETS] == ["requirements-triton-gpu-cpu.txt", "requirements-triton-gpu.txt"]
+    lock = _entries(LOCK)
+    for path in NVIDIA_SETS:
+        entries = _entries(path)  # every entry an exact pin with its hash
+        text = path.read_text()
+        assert "tritonstack.image_lock" in text and path.with_suffix(".in").exists()
+        assert Version(entries["numpy"][0]) < Version("2"), f"{path.name}: numpy {entries['numpy'][0]}"
+        assert {"tokenizers", "jinja2", "numpy"} <= entries.keys()
+        cuda13 = [n for n in entries if re.search(r"cu(da)?13", n)] + re.findall(r"built for CUDA 1[3-9]", text)
+        assert not cuda13, f"{path.name}: CUDA 13 packages in a CUDA 12.6 image: {cuda13}"
+        for shared in ("numpy", "tokenizers", "jinja2", "onnxruntime"):  # the versions the tests ran
+            if shared in entries:
+                assert entries[shared][0] == lock[shared][0], f"{path.name}: {shared} differs from the lock"
+    gpu = NVIDIA_SETS[1].read_text()
+    for name in ("onnxruntime-gpu", "cupy-cuda12x"):  # the CUDA major of each, from its wheel's metadata
+        assert re.search(rf"^{name}==\S+ \\\n\s+--hash=sha256:[0-9a-f]{{64}}\n\s+# built for CUDA 12$", gpu, re.M), name
+    cpu_entries = _entries(NVIDIA_SETS[0])
+    assert "onnxruntime" in cpu_entries and not {"onnxruntime-gpu", "cupy-cuda12x"} & cpu_entries.keys()
+
+
+def test_the_nvidia_image_resolution_reads_cuda_from_names_and_metadata() -> None:
+    from tritonstack.image_lock import cuda_major, pins_from_report
+
+    assert cuda_major("cupy-cuda12x", []) == 12 and cuda_major("nvidia-cudnn-cu13", []) == 13
+    assert cuda_major("onnxruntime-gpu", ["numpy>=1.21.6", 'nvidia-cuda-runtime-cu12~=12.0; extra == "cuda"']) == 12
+    assert cuda_major("onnxruntime-gpu", ['nvidia-cuda-runtime~=13.0; extra == "cuda"']) == 13
+    assert cuda_major("numpy", []) is None
+    item = {"metadata": {"name": "NumPy", "version": "1.26.4"},
+            "download_info": {"url": "file:///opt/wheels/numpy.whl", "archive_info": {"hashes": {"sha256": "0" * 64}}}}
+    with pytest.raises(RuntimeError, match="refusing to pin it"):  # a local wheel the image could not download
+        pins_from_report({"install": [item]})

@@ -6,6 +6,7 @@ Every model reads its tunables from `parameters` in config.pbtxt, answers a bad 
 
 from __future__ import annotations
 
+import glob
 import os
 
 import triton_python_backend_utils as pb_utils
@@ -14,6 +15,35 @@ import triton_python_backend_utils as pb_utils
 def param(config: dict, key: str, default: str) -> str:
     """A `parameters { key … value { string_value … } }` entry of the model config, or `default`."""
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+# where NVIDIA's images keep TensorRT's library (libnvinfer.so.<version>), when TRT_VERSION is not in the environment
+TENSORRT_LIBRARIES = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/local/tensorrt/lib")
+
+
+def server_tensorrt(environ: dict | None = None, folders: tuple[str, ...] = TENSORRT_LIBRARIES) -> str | None:
+    """The TensorRT version this Triton serves plans with (NVIDIA's images set TRT_VERSION), or None if unknown."""
+    environ = os.environ if environ is None else environ
+    if environ.get("TRT_VERSION"):
+        return environ["TRT_VERSION"]
+    for folder in folders:
+        for path in sorted(glob.glob(os.path.join(folder, "libnvinfer.so.*.*"))):
+            return path.rsplit("libnvinfer.so.", 1)[1]
+    return None
+
+
+def check_tensorrt(config: dict, server: str | None) -> None:
+    """Refuse to load next to a TensorRT plan built with another TensorRT than the server's (`tensorrt_version`,
+    written by `tritonstack export … --format tensorrt`): the plan would not deserialise, and this says why and
+    what to do. Nothing to check without the parameter or when the server's version is unknown."""
+    built = param(config, "tensorrt_version", "")
+    if not built or server is None or built.split(".")[:2] == server.split(".")[:2]:
+        return
+    raise RuntimeError(
+        f"the encoder's TensorRT plan was built with TensorRT {built}, but this Triton runs TensorRT {server}: a plan "
+        "only loads on the TensorRT that built it. Export again with the TensorRT of this image "
+        "(export/encoder/tensorrt.py: TENSORRT_RELEASE), or serve --format onnx"
+    )
 
 
 def error_response(message: str, code_name: str = "INVALID_ARG") -> pb_utils.InferenceResponse:

@@ -9,7 +9,8 @@ Each request is padded to the longest item in it, rounded up to a multiple of th
 parameter (capped at `max_seq_length`): requests of similar length then have equal shapes, which is what
 lets Triton's dynamic batcher co-batch them in the encoder step. The id dtype follows this model's
 output config, so it matches an encoder that takes int32 (some TensorRT plans) as well as int64.
-A request whose bytes are not UTF-8 gets an error without failing its batch.
+A request whose bytes are not UTF-8 gets an error without failing its batch. Next to a TensorRT plan, the step
+refuses to load when the plan was built with another TensorRT than the server's (`model_support.check_tensorrt`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tokenizers import Tokenizer
 
 # model_support.py is copied next to this file (model.py) in the version directory
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_support import gather_texts, param
+from model_support import check_tensorrt, gather_texts, param, server_tensorrt
 
 
 class TritonPythonModel:
@@ -32,6 +33,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
+        check_tensorrt(config, server_tensorrt())
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.max_seq_length = int(param(config, "max_seq_length", "256"))
         self.multiple = max(1, int(param(config, "pad_to_multiple_of", "16")))

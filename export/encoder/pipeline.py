@@ -100,7 +100,8 @@ def _minilm_checks(req: MinilmRequest, onnx_path: Path, source: Path, result: Ex
 
 
 def _build_plan(req: MinilmRequest, onnx_path: Path, source: Path, result: ExportResult,
-                reporter: Reporter) -> tuple[Path, list[Tensor], list[Tensor]]:
+                reporter: Reporter) -> tuple[Path, str, list[Tensor], list[Tensor]]:
+    """The plan, the TensorRT version that built it, and its inputs and outputs."""
     from export.encoder import minilm, tensorrt
     from export.encoder.sentences import PARITY_SENTENCES
 
@@ -121,7 +122,7 @@ def _build_plan(req: MinilmRequest, onnx_path: Path, source: Path, result: Expor
             batch_size=min(minilm.ORT_BATCH, req.serving.max_batch_size),
         )
     steps.check(result, report, reporter)
-    return plan, *tensorrt.plan_io(plan)
+    return plan, str(tensorrt.require_tensorrt().__version__), *tensorrt.plan_io(plan)
 
 
 def _drift_parameters(req: MinilmRequest, onnx_path: Path, source: Path, result: ExportResult,
@@ -153,13 +154,15 @@ def _minilm_files(
     )
     if req.target == "cpu":
         return [specs.text_embedding_cpu(req.name, model, req.serving)]
-    plan = None
+    plan, tensorrt_version = None, None
     if req.format == "tensorrt":
-        plan, inputs, outputs = _build_plan(req, onnx_path, source, result, reporter)
+        plan, tensorrt_version, inputs, outputs = _build_plan(req, onnx_path, source, result, reporter)
     else:
         inputs, outputs = onnx_io.graph_tensors(onnx_path)
+    assert result.version is not None
     return specs.text_embedding_gpu(
-        req.name, model, req.serving, inputs, outputs, plan_file=plan, pad_to_multiple_of=req.pad_to_multiple_of
+        req.name, model, req.serving, inputs, outputs, version=result.version, plan_file=plan,
+        tensorrt_version=tensorrt_version, pad_to_multiple_of=req.pad_to_multiple_of
     )
 
 

@@ -13,10 +13,12 @@ Precision:
   calibration profile (TensorRT 10; implicit quantization is deprecated since 10.1 and removed in 11,
   where this raises TensorRTBuildError).
 
-A plan only runs on the TensorRT version and GPU model it was built with: build it with the TensorRT
-version of the Triton image that will serve it. This module needs `tensorrt` and a CUDA GPU; without them
-`require_tensorrt` raises TensorRTUnavailableError saying which is missing. Not exercised on this project's
-CPU-only CI: keep it exact to NVIDIA's documentation.
+A plan only runs on the TensorRT version and GPU model it was built with ("compatible only with the version of
+TensorRT used to build them"): the export builds with the TensorRT of the Triton image that serves it
+(`TENSORRT_RELEASE`, NVIDIA's tritonserver:24.12 in deploy/docker/triton-gpu.Dockerfile), refuses any other, and
+records the version in the configs (`tensorrt_version`), which the tokenizer step checks against the server's at
+load. This module needs `tensorrt` and a CUDA GPU; without them `require_tensorrt` raises TensorRTUnavailableError
+saying which is missing. Not exercised on this project's CPU-only CI: keep it exact to NVIDIA's documentation.
 """
 
 from __future__ import annotations
@@ -33,6 +35,21 @@ from export.errors import TensorRTBuildError, TensorRTUnavailableError
 
 if TYPE_CHECKING:
     from export.config import Tensor
+
+# NVIDIA's Triton image that serves the plans (deploy/docker/triton-gpu.Dockerfile) and the TensorRT it ships
+TRITON_RELEASE = "24.12"
+TENSORRT_RELEASE = "10.7"  # Triton 24.12: TensorRT 10.7.0
+TENSORRT_PIP = "tensorrt-cu12==10.7.*"
+
+
+def tensorrt_mismatch(found: str) -> str | None:
+    """Why a `tensorrt` module of version `found` must not build plans for the image (None when it may)."""
+    if ".".join(found.split(".")[:2]) == TENSORRT_RELEASE:
+        return None
+    return (f"the installed `tensorrt` is {found}, but NVIDIA's Triton {TRITON_RELEASE} image serves plans with "
+            f"TensorRT {TENSORRT_RELEASE} and a plan only loads on the TensorRT that built it: "
+            f"pip install '{TENSORRT_PIP}'")
+
 
 TRT_TO_TRITON = {
     "FLOAT": "TYPE_FP32",
@@ -68,9 +85,11 @@ def require_tensorrt():  # -> the tensorrt module
         import tensorrt as trt
     except ImportError as exc:
         missing.append(
-            f"the `tensorrt` Python module is not installed ({exc}); install the TensorRT version of the Triton "
-            "image that will serve the plan, e.g. `pip install tensorrt==10.*`"
+            f"the `tensorrt` Python module is not installed ({exc}); install the TensorRT of the Triton image "
+            f"that will serve the plan ({TENSORRT_RELEASE} for Triton {TRITON_RELEASE}): pip install '{TENSORRT_PIP}'"
         )
+    if trt is not None and (mismatch := tensorrt_mismatch(str(trt.__version__))):
+        missing.append(mismatch)
     try:
         import torch
 
