@@ -141,6 +141,27 @@ def test_scheduler_batches_rows_and_enforces_capacity(scheduling) -> None:
         big.submit(sequence([0] * 10, 6)[0])
 
 
+def test_a_request_sent_on_the_final_response_is_accepted(scheduling) -> None:
+    """A full batch: once a row's final response is decided it no longer counts against capacity, so a client that
+    sends its next request the moment that response arrives (before the row leaves the batch) is admitted."""
+    scheduler = scheduling.Scheduler(FakeDecoder(), scheduling.Limits(max_batch_size=1, max_kv_tokens=40,
+                                                                        max_context=20), eos_token_ids=(15,))
+    params = SamplingParams(max_tokens=2, temperature=0.0, top_p=1.0, seed=None)
+
+    def sequence(prompt: list[int]):
+        return scheduling.Sequence(prompt, params, Recorder(), TextStream(Pieces(), ()), np.random.default_rng())
+
+    first = sequence([0, 1])
+    scheduler.submit(first)
+    with pytest.raises(scheduling.OverloadedError):
+        scheduler.submit(sequence([2]))
+    first.done = True  # what the scheduler sets when it posts the final response, before the row leaves
+    follow_up = sequence([2])
+    scheduler.submit(follow_up)
+    _run(scheduler, until=lambda: follow_up.sink.finished is not None)
+    assert follow_up.sink.finished == ("length", 2)
+
+
 def test_prompts_admitted_together_prefill_in_groups_of_similar_length(scheduling) -> None:
     params = SamplingParams(max_tokens=4, temperature=0.0, top_p=1.0, seed=None)
 

@@ -130,7 +130,9 @@ class Scheduler:
                 f"of {self.limits.max_context} tokens"
             )
         with self._wake:
-            flight = self._flight()
+            # rows whose final response is decided leave before the next iteration, where this request starts: a
+            # client that sends its next request as soon as it has the final response must not be refused
+            flight = [s for s in self._flight() if not s.done]
             if len(flight) >= self.limits.max_batch_size:
                 raise OverloadedError(f"generation is at capacity: {len(flight)} requests in flight (max_batch_size)")
             longest = max([seq.reserved, *(s.reserved for s in flight)])
