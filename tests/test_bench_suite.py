@@ -1,5 +1,6 @@
 """`tritonstack bench` (the all-in-one suite): step selection, skips with reasons, the summary section; the bare
-apps the gateway step measures as floors; the LLM step's rate arithmetic.
+apps the gateway step measures as floors; the LLM step's rate arithmetic; the rerank step's requests, closed-loop
+arithmetic and section.
 
 The measuring steps themselves are benchmarks, not tests (`make bench`); here the orchestration runs for real
 with steps that have nothing to measure, so it finishes in seconds.
@@ -39,6 +40,7 @@ def test_suite_reports_every_step_and_why_it_was_skipped(tmp_path: Path) -> None
     summary = text[text.index("<!-- bench:summary -->"):text.index("<!-- /bench:summary -->")]
     assert "tritonstack bench --duration=5 --rounds=2" in summary and "--only=llm --only=jobs" in summary
     assert "| `triton` | skipped: not selected (`--only`) |" in summary
+    assert "| `rerank` | skipped: not selected (`--only`) |" in summary
     assert "| `jobs` | skipped: no minilm in" in summary
     assert "| `llm` | skipped: no smollm2 in" in summary
     assert "load average" in summary
@@ -49,7 +51,7 @@ def test_unknown_step_is_refused(tmp_path: Path) -> None:
                           text=True, timeout=60)
     assert proc.returncode == 2
     message = " ".join(proc.stderr.replace("│", " ").split())  # rich wraps the error box
-    assert "unknown step(s) ['everything']" in message and "triton, baseline, gateway, jobs, llm" in message
+    assert "unknown step(s) ['everything']" in message and "triton, baseline, gateway, rerank, jobs, llm" in message
     assert not (tmp_path / "B.md").exists()
 
 
@@ -118,3 +120,50 @@ def test_llm_ratios_take_each_rounds_mean_single_stream() -> None:
 
     rounds = Rounds(single=[stream(1.0), stream(0.5), stream(2.0), stream(2.0)])  # 10 and 20 tokens/s; 5 and 5
     assert rounds.reference(lambda t: t.tokens / t.total_s) == [pytest.approx(15.0), pytest.approx(5.0)]
+
+
+def test_rerank_paths_send_the_same_unique_pairs() -> None:
+    """Direct Triton gets the gateway request's (query, document) pairs as one [n, 1] batch; no two documents of a
+    request are the same text (the gateway would score a repeated pair once)."""
+    import json
+
+    from loadtest.bench.rerank import MODEL, direct_body, gateway_body
+
+    text = "request 3 from client 1 of run 2"
+    gateway = json.loads(gateway_body(16).replace("{TEXT}", text))
+    direct = {i["name"]: i for i in json.loads(direct_body(16).replace("{TEXT}", text))["inputs"]}
+    assert gateway["model"] == MODEL and text in gateway["query"]
+    assert direct["query"]["data"] == [gateway["query"]] * 16
+    assert direct["document"]["data"] == gateway["documents"]
+    assert direct["query"]["shape"] == direct["document"]["shape"] == [16, 1]
+    assert {direct["query"]["datatype"], direct["document"]["datatype"]} == {"BYTES"}
+    assert len(set(gateway["documents"])) == 16 and all(text in d for d in gateway["documents"])
+
+
+def test_closed_loop_rate_sums_each_clients_rate_over_its_busy_time() -> None:
+    from loadtest.bench.closed_loop import Client, LoopResult
+
+    result = LoopResult(2, [Client([1.0, 2.0], 0, 4.0), Client([3.0], 1, 5.0)])
+    assert result.rps == pytest.approx(2 / 4.0 + 1 / 5.0)  # no rounding to the requests inside a window
+    assert (result.requests, result.errors) == (3, 1)
+    assert result.p50_ms == pytest.approx(2000.0)
+    assert LoopResult(1, [Client([0.5], 0, 0.5)]).p99_ms == pytest.approx(500.0)
+
+
+def test_rerank_section_reports_pairs_per_s_and_each_rounds_ratio() -> None:
+    from loadtest.bench.closed_loop import Client, LoopResult
+    from loadtest.bench.rerank_report import DIRECT, GATEWAY, Results, render
+
+    def run(rps: float, latency_s: float) -> LoopResult:  # one client answering `rps` requests/s for 10 s
+        return LoopResult(1, [Client([latency_s] * int(rps * 10), 0, 10.0)])
+
+    runs = {(DIRECT, 16, 1): [run(2.0, 0.5), run(2.5, 0.4)], (GATEWAY, 16, 1): [run(1.8, 0.55), run(2.0, 0.5)]}
+    res = Results(runs, docs=(16,), concurrency=(1,), duration_s=10, tokens_per_pair=69.0, max_score_diff=0.0,
+                  load=(1.5, 2.0))
+    assert res.ratios(16, 1) == [pytest.approx(0.9), pytest.approx(0.8)]
+    text = render(res, "tritonstack bench rerank --duration=10 --rounds=2")
+    assert "Command: `tritonstack bench rerank --duration=10 --rounds=2`" in text
+    assert "load average 1.5 at the start, 2.0 at the end" in text and "69 tokens" in text
+    assert "| direct Triton (KServe v2 JSON, one batch) | 16 | 1 | 36 | 450 | 450 | 45 | 0 |" in text  # medians
+    assert "| gateway POST /v1/rerank | 16 | 1 | 30 | 525 | 525 | 38 | 0 |" in text
+    assert "| 16 | 1 | 0.85× | 0.90, 0.80 |" in text  # the median of the rounds' ratios, then each round's

@@ -165,13 +165,13 @@ def bench_all(
     concurrency: list[int] = typer.Option([1, 8, 32, 64], help="Closed-loop connections (repeatable)."),
     duration: int = typer.Option(5, min=1, help="Seconds per measurement."),
     rounds: int = typer.Option(2, min=1, help="Interleaved rounds; medians are reported."),
-    only: list[str] = typer.Option(list(("triton", "baseline", "gateway", "jobs", "llm")),
-                                   help="Steps to run (repeatable): triton, baseline, gateway, jobs, llm."),
+    only: list[str] = typer.Option(list(("triton", "baseline", "gateway", "rerank", "jobs", "llm")),
+                                   help="Steps to run (repeatable): triton, baseline, gateway, rerank, jobs, llm."),
     repository: Path = typer.Option(Path("model_repository"), help="Repository with the exported models."),
     output: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update."),
 ) -> None:
     """Every standard comparison (`loadtest/bench/suite.py`): Triton, naive baseline vs gateway, gateway
-    overhead and cache hits, jobs, local LLM; writes docs/BENCHMARKS.md and the plots under docs/img/."""
+    overhead and cache hits, rerank, jobs, local LLM; writes docs/BENCHMARKS.md and the plots under docs/img/."""
     if ctx.invoked_subcommand is not None:
         return
     import shlex
@@ -249,6 +249,29 @@ def bench_gateway(
     except WrkMissingError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+
+@bench_app.command("rerank")
+def bench_rerank(
+    duration: int = typer.Option(10, min=1, help="Seconds per measurement (a request started is waited for)."),
+    rounds: int = typer.Option(3, min=1, help="Rounds; both paths run back to back per setting, order reversed."),
+    docs: list[int] = typer.Option([16, 64], min=1, max=64,
+                                   help="Documents per request (repeatable; direct Triton takes them as one batch, "
+                                   "at most the model's max_batch_size, 64)."),
+    concurrency: list[int] = typer.Option([1, 8], min=1, help="Closed-loop clients (repeatable)."),
+    output: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('-': print only)."),
+) -> None:
+    """Pairs/s of reranking: the gateway's /v1/rerank vs direct Triton, on a MiniLM-sized cross-encoder."""
+    import shlex
+
+    from loadtest.bench import rerank as bench
+
+    command = "tritonstack bench rerank " + shlex.join(
+        [f"--duration={duration}", f"--rounds={rounds}", *[f"--docs={n}" for n in docs],
+         *[f"--concurrency={c}" for c in concurrency]]
+    )
+    out = None if str(output) == "-" else output
+    typer.echo(bench.run(duration, rounds, out, command, tuple(docs), tuple(concurrency)))
 
 
 @bench_app.command("jobs")

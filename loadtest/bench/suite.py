@@ -7,8 +7,9 @@ Steps, each writing its own section (and the plots under docs/img/), in this ord
                 and cache-warm, interleaved in one run on the stack `tritonstack up` runs (started on free ports,
                 or the gateway at `--host`);
 3. `gateway`  — the gateway's added latency and throughput vs direct Triton, cache-hit throughput, a profile;
-4. `jobs`     — a bulk embeddings job's items/s vs Triton alone;
-5. `llm`      — SmolLM2's tokens/s, time to first token and concurrent streams (when smollm2 is exported).
+4. `rerank`   — pairs/s of `/v1/rerank` vs direct Triton on a MiniLM-sized cross-encoder it builds and exports;
+5. `jobs`     — a bulk embeddings job's items/s vs Triton alone;
+6. `llm`      — SmolLM2's tokens/s, time to first token and concurrent streams (when smollm2 is exported).
 
 With `--host`, only the step that needs nothing but a running gateway runs (step 2, without Triton direct);
 the other steps start their own servers. A summary section lists what ran, what was skipped and why.
@@ -29,7 +30,7 @@ from loadtest.bench.gateway import UNLIMITED
 from loadtest.bench.report import machine_description, markdown_table, write_section
 from stack.up import StackOptions, start_stack
 
-STEPS = ("triton", "baseline", "gateway", "jobs", "llm")
+STEPS = ("triton", "baseline", "gateway", "rerank", "jobs", "llm")
 LLM_MIN_ROUNDS = 3  # a single stream's run is short: one noisy moment would move a 2-round median
 
 
@@ -117,6 +118,13 @@ def _gateway(opts: SuiteOptions) -> str:
     return "ran"
 
 
+def _rerank(opts: SuiteOptions) -> str:
+    from loadtest.bench import rerank
+
+    rerank.run(max(opts.duration_s, 5), max(opts.rounds, 2), opts.output, _step_command(opts, "rerank"))
+    return "ran"
+
+
 def _jobs(opts: SuiteOptions) -> str:
     from loadtest.bench import jobs
 
@@ -135,7 +143,7 @@ def _llm(opts: SuiteOptions) -> str:
 
 
 RUNNERS: dict[str, Callable[[SuiteOptions], str]] = {
-    "triton": _triton, "baseline": _baseline, "gateway": _gateway, "jobs": _jobs, "llm": _llm,
+    "triton": _triton, "baseline": _baseline, "gateway": _gateway, "rerank": _rerank, "jobs": _jobs, "llm": _llm,
 }
 
 
