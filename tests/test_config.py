@@ -66,6 +66,7 @@ def test_cpu_text_embedding_is_a_python_model_with_text_in() -> None:
         "onnx_file": "model.onnx",
         "tokenizer_file": "tokenizer.json",
         "precision": "fp32",
+        "tritonstack_task": "embed",  # how the gateway tells an embed model from rerank/classify (docs/EXPORT.md)
     }
     assert set(files.files) == {"model.py", "model_support.py", "model.onnx", "tokenizer.json"}
     assert files.files["model.py"].name == "text_embedding.py" and files.files["model.py"].exists()
