@@ -74,18 +74,14 @@ class _JobBase(BaseModel):
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
 
 
-class EmbeddingsJobRequest(_JobBase):
-    """An embeddings job."""
+class _TextsJob(_JobBase):
+    """A job over texts: strings (`input`) or documents (`{id, text}`), exactly one of them."""
 
-    type: Literal["embeddings"]
-    model: str = Field(min_length=1, max_length=256)
     input: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     documents: list[Document] | None = Field(default=None, min_length=1)
-    chunking: Chunking | None = None
-    encoding_format: Literal["float", "base64"] = "float"
 
     @model_validator(mode="after")
-    def _one_input(self) -> EmbeddingsJobRequest:
+    def _one_input(self) -> _TextsJob:
         if (self.input is None) == (self.documents is None):
             raise ValueError("give exactly one of 'input' (strings) or 'documents' ({id, text})")
         return self
@@ -95,6 +91,15 @@ class EmbeddingsJobRequest(_JobBase):
         if self.documents is not None:
             return self.documents
         return [Document(id=i, text=text) for i, text in enumerate(self.input or [])]
+
+
+class EmbeddingsJobRequest(_TextsJob):
+    """An embeddings job."""
+
+    type: Literal["embeddings"]
+    model: str = Field(min_length=1, max_length=256)
+    chunking: Chunking | None = None
+    encoding_format: Literal["float", "base64"] = "float"
 
 
 class ChatJobItem(BaseModel):
@@ -154,26 +159,12 @@ class RerankJobRequest(_JobBase):
         return [RerankGroup(id=0, query=self.query or "", documents=self.documents or [])]
 
 
-class ClassifyJobRequest(_JobBase):
+class ClassifyJobRequest(_TextsJob):
     """A classify job: strings (`input`) or documents (`{id, text}`), `top_k` labels per text (default all)."""
 
     type: Literal["classify"]
     model: str = Field(min_length=1, max_length=256)
-    input: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
-    documents: list[Document] | None = Field(default=None, min_length=1)
     top_k: int | None = Field(default=None, ge=1)
-
-    @model_validator(mode="after")
-    def _one_input(self) -> ClassifyJobRequest:
-        if (self.input is None) == (self.documents is None):
-            raise ValueError("give exactly one of 'input' (strings) or 'documents' ({id, text})")
-        return self
-
-    def document_list(self) -> list[Document]:
-        """The documents (plain strings get their index as id)."""
-        if self.documents is not None:
-            return self.documents
-        return [Document(id=i, text=text) for i, text in enumerate(self.input or [])]
 
 
 JobRequest = Annotated[EmbeddingsJobRequest | ChatJobRequest | RerankJobRequest | ClassifyJobRequest,
