@@ -12,13 +12,19 @@ over gRPC streams). Every `--sample-every` seconds it records the RSS, open file
 connections of the gateway, the worker, Triton's server and each python-backend stub (psutil). Verdict, after
 `--warmup` seconds:
 - RSS growth of each process ≤ `--max-rss-growth` (median of the last 3 samples vs the first 3 after warm-up);
-- no linear growth: the least-squares slope of each process's RSS over the second half of the run (MB/min) ≤
-  `--max-rss-slope` (a cache still filling up passes the first check and this one once it is full; a slow leak
-  passes the first over a short run and fails this one);
+- no linear growth: the least-squares slope of each process's RSS over the last `--slope-window-s` seconds
+  (default: the second half of the run; MB/min) ≤ `--max-rss-slope` (a cache still filling up passes the first
+  check and this one once it is full; a slow leak passes the first over a short run and fails this one);
 - no fd or connection leak: the same medians differ by at most `--fd-slack` / `--conn-slack`;
 - error ratio 0 (any non-2xx, transport error, wrong answer or failed job is an error).
-Prints a table, optionally writes JSON (`--json`), exits 1 on any failure. The load is an asyncio/aiohttp
-client, not Locust: importing Locust monkey-patches the process with gevent.
+Prints a table, optionally writes JSON (`--json`), exits 1 on any failure. The default load (`--clients builtin`)
+is an asyncio/aiohttp client, not Locust: importing Locust monkey-patches the process with gevent.
+
+`--clients locust` (issue 23's acceptance soak) replaces those clients with real ones, each in its own process
+(loadtest/soak_clients.py): Locust's `mix` scenario headless with `--locust-users` users, and perf_analyzer on the
+gateway's `/v2` (minilm) at `--perf-analyzer-concurrency`, `--perf-analyzer-requests` per run, runs repeated until
+the deadline (skipped, with a message, without `.venv-clients`). The error-ratio check becomes: Locust's failures
+0 (its stats CSV), not aborted, exit 0; every perf_analyzer run's exit code 0.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from typing import Any
 import aiohttp
 import psutil
 
+from loadtest.soak_clients import ClientOptions, drive_clients, locust_check, perf_check
 from stack.gateway import ENV_PREFIX as GATEWAY_ENV_PREFIX
 from stack.up import Stack, StackOptions, start_stack
 
@@ -66,11 +73,14 @@ class SoakOptions:
     think_s: float = 0.02  # pause between a client's requests: a steady load, not a saturation test
     job_items: int = 20
     max_rss_growth: float = 0.10
-    max_rss_slope: float = 0.1  # MB/min over the second half; noise of a few-minute run needs more (see --help)
+    max_rss_slope: float = 0.1  # MB/min over the slope window; noise of a few-minute run needs more (see --help)
+    slope_window_s: float | None = None  # the last seconds the slope is fitted over; None: the second half
     chat_streams: int = 2
     fd_slack: int = 8
     conn_slack: int = 8
     state_dir: Path | None = None
+    clients: str = "builtin"  # or "locust": Locust `mix` + perf_analyzer (loadtest/soak_clients.py)
+    real_clients: ClientOptions = field(default_factory=ClientOptions)
 
 
 @dataclass
@@ -93,6 +103,7 @@ class Report:
     errors: dict[str, int] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    clients: dict[str, dict[str, Any]] = field(default_factory=dict)  # --clients locust: what each one reported
 
     @property
     def ok(self) -> bool:
@@ -246,11 +257,18 @@ async def sampler(pids: dict[str, int], every_s: float, until: float, start: flo
         await asyncio.sleep(min(every_s, max(0.0, until - time.monotonic())))
 
 
-async def drive(url: str, key: str, pids: dict[str, int], opts: SoakOptions, chat: bool) -> Report:
+async def drive(url: str, key: str, pids: dict[str, int], opts: SoakOptions, chat: bool,
+                state: Path | None = None) -> Report:
     """Run the clients and the sampler for the duration."""
     start = time.monotonic()
     deadline = start + opts.duration_s
     samples: list[Sample] = []
+    if opts.clients == "locust":
+        _, clients = await asyncio.gather(
+            sampler(pids, opts.sample_every_s, deadline, start, samples),
+            drive_clients(url, key, state or Path(tempfile.mkdtemp(prefix="tritonstack-soak-")), opts.real_clients,
+                          opts.duration_s, chat))
+        return Report(round(time.monotonic() - start, 1), samples=samples, clients=clients)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout) as session:
         load = Load(session, opts, chat, deadline)
@@ -263,10 +281,15 @@ async def drive(url: str, key: str, pids: dict[str, int], opts: SoakOptions, cha
 
 def judge(report: Report, opts: SoakOptions) -> None:
     """Fill `report.checks` (see the module docstring)."""
-    total = sum(report.requests.values())
-    errors = sum(report.errors.values())
-    report.checks["error_ratio"] = {"value": errors / total if total else 1.0, "bound": 0.0,
-                                    "ok": total > 0 and errors == 0}
+    if report.clients:
+        report.checks["locust_failures"] = locust_check(report.clients["locust"])
+        if "skipped" not in report.clients["perf_analyzer"]:
+            report.checks["perf_analyzer_failed_runs"] = perf_check(report.clients["perf_analyzer"])
+    else:
+        total = sum(report.requests.values())
+        errors = sum(report.errors.values())
+        report.checks["error_ratio"] = {"value": errors / total if total else 1.0, "bound": 0.0,
+                                        "ok": total > 0 and errors == 0}
     for role in dict.fromkeys(s.role for s in report.samples):
         after = [s for s in report.samples if s.role == role and s.t >= opts.warmup_s]
         if len(after) < 4:
@@ -285,9 +308,11 @@ def judge(report: Report, opts: SoakOptions) -> None:
             delta = median(last, attr) - median(first, attr)
             report.checks[f"{role}_{attr}_delta"] = {"value": delta, "from": median(first, attr),
                                                      "to": median(last, attr), "bound": slack, "ok": delta <= slack}
-        half = [s for s in after if s.t >= report.duration_s / 2]
-        slope = rss_slope(half)
-        report.checks[f"{role}_rss_slope"] = {"value": slope, "unit": "MB/min", "samples": len(half),
+        window = opts.slope_window_s if opts.slope_window_s is not None else after[-1].t / 2
+        tail = [s for s in after if s.t >= after[-1].t - window]
+        slope = rss_slope(tail)
+        report.checks[f"{role}_rss_slope"] = {"value": slope, "unit": "MB/min", "samples": len(tail),
+                                              "window_s": round(window, 1),
                                               "bound": opts.max_rss_slope,
                                               "ok": slope is not None and slope <= opts.max_rss_slope}
 
@@ -308,7 +333,8 @@ def run(opts: SoakOptions) -> Report:
     with stack:
         assert stack.gateway is not None and stack.api_key is not None
         pids = stack_processes(stack)
-        report = asyncio.run(drive(stack.gateway.url, stack.api_key, pids, opts, chat="smollm2" in models))
+        report = asyncio.run(drive(stack.gateway.url, stack.api_key, pids, opts, chat="smollm2" in models,
+                                   state=state))
     judge(report, opts)
     return report
 
@@ -316,6 +342,8 @@ def run(opts: SoakOptions) -> Report:
 def render(report: Report) -> str:
     """A plain-text summary."""
     lines = [f"soak: {report.duration_s:.0f}s  requests {report.requests}  errors {report.errors or 0}"]
+    for name, outcome in report.clients.items():
+        lines.append(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in outcome.items() if k != "errors"))
     for name, check in report.checks.items():
         detail = ", ".join(f"{k}={v}" for k, v in check.items() if k not in {"ok"})
         lines.append(f"  {'PASS' if check['ok'] else 'FAIL'}  {name}: {detail}")
@@ -334,8 +362,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embed-clients", type=int, default=SoakOptions.embed_clients)
     parser.add_argument("--max-rss-growth", type=float, default=SoakOptions.max_rss_growth)
     parser.add_argument("--max-rss-slope", type=float, default=SoakOptions.max_rss_slope,
-                        help="MB/min, least squares over the second half of the run (the issue's bound for an "
+                        help="MB/min, least squares over the slope window (the issue's bound for an "
                         "hour: 0.1; a few minutes' sampling noise is larger)")
+    parser.add_argument("--slope-window-s", type=float, default=None, help="fit the slope over the last this "
+                        "many seconds (default: the second half of the run; the acceptance: 1800 of 3600)")
+    parser.add_argument("--clients", choices=["builtin", "locust"], default="builtin",
+                        help="builtin: the soak's aiohttp clients; locust: Locust `mix` + perf_analyzer on /v2")
+    parser.add_argument("--locust-users", type=int, default=ClientOptions.locust_users, help="--clients locust")
+    parser.add_argument("--perf-analyzer-concurrency", type=int, default=ClientOptions.perf_concurrency,
+                        help="--clients locust; 0: no perf_analyzer")
+    parser.add_argument("--perf-analyzer-requests", type=int, default=ClientOptions.perf_requests,
+                        help="--clients locust: requests per perf_analyzer run (runs repeat until the deadline)")
     parser.add_argument("--chat-streams", type=int, default=SoakOptions.chat_streams,
                         help="streamed chat clients (when smollm2 is exported)")
     parser.add_argument("--state-dir", type=Path, default=None, help="logs and state (default: a temp dir)")
@@ -345,7 +382,10 @@ def main(argv: list[str] | None = None) -> int:
                        warmup_s=args.warmup if args.warmup is not None else args.duration / 10,
                        sample_every_s=args.sample_every, embed_clients=args.embed_clients,
                        max_rss_growth=args.max_rss_growth, max_rss_slope=args.max_rss_slope,
-                       chat_streams=args.chat_streams, state_dir=args.state_dir)
+                       chat_streams=args.chat_streams, state_dir=args.state_dir,
+                       slope_window_s=args.slope_window_s, clients=args.clients,
+                       real_clients=ClientOptions(args.locust_users, args.perf_analyzer_concurrency,
+                                                  args.perf_analyzer_requests))
     report = run(opts)
     print(render(report))
     if args.json is not None:
