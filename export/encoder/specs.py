@@ -5,10 +5,10 @@
   (`onnxruntime_onnx` with the TensorRT accelerator, or `tensorrt_plan`), same inputs and outputs as the CPU model
   so clients do not change. The ensemble's steps name the version the export wrote (all three share it), not
   "the newest loaded": the ensemble runs the encoder it was exported with. The accelerator builds one engine for
-  the whole shape range (an explicit optimization profile, 1×1 … max_batch×max_seq_length), caches it on a volume
-  (`export.config.TRT_ENGINE_CACHE`) and builds it during warmup at the largest shape, so no request waits for an
-  engine build; a plan records the TensorRT version that built it (`tensorrt_version`), which the tokenizer step
-  checks against the server's at load (`model_support.check_tensorrt`).
+  the whole shape range (an explicit optimization profile, from one token of one row to the largest batch), caches it
+  on a volume (`export.config.TRT_ENGINE_CACHE`) and builds it during warmup at the largest shape, so no request
+  waits for an engine build; a plan records the TensorRT version that built it (`tensorrt_version`), which the
+  tokenizer step checks against the server's at load (`model_support.check_tensorrt`).
 
 Every function returns `ModelFiles` whose `config_text` is already validated against Triton's schema.
 """
