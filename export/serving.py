@@ -20,6 +20,7 @@ from export.steps import validate_version_policy
 
 TRITON_PYTHON = Path(__file__).resolve().parents[1] / "triton_models"  # python-backend models an export copies
 SUPPORT = {"model_support.py": TRITON_PYTHON / "model_support.py"}  # imported by each model.py
+TEXT_SUPPORT = {**SUPPORT, "text_inputs.py": TRITON_PYTHON / "text_inputs.py"}  # the tokenizer step's helpers too
 TRITON_TO_NUMPY = {v: k for k, v in NUMPY_TO_TRITON.items() if k not in ("bytes", "object")}
 
 

@@ -194,6 +194,7 @@ def test_gpu_export_writes_the_ensemble_layout(gpu_repository: Path) -> None:
     assert sorted(p.name for p in (gpu_repository / "minilm_tokenizer" / "1").iterdir()) == [
         "model.py",
         "model_support.py",
+        "text_inputs.py",  # the tokenizer step's helpers (shared with export hf's models)
         "tokenizer.json",
     ]
     assert [p.name for p in (gpu_repository / "minilm_encoder" / "1").iterdir()] == ["model.onnx"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable
+from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
@@ -85,17 +87,22 @@ def request_texts(request: pb_utils.InferenceRequest, name: str = "text") -> lis
         raise ValueError(f"input '{name}' item is not valid UTF-8: {exc}") from exc
 
 
-def gather_texts(requests: list, responses: list) -> tuple[list[str], list[tuple[int, int, int]]]:
-    """Every request's texts in one list, and (request index, start, end) spans into it; a request that cannot be
-    read gets its error response in `responses` and no span."""
-    texts: list[str] = []
+def gather(requests: list, responses: list, read: Callable[[Any], list]) -> tuple[list, list[tuple[int, int, int]]]:
+    """Every request's items (`read(request)`) in one list, and (request index, start, end) spans into it; a request
+    that cannot be read (`read` raises ValueError) gets its error response in `responses` and no span."""
+    items: list = []
     spans: list[tuple[int, int, int]] = []
     for r, request in enumerate(requests):
         try:
-            items = request_texts(request)
+            mine = read(request)
         except ValueError as exc:
             responses[r] = error_response(str(exc))
             continue
-        spans.append((r, len(texts), len(texts) + len(items)))
-        texts.extend(items)
-    return texts, spans
+        spans.append((r, len(items), len(items) + len(mine)))
+        items.extend(mine)
+    return items, spans
+
+
+def gather_texts(requests: list, responses: list) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Every request's `text` items in one list, and their spans (`gather`)."""
+    return gather(requests, responses, request_texts)

@@ -1,5 +1,5 @@
 """Texts and (query, document) pairs in, token ids out: shared by `sequence_classification.py` and
-`hf_tokenizer.py`; the export copies this file next to their `model.py`.
+`tokenizer.py`; the export copies this file next to their `model.py`.
 
 A request carries either `text` (TYPE_STRING [1] per batch item) or `query` and `document` (TYPE_STRING [1] each,
 the same number of items). A request that cannot be read (a missing input, bytes that are not UTF-8, unequal item
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from model_support import error_response, request_texts
+from model_support import gather, request_texts
 from tokenizers import Encoding, Tokenizer
 
 Item = str | tuple[str, str]
@@ -41,17 +41,7 @@ def gather_items(requests: list, responses: list, *, pairs: bool,
                  prefix: str = "") -> tuple[list[Item], list[tuple[int, int, int]]]:
     """Every request's texts (or pairs) in one list, and (request index, start, end) spans into it; a request that
     cannot be read gets its error response in `responses` and no span. `prefix` is prepended to every text."""
-    items: list[Item] = []
-    spans: list[tuple[int, int, int]] = []
-    for r, request in enumerate(requests):
-        try:
-            mine = _items(request, pairs, prefix)
-        except ValueError as exc:
-            responses[r] = error_response(str(exc))
-            continue
-        spans.append((r, len(items), len(items) + len(mine)))
-        items.extend(mine)
-    return items, spans
+    return gather(requests, responses, lambda request: _items(request, pairs, prefix))
 
 
 def pad(encodings: Sequence[Encoding], width: int, dtype: np.dtype) -> dict[str, np.ndarray]:

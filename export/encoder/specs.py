@@ -30,7 +30,7 @@ from export.config import (
     validate,
 )
 from export.repository import ModelFiles
-from export.serving import SUPPORT, TRITON_PYTHON, ServingOptions, string_warmup, tensor_warmup
+from export.serving import SUPPORT, TEXT_SUPPORT, TRITON_PYTHON, ServingOptions, string_warmup, tensor_warmup
 
 WARMUP_TEXT = "Triton warms this model up with a short sentence before serving traffic."
 TEXT_INPUT = Tensor("text", "TYPE_STRING", (1,))
@@ -153,7 +153,7 @@ def _tokenizer(
             **({"tensorrt_version": tensorrt_version} if tensorrt_version else {}),
         },
     )
-    files = {"model.py": TRITON_PYTHON / "tokenizer.py", **SUPPORT, "tokenizer.json": model.tokenizer_file}
+    files = {"model.py": TRITON_PYTHON / "tokenizer.py", **TEXT_SUPPORT, "tokenizer.json": model.tokenizer_file}
     return ModelFiles(name=name, config_text=render_spec(spec), files=files, warmup=warmup)
 
 

@@ -8,7 +8,7 @@ CPU (the pip-installed Triton: python backend only), one text-in python model:
 GPU (NVIDIA's Triton image): ensemble `<name>` = `<name>_tokenizer` (python, CPU) → `<name>_encoder`
 (`onnxruntime_onnx` with the TensorRT accelerator, `export.encoder.specs`' encoder step), the same inputs and outputs
 as the CPU model. Embed without a prefix is exactly MiniLM's ensemble; otherwise the tokenizer step is
-`triton_models/hf_tokenizer.py` (prefix, pairs, segment ids).
+`triton_models/tokenizer.py` (prefix, pairs, segment ids).
 
 Every config carries `tritonstack_task`; classify's also `labels` (JSON array, id order) and `problem_type`.
 """
@@ -23,9 +23,8 @@ from pathlib import Path
 from export.config import ModelSpec, Tensor, WarmupSample, add_ensemble_steps, build, render, render_spec, validate
 from export.encoder import specs as encoder_specs
 from export.repository import ModelFiles
-from export.serving import SUPPORT, TRITON_PYTHON, ServingOptions, string_warmup
+from export.serving import TEXT_SUPPORT, TRITON_PYTHON, ServingOptions, string_warmup
 
-TEXT_SUPPORT = {**SUPPORT, "text_inputs.py": TRITON_PYTHON / "text_inputs.py"}
 TOKEN_COUNT = Tensor("token_count", "TYPE_INT32", (1,))
 PAIR_INPUTS = [Tensor("query", "TYPE_STRING", (1,)), Tensor("document", "TYPE_STRING", (1,))]
 WARMUP_QUERY = "What does Triton do with concurrent requests?"
@@ -127,7 +126,7 @@ def _tokenizer(name: str, model: HfModel, opts: ServingOptions, encoder_inputs: 
             "tokenizer_file": "tokenizer.json",
         },
     )
-    files = {"model.py": TRITON_PYTHON / "hf_tokenizer.py", **TEXT_SUPPORT, "tokenizer.json": model.tokenizer_file}
+    files = {"model.py": TRITON_PYTHON / "tokenizer.py", **TEXT_SUPPORT, "tokenizer.json": model.tokenizer_file}
     return ModelFiles(name=name, config_text=render_spec(spec), files=files, warmup=warmup)
 
 
