@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.telemetry import TelemetryConfig
 
 from gateway.admission import AdmissionMiddleware
 from gateway.auth import Authenticator
@@ -50,6 +49,7 @@ from gateway.rerank.service import RerankPolicy, RerankService
 from gateway.rollout.router import admin as rollout_admin
 from gateway.rollout.service import RolloutMetrics, RolloutService
 from gateway.scoring.runner import ScoringRunner
+from gateway.tracing import fastapi_telemetry, flush, start_tracing
 
 log = logging.getLogger("gateway")
 
@@ -57,7 +57,7 @@ CORS_REQUEST_HEADERS = ["authorization", "content-type", "x-request-id", "idempo
 CORS_EXPOSED_HEADERS = ["x-request-id", "retry-after", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
                         "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
                         "x-ratelimit-reset-tokens"]
-NO_OTEL: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+SERVICE_NAME = "tritonstack-gateway"  # OTEL_SERVICE_NAME overrides it
 
 
 def _redis(settings: GatewaySettings) -> aioredis.Redis:
@@ -159,6 +159,7 @@ async def close_state(state: GatewayState) -> None:
 def create_app(settings: GatewaySettings) -> FastAPI:
     """The gateway ASGI app for `settings` (its own metrics registry; no I/O until startup)."""
     metrics = GatewayMetrics()
+    start_tracing(settings, SERVICE_NAME)  # off (nothing installed) unless an OTLP endpoint is configured
     if settings.auth_disabled:
         log.warning("API key authentication is DISABLED (auth_disabled=true): every caller is admin")
 
@@ -172,11 +173,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             yield
         finally:
             await close_state(state)
+            flush()
 
-    # metrics are Prometheus (`gateway.metrics`); FastAPI's native OpenTelemetry would look up the global OTel
-    # providers on every request to find them unconfigured
+    # FastAPI's native OpenTelemetry makes the server spans when tracing is on; metrics are Prometheus
+    # (`gateway.metrics`), and when tracing is off it is off entirely (it would look up the global providers on
+    # every request to find them unconfigured)
     app = FastAPI(title="tritonstack gateway", version="0.1.0", lifespan=lifespan,
-                  default_response_class=OrjsonResponse, telemetry=NO_OTEL)
+                  default_response_class=OrjsonResponse, telemetry=fastapi_telemetry())
     install_error_handlers(app)
     app.router.routes.append(embeddings_route)  # the hot route, ahead of the routers (see gateway.http.direct)
     for router in (chat_router, rerank_router, classify_router, models_router, kserve_router, ops_router, admin,

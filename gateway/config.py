@@ -18,6 +18,7 @@ from pydantic import AliasChoices, BaseModel, Field, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.jobqueue.egress import ALLOW_PRIVATE_ENV_NAMES
+from gateway.tracing import TracingSettings
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
@@ -87,7 +88,7 @@ class ApiKeyConfig(BaseModel):
         return value
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(BaseSettings, TracingSettings):
     """Everything the gateway reads from its environment; constructed once and passed to `create_app`."""
 
     # validate_by_name: fields with an environment alias (validation_alias) still take their name as a keyword

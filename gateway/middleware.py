@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import InternalError, error_response
 from gateway.http.record import RECORD_KEY, RequestRecord
 from gateway.metrics import GatewayMetrics
+from gateway.tracing import annotate, current_trace_id
 
 log = logging.getLogger("gateway.requests")
 
@@ -75,6 +76,7 @@ class RequestContextMiddleware:
             return
         request_id = request_id_from(header(scope, REQUEST_ID_HEADER))
         record = scope[RECORD_KEY] = RequestRecord(request_id)
+        annotate({"tritonstack.request_id": request_id})  # the server span's (FastAPI's, outside this middleware)
         rid = request_id.encode("ascii")
         status = 500
         started = False
@@ -93,7 +95,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            log.exception("unhandled error, request id %s", request_id)
+            log.exception("unhandled error, request id %s, trace id %s", request_id, current_trace_id())
             status = 500
             if not started:
                 response = error_response(InternalError("The server had an error processing the request"),

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from gateway.config import UrlList, parse_url_list
 from gateway.jobqueue.egress import ALLOW_PRIVATE_ENV_NAMES, WebhookPolicy
+from gateway.tracing import TracingSettings
 
 if TYPE_CHECKING:
     from gateway.config import GatewaySettings
@@ -25,7 +26,7 @@ log = logging.getLogger("jobs.config")
 DEFAULT_QUEUE = "tritonstack:jobs:queue"
 
 
-class WorkerConfig(BaseSettings):
+class WorkerConfig(BaseSettings, TracingSettings):
     """Everything the arq worker reads from its environment; constructed once by `tritonstack worker`."""
 
     # validate_by_name: fields with an environment alias (validation_alias) still take their name as a keyword

@@ -37,6 +37,7 @@ from gateway.errors import (
     NotFoundError,
 )
 from gateway.metrics import GatewayMetrics
+from gateway.tracing import client_span, end, open_client_span, sampled_headers
 
 log = logging.getLogger("gateway.backends.triton")
 
@@ -126,6 +127,7 @@ class TritonBackend:
         """`coalesce_in_flight` > 0 merges concurrent embedding calls per model (`EmbedCoalescer`), with at most
         that many requests per model and version in flight; 0 sends every call as it comes. `channel_args`
         default to `reconnecting_channel_args()`."""
+        self.url = url
         self._client = InferenceServerClient(
             url, channel_args=channel_args if channel_args is not None else reconnecting_channel_args())
         self.coalescer = (EmbedCoalescer(self._send_embed, max_in_flight=coalesce_in_flight)
@@ -252,11 +254,7 @@ class TritonBackend:
                                       code="invalid_input") from None
         tensor = InferInput(TEXT_INPUT, list(data.shape), "BYTES")
         tensor.set_data_from_numpy(data)
-        try:
-            result: InferResult = await self._client.infer(model, [tensor], model_version=version,
-                                                            client_timeout=self._timeout_s)
-        except InferenceServerException as exc:
-            raise self._fail(exc, model) from None
+        result = await self._infer(model, [tensor], version, None, len(texts))
         vectors = result.as_numpy(EMBEDDING_OUTPUT)
         counts = result.as_numpy(TOKEN_COUNT_OUTPUT)
         if vectors is None or counts is None or len(vectors) != len(texts):
@@ -266,6 +264,25 @@ class TritonBackend:
             token_counts=np.asarray(counts, dtype=np.int32).reshape(-1),
             model_version=result.get_response().model_version,
         )
+
+    def _span_attributes(self, model: str, version: str, rows: int, method: str) -> dict[str, Any]:
+        return {"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService", "rpc.method": method,
+                "server.address": self.url, "tritonstack.model": model, "tritonstack.model_version": version,
+                "tritonstack.batch_size": rows}
+
+    async def _infer(self, model: str, tensors: list[InferInput], version: str,
+                     outputs: list[InferRequestedOutput] | None, rows: int) -> InferResult:
+        """One ModelInfer, in a client span whose context Triton continues (when sampled)."""
+        with client_span("triton ModelInfer", self._span_attributes(model, version, rows, "ModelInfer")) as span:
+            try:
+                result: InferResult = await self._client.infer(
+                    model, tensors, model_version=version, outputs=outputs, client_timeout=self._timeout_s,
+                    headers=sampled_headers())
+            except InferenceServerException as exc:
+                raise self._fail(exc, model) from None
+            if span is not None:
+                span.set_attribute("tritonstack.model_version", result.get_response().model_version)
+            return result
 
     async def infer_rows(self, model: str, inputs: Mapping[str, Sequence[str]], outputs: Sequence[str], *,
                          version: str = "") -> RowsResult:
@@ -305,13 +322,8 @@ class TritonBackend:
             tensor = InferInput(name, list(data.shape), "BYTES")
             tensor.set_data_from_numpy(data)
             tensors.append(tensor)
-        wanted = [InferRequestedOutput(name) for name in outputs]
-        try:
-            result: InferResult = await self._client.infer(model, tensors, model_version=version, outputs=wanted,
-                                                            client_timeout=self._timeout_s)
-        except InferenceServerException as exc:
-            raise self._fail(exc, model) from None
         rows = len(next(iter(inputs.values())))
+        result = await self._infer(model, tensors, version, [InferRequestedOutput(name) for name in outputs], rows)
         arrays = {}
         for name in outputs:
             array = result.as_numpy(name)
@@ -336,8 +348,11 @@ class TritonBackend:
         async def requests() -> AsyncIterator[dict]:
             yield {"model_name": model, "inputs": tensors, "request_id": request_id}
 
-        call = self._client.stream_infer(requests())
+        span = open_client_span("triton ModelStreamInfer",
+                                self._span_attributes(model, "", 1, "ModelStreamInfer"))
+        call = self._client.stream_infer(requests(), headers=sampled_headers(span))
         finished = False
+        error: BaseException | None = None
         try:
             while True:
                 result = await self._next_response(call, model, timeout_s)
@@ -347,7 +362,11 @@ class TritonBackend:
                 yield {out.name: result.as_numpy(out.name) for out in response.outputs}
                 if finished:
                     return
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
+            end(span, error)
             if not finished or not await _ended(call):
                 call.cancel()  # a stream cancelled after its final response leaves memory behind in Triton 2.51
 

@@ -29,6 +29,7 @@ from gateway.cache.control import CacheMode
 from gateway.cache.guard import RedisGuard
 from gateway.cache.hooks import CacheHooks
 from gateway.cache.locks import RedisLocks
+from gateway.tracing import span
 
 T = TypeVar("T")
 
@@ -145,15 +146,20 @@ class SingleFlight(Generic[T]):
                 led_idx.append(i)
         if joined:
             self.hooks.coalesced(joined)
-        leader = _Leader(self, led_keys, led_idx, compute, mode) if led_keys else None
-        if leader is not None:
-            self._spawn(leader.run())
-        pending = [fut for fut in waits.values() if not fut.done()]
-        if pending:
-            await asyncio.wait(pending)  # never cancels the shared futures, even if we are cancelled
-        cached = ready.keys() | (leader.cached if leader is not None else set())
-        values = [ready[key] if key in ready else waits[key].result() for key in keys]
-        return Fetched(values, sum(1 for key in keys if key in cached))
+        with span("single_flight", {"tritonstack.items": len(keys), "tritonstack.single_flight.joined": joined,
+                                    "tritonstack.single_flight.led": len(led_keys)}) as current:
+            leader = _Leader(self, led_keys, led_idx, compute, mode) if led_keys else None
+            if leader is not None:
+                self._spawn(leader.run())  # its task inherits this span: Redis and Triton spans nest under it
+            pending = [fut for fut in waits.values() if not fut.done()]
+            if pending:
+                await asyncio.wait(pending)  # never cancels the shared futures, even if we are cancelled
+            cached = ready.keys() | (leader.cached if leader is not None else set())
+            values = [ready[key] if key in ready else waits[key].result() for key in keys]
+            hits = sum(1 for key in keys if key in cached)
+            if current is not None:
+                current.set_attribute("tritonstack.cache.hits", hits)
+        return Fetched(values, hits)
 
     async def wait_idle(self) -> None:
         """Wait until every leader task (including background publishing) has finished."""

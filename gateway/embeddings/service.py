@@ -34,6 +34,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.models.tasks import EMBED, require_task
 from gateway.ratelimit.policy import TokenLedger
 from gateway.rollout.service import VERSION_HEADER, Choice, RolloutService, choose_version, with_pinned
+from gateway.tracing import annotate
 
 # the cached vector depends on nothing but model, version and text (dimensions must equal the model's)
 CACHE_PARAMS = "embed:v1"
@@ -154,6 +155,8 @@ class EmbeddingService:
         if self.rollouts is not None:
             self.rollouts.metrics.served(info.name, choice)
         status = "bypass" if mode is CacheMode.BYPASS else cache_status(result.hits, len(texts))
+        annotate({"tritonstack.model": info.name, "tritonstack.model_version": choice.version,
+                  "tritonstack.cache": status, "tritonstack.items": len(texts)})
         self._count(info.name, status, result, len(texts))
         if self.ledger is not None and principal is not None:
             self.ledger.add(principal, result.tokens)  # debited off the request path

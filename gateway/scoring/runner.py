@@ -28,6 +28,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.models.tasks import require_task, task_of
 from gateway.ratelimit.policy import TokenLedger
 from gateway.rollout.service import VERSION_HEADER, Choice, RolloutService, choose_version, with_pinned
+from gateway.tracing import annotate
 
 Compute = Callable[[ModelInfo, Choice, list[int]], Awaitable[list[CachedItem]]]
 """Compute the items at these indices (into the request's texts) with this model version, in order."""
@@ -128,6 +129,8 @@ class ScoringRunner:
         if self.rollouts is not None:
             self.rollouts.metrics.served(info.name, choice)
         status = "bypass" if mode is CacheMode.BYPASS else cache_status(hits, len(texts))
+        annotate({"tritonstack.model": info.name, "tritonstack.model_version": choice.version,
+                  "tritonstack.cache": status, "tritonstack.items": len(texts)})
         tokens = sum(item.tokens for item in items)
         self._count(info.name, task, status, hits, len(texts), tokens, backend_s)
         if self.ledger is not None and principal is not None:
