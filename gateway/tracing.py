@@ -165,18 +165,21 @@ def client_trace_configs() -> list[aiohttp.TraceConfig]:
     return [create_trace_config(tracer_provider=_PROCESS.provider)]
 
 
-def span(name: str, attributes: Mapping[str, Any] | None = None) -> AbstractContextManager[Span | None]:
-    """A stage span under the current one (never prompt text or keys in `attributes`); no-op when off."""
+def span(name: str, attributes: Mapping[str, Any] | None = None, *, parent: Mapping[str, str] | None = None,
+         kind: SpanKind = SpanKind.INTERNAL) -> AbstractContextManager[Span | None]:
+    """A stage span under the current one, or under the context a `carrier` holds (`parent`: a queued job's);
+    never prompt text or keys in `attributes`. No-op when off."""
     if _PROCESS.provider is None:
         return _NO_SPAN
-    return _current(name, SpanKind.INTERNAL, attributes)
+    return _current(name, kind, attributes, propagate.extract(dict(parent)) if parent else None)
 
 
 @contextmanager
-def _current(name: str, kind: SpanKind, attributes: Mapping[str, Any] | None) -> Iterator[Span]:
+def _current(name: str, kind: SpanKind, attributes: Mapping[str, Any] | None,
+             parent: otel_context.Context | None = None) -> Iterator[Span]:
     """A current span; an exception marks it failed with its type only (messages may quote the input)."""
-    with _tracer.start_as_current_span(name, kind=kind, attributes=attributes, record_exception=False,
-                                       set_status_on_exception=False) as current:
+    with _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes,
+                                       record_exception=False, set_status_on_exception=False) as current:
         try:
             yield current
         except BaseException as exc:
@@ -222,13 +225,9 @@ def sampled_headers(of: Span | None = None) -> dict[str, str] | None:
 
 
 def carrier() -> dict[str, str]:
-    """The current context as W3C headers (for a queued job); empty when off or not sampled."""
+    """The current context as W3C headers (`traceparent`, `tracestate`), for a queued job that `span(parent=…)`
+    continues; empty when off or not sampled."""
     return sampled_headers() or {}
-
-
-def context_from(headers: Mapping[str, str]) -> otel_context.Context:
-    """The context a carrier holds (from `carrier`)."""
-    return propagate.extract(dict(headers))
 
 
 def current_trace_id() -> str | None:

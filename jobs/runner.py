@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from arq.worker import Retry
+from opentelemetry.trace import SpanKind
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import BackendTimeoutError, BackendUnavailableError, GatewayError
 from gateway.jobqueue.records import JobRecord, JobStatus, job_error
+from gateway.tracing import failed, span
 from jobs.runtime import Runtime
 
 log = logging.getLogger("jobs.runner")
@@ -142,16 +144,21 @@ async def run_job(rt: Runtime, job_id: str, job_try: int, planner: Planner) -> d
         rt.metrics.pickup.labels(record.type.value).observe(max(record.started_ms - record.created_ms, 0) / 1000)
     lease.start()
     rt.metrics.in_progress.inc()
-    try:
-        final = await _attempt(rt, record, planner, lease)
-        return {"status": final}
-    except LeaseLostError:
-        return {"skipped": "lease lost"}
-    except Exception as exc:
-        return await _failed(rt, record, exc, job_try)
-    finally:
-        rt.metrics.in_progress.dec()
-        await lease.stop()
+    # a span under the submitting request's (its context travels in the record): one trace from POST to result
+    attributes = {"tritonstack.job.id": job_id, "tritonstack.job.type": record.type.value,
+                  "tritonstack.model": record.model or "", "tritonstack.attempt": job_try}
+    with span(f"job {record.type.value}", attributes, parent=record.trace, kind=SpanKind.CONSUMER) as current:
+        try:
+            final = await _attempt(rt, record, planner, lease)
+            return {"status": final}
+        except LeaseLostError:
+            return {"skipped": "lease lost"}
+        except Exception as exc:
+            failed(current, exc)
+            return await _failed(rt, record, exc, job_try)
+        finally:
+            rt.metrics.in_progress.dec()
+            await lease.stop()
 
 
 async def _attempt(rt: Runtime, record: JobRecord, planner: Planner, lease: _Lease) -> str:
@@ -188,7 +195,10 @@ async def _run_units(rt: Runtime, record: JobRecord, work: Work, lease: _Lease) 
                 cancelled = True
                 return
             started = time.perf_counter()
-            result = await work.run_unit(index)
+            with span("job.unit", {"tritonstack.job.unit": index}) as current:
+                result = await work.run_unit(index)
+                if current is not None:
+                    current.set_attributes({"tritonstack.items": result.items, "tritonstack.failed": result.failed})
             if await rt.store.commit(record.id, index, result.data, result.items, result.failed, result.tokens):
                 rt.metrics.items.labels(kind).inc(result.items)
             rt.metrics.unit_latency.labels(kind).observe(time.perf_counter() - started)

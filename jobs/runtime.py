@@ -25,6 +25,7 @@ from gateway.cache import EmbeddingCache
 from gateway.chat.service import ChatService
 from gateway.jobqueue.egress import PublicOnlyResolver
 from gateway.jobqueue.store import JobStore
+from gateway.tracing import client_trace_configs
 from jobs.chunking import ChunkerCache
 from jobs.config import WorkerConfig, gateway_settings
 from jobs.metrics import WorkerMetrics, serve_metrics
@@ -78,9 +79,11 @@ def _chat(redis: aioredis.Redis, backend: TritonBackend | TritonPool) -> ChatSer
 
 def _webhook_session(config: WorkerConfig) -> aiohttp.ClientSession:
     """The webhook client: public addresses only unless `webhook_allow_private` (see gateway.jobqueue.egress)."""
+    traced = client_trace_configs()  # a span and `traceparent` per delivery when tracing is on
     if config.webhook_allow_private:
-        return aiohttp.ClientSession(trust_env=False)
-    return aiohttp.ClientSession(trust_env=False, connector=aiohttp.TCPConnector(resolver=PublicOnlyResolver()))
+        return aiohttp.ClientSession(trust_env=False, trace_configs=traced)
+    return aiohttp.ClientSession(trust_env=False, connector=aiohttp.TCPConnector(resolver=PublicOnlyResolver()),
+                                 trace_configs=traced)
 
 
 def build_runtime(config: WorkerConfig, arq: ArqRedis) -> Runtime:

@@ -18,6 +18,7 @@ from arq.connections import RedisSettings
 from arq.worker import func
 
 from gateway.jobqueue.store import arq_dumps, arq_loads
+from gateway.tracing import flush, start_tracing
 from jobs.chat import chat
 from jobs.classify import classify
 from jobs.config import WorkerConfig
@@ -31,11 +32,13 @@ from jobs.webhook import deliver_webhook
 log = logging.getLogger("jobs.worker")
 
 _ARQ_TIMEOUT_MARGIN_S = 60.0
+SERVICE_NAME = "tritonstack-worker"  # OTEL_SERVICE_NAME overrides it
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
     """Create the clients (Triton gRPC, Redis, HTTP for webhooks), the metrics endpoint, the reaper."""
     config: WorkerConfig = ctx["config"]
+    start_tracing(config, SERVICE_NAME)  # off (nothing installed) unless an OTLP endpoint is configured
     rt = build_runtime(config, ctx["redis"])
     ctx["runtime"] = rt
     ctx["triton"] = rt.backend
@@ -50,6 +53,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     rt = ctx.get("runtime")
     if rt is not None:
         await close_runtime(rt)
+    flush()
 
 
 def worker_settings(config: WorkerConfig) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """Audit log: one structured JSON line per chat request on the dedicated `gateway.chat.audit` logger.
 
-Fields: `ts` (epoch seconds), `request_id`, `key` (API key *name*, never the key), `model` (public name),
-`deployment` (who served; null when none did), `attempts` (every deployment tried or passed over, with its
-outcome), `cache` (hit | miss | bypass | uncacheable), `stream`, `prompt_tokens`, `completion_tokens`,
-`cost_usd`, `status` (HTTP status, or the stream's end state), `error` (error code), `latency_ms`,
-`redactions` (PII values replaced, by kind). Prompt text appears only when the routes file sets
+Fields: `ts` (epoch seconds), `request_id`, `trace_id` (the W3C trace id when tracing is on, else null), `key` (API
+key *name*, never the key), `model` (public name), `deployment` (who served; null when none did), `attempts` (every
+deployment tried or passed over, with its outcome), `cache` (hit | miss | bypass | uncacheable), `stream`,
+`prompt_tokens`, `completion_tokens`, `cost_usd`, `status` (HTTP status, or the stream's end state), `error` (error
+code), `latency_ms`, `redactions` (PII values replaced, by kind). Prompt text appears only when the routes file sets
 `audit.include_prompts: true`, and then as sent upstream (after redaction).
 
 Route the logger wherever audit records belong (a file handler, a log shipper); it propagates to the root
@@ -42,6 +42,7 @@ class AuditRecord:
     latency_ms: float = 0.0
     redactions: dict[str, int] = field(default_factory=dict)
     prompt: list[dict[str, Any]] | None = None
+    trace_id: str | None = None
 
 
 class AuditLog:

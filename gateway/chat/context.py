@@ -15,6 +15,7 @@ from gateway.chat.protocol import ChatCompletionRequest
 from gateway.chat.streaming import usage_dict
 from gateway.routing.dispatch import Attempt
 from gateway.routing.table import ChatRoute, Deployment
+from gateway.tracing import current_trace_id
 from gateway.usage.budget import Reservation
 
 _PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "logprobs",
@@ -34,6 +35,7 @@ class ChatContext:
     prompt_estimate: int
     started: float = field(default_factory=time.perf_counter)
     created: int = field(default_factory=lambda: int(time.time()))
+    trace_id: str | None = field(default_factory=current_trace_id)  # the request's, for the audit line
     cache: str = "uncacheable"
     cache_keys: dict[str, str] = field(default_factory=dict)  # deployment name -> key
     reservation: Reservation | None = None
@@ -111,7 +113,8 @@ class ChatContext:
               error: str | None = None) -> AuditRecord:
         """The audit record of this request's outcome."""
         return AuditRecord(
-            request_id=self.request_id, key=self.key_name, model=self.request.model, stream=self.request.stream,
+            request_id=self.request_id, trace_id=self.trace_id, key=self.key_name, model=self.request.model,
+            stream=self.request.stream,
             deployment=deployment, cache=self.cache,
             attempts=[{"deployment": a.deployment, "outcome": a.outcome, "status": a.status} for a in self.trace],
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,

@@ -25,6 +25,7 @@ from gateway.routing.breaker import BreakerStore, CircuitBreaker
 from gateway.routing.config import BreakerPolicy, RoutesConfig, load_routes
 from gateway.routing.dispatch import Dispatcher
 from gateway.routing.table import DeploymentConfig, build_table
+from gateway.tracing import client_trace_configs
 from gateway.usage.budget import BudgetLedger
 from gateway.usage.totals import UsageTotals
 
@@ -40,7 +41,8 @@ def chat_http_session() -> aiohttp.ClientSession:
     Must be created inside the running event loop (the lifespan).
     """
     connector = aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, ttl_dns_cache=300)
-    return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
+    return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True,
+                                 trace_configs=client_trace_configs())  # a span and `traceparent` per call
 
 
 def build_chat(settings: GatewaySettings, metrics: GatewayMetrics, redis: aioredis.Redis, triton: Backend,

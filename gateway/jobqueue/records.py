@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+TRACE_FIELDS = ("traceparent", "tracestate")
+
 
 class JobStatus(enum.StrEnum):
     """Lifecycle: queued → running → succeeded | failed | cancelled (queued → cancelled too)."""
@@ -81,6 +83,7 @@ class JobRecord:
     webhook_status: str | None = None
     webhook_attempts: int = 0
     webhook_last_error: str | None = None  # absent from records written before it existed: None
+    trace: dict[str, str] = field(default_factory=dict)  # W3C `traceparent`/`tracestate` of the submitting request
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> JobRecord:
@@ -101,6 +104,7 @@ class JobRecord:
             webhook_status=(g(b"webhook_status") or b"").decode() or None,
             webhook_attempts=_int(g(b"webhook_attempts")) or 0,
             webhook_last_error=(g(b"webhook_last_error") or b"").decode() or None,
+            trace={name: value.decode() for name in TRACE_FIELDS if (value := g(name.encode()))},
         )
 
     def public(self) -> dict[str, Any]:

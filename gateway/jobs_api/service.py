@@ -41,6 +41,7 @@ from gateway.jobqueue.records import JobRecord, JobStatus, JobType
 from gateway.jobqueue.store import JobStore, NewJob, SubmitLimits, new_job_id
 from gateway.jobs_api.protocol import ChatJobRequest, ClassifyJobRequest, EmbeddingsJobRequest, RerankJobRequest
 from gateway.models.tasks import CLASSIFY, EMBED, RERANK, require_task
+from gateway.tracing import carrier, span
 
 log = logging.getLogger("gateway.jobs")
 
@@ -152,7 +153,8 @@ class JobsService:
         job = NewJob(id=new_job_id(), type=JobType(request.type), owner=principal.identity,
                      owner_name=principal.name, items=items, input=orjson.dumps(job_input),
                      fields=self._fields(request, model, secret), idempotency_key=idempotency_key, digest=digest)
-        with redis_required():
+        with redis_required(), span("job.submit", {"tritonstack.job.id": job.id, "tritonstack.job.type": job.type.value,
+                                                   "tritonstack.items": items}):
             outcome = await self.store.submit(job, self.policy.limits)
             self.metrics.submitted.labels(job.type.value, outcome.outcome).inc()
             return await self._accepted(outcome.outcome, outcome.job_id, outcome.detail, principal, request, secret)
@@ -185,6 +187,7 @@ class JobsService:
             fields["metadata"] = orjson.dumps(request.metadata).decode()
         if request.webhook is not None and secret is not None:
             fields.update(webhook_url=request.webhook.url, webhook_secret=secret)
+        fields.update(carrier())  # the worker's spans continue this request's trace
         return fields
 
     def _check_items(self, n: int, param: str) -> None:

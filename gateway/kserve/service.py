@@ -28,6 +28,7 @@ from gateway.backends.base import Backend, valid_model_name
 from gateway.backends.pool import TritonPool
 from gateway.errors import BackendTimeoutError, BackendUnavailableError, GatewayError, NotFoundError
 from gateway.rollout.service import Choice, RolloutService, choose_version, with_pinned
+from gateway.tracing import client_span, sampled_headers
 
 FORWARD_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "content-encoding",
                            "accept-encoding")
@@ -137,11 +138,15 @@ class KServeProxy:
         """Send one request upstream; BackendUnavailable/BackendTimeout when Triton does not answer."""
         sent = {k: v for k in FORWARD_REQUEST_HEADERS if (v := headers.get(k)) is not None}
         started = time.perf_counter()
-        if self._pool is None:
-            upstream = await self._open(self.base_url, method, path, sent, body)
-        else:
-            upstream = await self._pool.run(
-                lambda ep: self._open(self.base_urls[ep.index], method, path, sent, body))
+        with client_span(f"triton {method}", {"http.request.method": method, "url.path": path}) as span:
+            sent.update(sampled_headers() or {})  # Triton continues a sampled trace (its own spans under this)
+            if self._pool is None:
+                upstream = await self._open(self.base_url, method, path, sent, body)
+            else:
+                upstream = await self._pool.run(
+                    lambda ep: self._open(self.base_urls[ep.index], method, path, sent, body))
+            if span is not None:
+                span.set_attribute("http.response.status_code", upstream.status)
         kept = {k: v for k in FORWARD_RESPONSE_HEADERS if (v := upstream.headers.get(k)) is not None}
         elapsed = time.perf_counter() - started  # until Triton's headers: the backend's share
         length = kept.get("content-length", "")

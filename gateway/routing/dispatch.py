@@ -36,6 +36,7 @@ from gateway.ratelimit import retry_after
 from gateway.routing.breaker import Permit
 from gateway.routing.config import Policy
 from gateway.routing.table import ChatRoute, Deployment
+from gateway.tracing import span
 
 T = TypeVar("T")
 Call = Callable[[Deployment, float], Awaitable[T]]
@@ -124,8 +125,10 @@ class Dispatcher:
         started = self._clock()
         limit = max(0.001, min(dep.config.timeout_s, deadline - started))
         try:
-            async with asyncio.timeout(limit):
-                value = await call(dep, limit)
+            with span("chat.attempt", {"tritonstack.deployment": dep.name, "tritonstack.attempt": len(trace) + 1,
+                                       "tritonstack.route": route.name}) as current:
+                async with asyncio.timeout(limit):
+                    value = await call(dep, limit)
         except UpstreamError as exc:
             error = exc
         except TimeoutError:
@@ -137,6 +140,9 @@ class Dispatcher:
             m.child(m.upstream_calls, dep.name, "ok").inc()
             m.child(m.upstream_latency, dep.name).observe(elapsed)
             return Dispatched(dep, value, elapsed)
+        if current is not None:
+            current.set_attributes({"tritonstack.outcome": error.reason,
+                                    "http.response.status_code": error.status or 0})
         await dep.breaker.record(permit, False if error.counts_as_failure else None)
         self._failed(route, dep, Attempt(dep.name, error.reason, error.status, error.retry_after_s), trace)
         if error.reason == "bad_request":
