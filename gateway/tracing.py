@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import AliasChoices, BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     import aiohttp
@@ -74,6 +75,12 @@ class TracingSettings(BaseModel):
         if self.otel_exporter_otlp_endpoint:
             return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
         return None
+
+
+class TracingEnv(BaseSettings, TracingSettings):
+    """The OpenTelemetry variables alone, for a launcher with no settings class of its own (Triton's)."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, validate_by_name=True, validate_by_alias=True)
 
 
 class _Process:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 
+from gateway.tracing import TracingEnv
 from stack import shm
 from stack.process import ManagedProcess, ProcessError, free_port, http_ok
 
@@ -107,6 +108,31 @@ def server_environment(dist: TritonDistribution) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class TritonTracing:
+    """Triton's OpenTelemetry trace mode, exporting OTLP/HTTP to `url`. Rate 0: Triton starts no trace of its own
+    and traces exactly the requests that carry a W3C context, which the gateway sends only from sampled spans, so
+    Triton's spans (request, model, compute: queue and compute timestamps) join the gateway's sampled traces."""
+
+    url: str
+    service_name: str = "triton"
+    schedule_delay_ms: int = 5000
+
+    @classmethod
+    def from_env(cls) -> TritonTracing | None:
+        """From `OTEL_EXPORTER_OTLP_ENDPOINT` and friends (`gateway.tracing`); None when tracing is off."""
+        settings = TracingEnv()
+        url = settings.traces_endpoint
+        return None if url is None else cls(url, schedule_delay_ms=settings.otel_bsp_schedule_delay)
+
+    def argv(self) -> list[str]:
+        """`tritonserver`'s `--trace-config` flags."""
+        return [f"--trace-config={setting}" for setting in (
+            "mode=opentelemetry", "rate=0", "count=-1", "level=TIMESTAMPS", f"opentelemetry,url={self.url}",
+            f"opentelemetry,resource=service.name={self.service_name}",
+            f"opentelemetry,bsp_schedule_delay={self.schedule_delay_ms}")]
+
+
 @dataclass
 class TritonOptions:
     """Flags for one server; ports default to Triton's own defaults on loopback."""
@@ -120,6 +146,7 @@ class TritonOptions:
     response_cache_bytes: int = 0
     log_verbose: int = 0
     exit_timeout_s: int = 5
+    tracing: TritonTracing | None = None
     extra_args: list[str] = field(default_factory=list)
 
     @classmethod
@@ -154,6 +181,8 @@ def server_argv(dist: TritonDistribution, backend_dir: Path, opts: TritonOptions
     ]
     if opts.response_cache_bytes:
         argv.append(f"--cache-config=local,size={opts.response_cache_bytes}")
+    if opts.tracing is not None:
+        argv += opts.tracing.argv()
     return argv + opts.extra_args
 
 

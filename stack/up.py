@@ -16,7 +16,7 @@ from pathlib import Path
 from stack.gateway import GatewayProcess, api_key_entry, start_gateway
 from stack.process import ManagedProcess, free_port, stop_all
 from stack.redis import RedisServer, redis_unless_running
-from stack.triton import TritonOptions, TritonServer, start_triton
+from stack.triton import TritonOptions, TritonServer, TritonTracing, start_triton
 from stack.worker import WorkerProcess, start_worker
 
 DEFAULT_ROUTES = Path(__file__).resolve().parents[1] / "deploy" / "routes.local.yaml"
@@ -166,7 +166,8 @@ def _start_parts(stack: Stack) -> None:
         stack.redis = redis.start_and_wait()
     if opts.triton:
         triton = TritonOptions(opts.repository, http_port=opts.triton_http_port, grpc_port=opts.triton_grpc_port,
-                               metrics_port=opts.triton_metrics_port, models=list(opts.models))
+                               metrics_port=opts.triton_metrics_port, models=list(opts.models),
+                               tracing=TritonTracing.from_env())
         stack.triton = start_triton(triton, opts.state_dir, log_path=logs / "triton.log")
         if opts.gateway:
             ensure_rollouts_file(opts)

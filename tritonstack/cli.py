@@ -42,7 +42,7 @@ def triton(
     """Run the Triton server bundled in the nvidia-pytriton wheel (CPU, python backend) until Ctrl-C."""
     from stack.process import ProcessError
     from stack.run import console, supervise
-    from stack.triton import TritonOptions, start_triton
+    from stack.triton import TritonOptions, TritonTracing, start_triton
 
     opts = TritonOptions(
         repository=repository,
@@ -52,6 +52,7 @@ def triton(
         metrics_port=metrics_port,
         models=model,
         response_cache_bytes=response_cache_mb << 20,
+        tracing=TritonTracing.from_env(),  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
     )
     try:
         with console.status(f"starting Triton on {repository} …"):
