@@ -34,7 +34,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ _NO_SPAN: AbstractContextManager[None] = nullcontext()
 
 class TracingSettings(BaseModel):
     """The standard OpenTelemetry variables, unprefixed, as fields of a process's settings class (a mixin)."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
 
     otel_exporter_otlp_endpoint: str | None = Field(None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT"))
     otel_exporter_otlp_traces_endpoint: str | None = Field(

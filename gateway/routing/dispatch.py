@@ -36,7 +36,7 @@ from gateway.ratelimit import retry_after
 from gateway.routing.breaker import Permit
 from gateway.routing.config import Policy
 from gateway.routing.table import ChatRoute, Deployment
-from gateway.tracing import span
+from gateway.tracing import failed, span
 
 T = TypeVar("T")
 Call = Callable[[Deployment, float], Awaitable[T]]
@@ -124,25 +124,14 @@ class Dispatcher:
                        not_before: dict[str, float], trace: list[Attempt]) -> Dispatched[T] | None:
         started = self._clock()
         limit = max(0.001, min(dep.config.timeout_s, deadline - started))
-        try:
-            with span("chat.attempt", {"tritonstack.deployment": dep.name, "tritonstack.attempt": len(trace) + 1,
-                                       "tritonstack.route": route.name}) as current:
-                async with asyncio.timeout(limit):
-                    value = await call(dep, limit)
-        except UpstreamError as exc:
-            error = exc
-        except TimeoutError:
-            error = UpstreamError("timeout", "upstream timed out")
-        else:
+        value, error = await self._call(route, dep, call, limit, len(trace) + 1)
+        if error is None:
             elapsed = self._clock() - started
             await dep.breaker.record(permit, True)
             m = self.metrics
             m.child(m.upstream_calls, dep.name, "ok").inc()
             m.child(m.upstream_latency, dep.name).observe(elapsed)
-            return Dispatched(dep, value, elapsed)
-        if current is not None:
-            current.set_attributes({"tritonstack.outcome": error.reason,
-                                    "http.response.status_code": error.status or 0})
+            return Dispatched(dep, value, elapsed)  # type: ignore[arg-type]
         await dep.breaker.record(permit, False if error.counts_as_failure else None)
         self._failed(route, dep, Attempt(dep.name, error.reason, error.status, error.retry_after_s), trace)
         if error.reason == "bad_request":
@@ -152,6 +141,25 @@ class Dispatcher:
         elif error.retry_after_s:
             not_before[dep.name] = self._clock() + error.retry_after_s
         return None
+
+    @staticmethod
+    async def _call(route: ChatRoute, dep: Deployment, call: Call[T], limit: float, number: int
+                    ) -> tuple[T | None, UpstreamError | None]:
+        """One upstream call within `limit` seconds, in a span of its own: its value, or why it failed."""
+        with span("chat.attempt", {"tritonstack.deployment": dep.name, "tritonstack.attempt": number,
+                                   "tritonstack.route": route.name}) as current:
+            try:
+                async with asyncio.timeout(limit):
+                    return await call(dep, limit), None
+            except UpstreamError as exc:
+                error = exc
+            except TimeoutError:
+                error = UpstreamError("timeout", "upstream timed out")
+            failed(current, error)
+            if current is not None:
+                current.set_attributes({"tritonstack.outcome": error.reason,
+                                        "http.response.status_code": error.status or 0})
+            return None, error
 
     def _failed(self, route: ChatRoute, dep: Deployment, attempt: Attempt, trace: list[Attempt],
                 counted: bool = True) -> None:
