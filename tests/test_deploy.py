@@ -62,12 +62,13 @@ def _compose_env() -> dict[str, str]:
 
 
 def test_compose_profiles_are_the_documented_ones() -> None:
-    assert _compose_profiles() == ["cpu", "gpu", "loadtest"]
+    assert _compose_profiles() == ["cpu", "gpu", "loadtest", "observability"]
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None,
                     reason="docker-compose not installed (Debian package `docker-compose`, `make install`)")
-@pytest.mark.parametrize("profiles", [(), ("gpu",), ("cpu",), ("gpu", "loadtest"), ("cpu", "loadtest")],
+@pytest.mark.parametrize("profiles", [(), ("gpu",), ("cpu",), ("gpu", "loadtest"), ("cpu", "loadtest"),
+                                      ("gpu", "observability"), ("cpu", "observability")],
                          ids=lambda p: "+".join(p) or "default")
 def test_compose_config_validates(profiles: tuple[str, ...]) -> None:
     argv = ["docker-compose", "-f", str(COMPOSE)]
@@ -280,7 +281,7 @@ def _manifest_files() -> list[Path]:
         skip.add(kustomization)
         spec = yaml.safe_load(kustomization.read_text())
         for generator in spec.get("configMapGenerator", []):
-            skip.update(kustomization.parent / f for f in generator.get("files", []))
+            skip.update(kustomization.parent / f.split("=", 1)[-1] for f in generator.get("files", []))  # [key=]path
         skip.update(kustomization.parent / p["path"] for p in spec.get("patches", []) if "path" in p)
     return sorted(p for p in K8S.rglob("*.yaml") if p not in skip)
 
@@ -312,17 +313,19 @@ def overlays() -> dict[str, list[dict[str, Any]]]:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_k8s_overlay_builds_and_validates(overlays: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     _k8s_validate(overlays[overlay], f"overlays/{overlay}")
+    # one namespace for everything (the cpu overlay's Redis included: `redis:6379` resolves in the gateway's)
+    outside = [f"{d['kind']}/{d['metadata']['name']}" for d in overlays[overlay]
+               if d["kind"] != "Namespace" and d["metadata"].get("namespace") != "tritonstack"]
+    assert not outside, f"not in namespace tritonstack: {outside}"
 
 
 def _by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_k8s_workloads_are_hardened_and_budgeted(overlays: dict[str, list[dict[str, Any]]], overlay: str) -> None:
-    docs = overlays[overlay]
+def _assert_workloads_hardened(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every Deployment: non-root, no privilege escalation, resource requests, a PDB (but the dev Redis)."""
     deployments = _by_kind(docs, "Deployment")
-    assert {"triton", "gateway", "worker"} <= deployments.keys()
     pdb_selectors = [d["spec"]["selector"]["matchLabels"] for d in _by_kind(docs, "PodDisruptionBudget").values()]
     for name, deployment in deployments.items():
         pod = deployment["spec"]["template"]["spec"]
@@ -333,6 +336,14 @@ def test_k8s_workloads_are_hardened_and_budgeted(overlays: dict[str, list[dict[s
         if name != "redis":  # the cpu overlay's dev Redis is a single writer by design
             labels = deployment["spec"]["selector"]["matchLabels"]
             assert any(sel.items() <= labels.items() for sel in pdb_selectors), f"{name} has no PDB"
+    return deployments
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_workloads_are_hardened_and_budgeted(overlays: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    docs = overlays[overlay]
+    deployments = _assert_workloads_hardened(docs)
+    assert {"triton", "gateway", "worker"} <= deployments.keys()
     triton = deployments["triton"]["spec"]["template"]["spec"]["containers"][0]
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
@@ -540,6 +551,350 @@ def test_real_prometheus_scrapes_gateway_and_triton(live_gateway: Any, triton_se
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# ---------------------------------------------------------------------------------------------- traces
+
+COLLECTOR_CONFIG = ROOT / "deploy" / "otel" / "collector.yaml"
+TRACES_ENV = ROOT / "deploy" / "otel" / "traces.env"
+K8S_OBSERVABILITY = K8S / "components" / "observability"
+JAEGER_DATASOURCE = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "jaeger.yml"
+# what the Python side reads (the OpenTelemetry SDK's standard variables) and the service names spans carry
+OTEL_SDK_ENV = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_SERVICE_NAME",
+}
+SERVICE_NAMES = {"gateway": "tritonstack-gateway", "worker": "tritonstack-worker", "triton": "triton"}
+COLLECTOR_OTLP_HTTP = "http://otel-collector:4318"  # the collector's OTLP/HTTP receiver, by service name
+
+
+def _trace_config(argv: list[str]) -> dict[str, str]:
+    """Triton's `--trace-config[=]<[mode,]setting>=<value>` flags of a command line: {"[mode,]setting": value}."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith("--trace-config=")]
+    values += [argv[i + 1] for i, a in enumerate(argv) if a == "--trace-config"]
+    config = dict(v.split("=", 1) for v in values)
+    assert len(config) == len(values), f"a trace setting is given twice: {values}"
+    return config
+
+
+def _assert_triton_traces(config: dict[str, str], where: str) -> None:
+    """OpenTelemetry mode, timestamps, only requests that carry a context (rate 0), service `triton`."""
+    assert config["mode"] == "opentelemetry" and config["level"] == "TIMESTAMPS", where
+    assert config["rate"] == "0" and config["count"] == "-1", where
+    assert config["opentelemetry,resource"] == f"service.name={SERVICE_NAMES['triton']}", where
+    assert config["opentelemetry,url"].endswith("/v1/traces"), where
+
+
+def _cli_trace_config(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str] | None:
+    """The trace flags the CPU image's `tritonstack triton` gives its tritonserver in the environment `env`
+    (stack/triton.py TritonTracing.from_env); None: tracing off."""
+    from stack.triton import TritonTracing
+
+    with monkeypatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("OTEL_")]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, "" if value is None else str(value))
+        tracing = TritonTracing.from_env()
+    return None if tracing is None else _trace_config(tracing.argv())
+
+
+def test_collector_pipeline_takes_otlp_and_exports_to_jaeger() -> None:
+    text = COLLECTOR_CONFIG.read_text()
+    assert (K8S_OBSERVABILITY / "collector-config.yaml").read_text() == text, "the k8s copy differs: copy it again"
+    config = yaml.safe_load(text)
+    pipelines = config["service"]["pipelines"]
+    assert pipelines.keys() == {"traces"}
+    traces = pipelines["traces"]
+    for kind in ("receivers", "processors", "exporters"):  # every component a pipeline names is configured
+        assert set(traces[kind]) <= config[kind].keys(), kind
+    assert set(config["service"].get("extensions", [])) <= config.get("extensions", {}).keys()
+    protocols = config["receivers"]["otlp"]["protocols"]
+    assert traces["receivers"] == ["otlp"]
+    assert protocols["http"]["endpoint"] == "0.0.0.0:4318" and protocols["grpc"]["endpoint"] == "0.0.0.0:4317"
+    # memory_limiter first (it refuses before anything is buffered), then batching
+    assert traces["processors"] == ["memory_limiter", "batch"]
+    limiter = config["processors"]["memory_limiter"]
+    assert limiter["check_interval"] and 0 < limiter["spike_limit_percentage"] < limiter["limit_percentage"] < 100
+    (exporter,) = traces["exporters"]
+    # OTLP over gRPC: `otlp_grpc` since collector 0.145 (`otlp` before, still accepted as a deprecated alias)
+    assert exporter.split("/")[0] in {"otlp_grpc", "otlp"}
+    assert config["exporters"][exporter]["endpoint"] == "jaeger:4317"  # Jaeger's OTLP gRPC port, by service name
+
+
+def test_compose_observability_profile_runs_collector_and_jaeger() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    collector, jaeger = services["otel-collector"], services["jaeger"]
+    for name, service, image in (
+        ("otel-collector", collector, "otel/opentelemetry-collector-contrib"),
+        ("jaeger", jaeger, "jaegertracing/jaeger"),
+    ):
+        assert service["profiles"] == ["observability"], name
+        repository, _, tag = service["image"].partition(":")
+        assert repository == image and re.fullmatch(r"\d+\.\d+\.\d+", tag), f"{name}: not pinned: {service['image']}"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in collector["volumes"]}
+    assert (ROOT / mounts["/etc/otelcol-contrib/config.yaml"]).resolve() == COLLECTOR_CONFIG  # the image's default
+    assert collector["deploy"]["resources"]["limits"]["memory"]  # memory_limiter's percentages are of it
+    assert {"127.0.0.1:4318:4318", "127.0.0.1:4317:4317"} <= set(collector["ports"])
+    assert "127.0.0.1:16686:16686" in jaeger["ports"]  # the UI
+    # without the profile nothing waits for them (compose refuses a dependency on a service it does not start)
+    for name, service in services.items():
+        if "observability" not in service.get("profiles", []):
+            assert not {"otel-collector", "jaeger"} & set(service.get("depends_on", [])), name
+
+
+def test_compose_sets_the_otel_variables_and_triton_trace_flags() -> None:
+    """Gateway, worker and the CPU Triton read the SDK variables; the GPU Triton carries the trace flags."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name, service in (("gateway", "gateway"), ("worker", "worker"), ("triton", "triton-cpu")):
+        env = services[service]["environment"]
+        assert env.keys() >= OTEL_SDK_ENV, f"{service}: missing {OTEL_SDK_ENV - env.keys()}"
+        assert env["OTEL_SERVICE_NAME"] == SERVICE_NAMES[name]
+        assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"  # empty: off
+    _assert_triton_traces(_trace_config(services["triton"]["command"]), "docker-compose triton")
+    assert services["triton"]["environment"]["OTEL_SERVICE_NAME"] == SERVICE_NAMES["triton"]
+    assert "command" not in services["triton-cpu"]  # the image's `tritonstack triton` adds the flags itself
+
+
+def _compose_config(*argv: str) -> dict[str, Any]:
+    """`docker-compose config` of every profile, in an environment without tracing variables of its own."""
+    env = {k: v for k, v in _compose_env().items() if not k.startswith("OTEL_")}
+    profiles = [arg for p in _compose_profiles() for arg in ("--profile", p)]
+    done = subprocess.run(["docker-compose", *argv, "-f", str(COMPOSE), *profiles, "config"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)["services"]
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None,
+                    reason="docker-compose not installed (Debian package `docker-compose`, `make install`)")
+def test_compose_tracing_is_off_by_default_and_traces_env_turns_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    off = _compose_config()
+    for name in ("gateway", "worker", "triton-cpu"):
+        assert off[name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] in ("", None), name
+    assert _cli_trace_config(off["triton-cpu"]["environment"], monkeypatch) is None  # the CPU Triton: no tracing
+    on = _compose_config("--env-file", str(TRACES_ENV))
+    for name in ("gateway", "worker"):
+        env = on[name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == COLLECTOR_OTLP_HTTP, name
+        assert 0 < float(env["OTEL_TRACES_SAMPLER_ARG"]) <= 1
+        assert env["OTEL_SERVICE_NAME"] == SERVICE_NAMES[name]
+    gpu = _trace_config(on["triton"]["command"])
+    assert gpu["opentelemetry,url"] == f"{COLLECTOR_OTLP_HTTP}/v1/traces"
+    # both Triton images trace alike: the GPU command's flags are what `tritonstack triton` derives
+    assert _cli_trace_config(on["triton-cpu"]["environment"], monkeypatch) == gpu
+
+
+def _k8s_container(docs: list[dict[str, Any]], name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The workload (Deployment or StatefulSet) `name` and its first container."""
+    (workload,) = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet") and d["metadata"]["name"] == name]
+    return workload, workload["spec"]["template"]["spec"]["containers"][0]
+
+
+def _k8s_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment: its ConfigMaps (envFrom) overridden by its own `env` values."""
+    configmaps = _by_kind(docs, "ConfigMap")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(configmaps[source["configMapRef"]["name"]]["data"])
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def _k8s_traces(docs: list[dict[str, Any]], where: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Gateway's and worker's OpenTelemetry environment, and Triton's trace flags: its args (NVIDIA's image) or
+    what `tritonstack triton` derives from its environment (the CPU image; None: off)."""
+    seen: dict[str, Any] = {}
+    for name in ("gateway", "worker"):
+        _, container = _k8s_container(docs, name)
+        env = _k8s_env(docs, container)
+        assert env.keys() >= OTEL_SDK_ENV - {"OTEL_EXPORTER_OTLP_ENDPOINT"}, f"{where}/{name}"
+        assert env["OTEL_SERVICE_NAME"] == SERVICE_NAMES[name]
+        assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        seen[name] = env
+    _, triton = _k8s_container(docs, "triton")
+    env = _k8s_env(docs, triton)
+    assert env["OTEL_SERVICE_NAME"] == SERVICE_NAMES["triton"], where
+    if triton.get("command") == ["tritonserver"]:
+        seen["triton"] = _trace_config(triton["args"])
+        _assert_triton_traces(seen["triton"], where)
+    else:
+        assert triton["image"].startswith("tritonstack/triton-cpu") and not _trace_config(triton.get("args", []))
+        seen["triton"] = _cli_trace_config(env, monkeypatch)
+    return seen
+
+
+def _kustomize(kustomization: Path) -> list[dict[str, Any]]:
+    done = subprocess.run(["kubectl", "kustomize", str(kustomization)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "gpu-pool"])
+def test_k8s_tracing_is_wired_and_off_without_the_component(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if reason := _kustomize_available():
+        pytest.skip(reason)
+    traces = _k8s_traces(_kustomize(K8S / "overlays" / overlay), overlay, monkeypatch)
+    for name in ("gateway", "worker"):  # no exporter endpoint: the SDK stays off
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in traces[name], name
+    # the CPU Triton traces nothing; NVIDIA's has its flags, idle while no request carries a `traceparent`
+    assert (traces["triton"] is None) if overlay == "cpu" else traces["triton"]["rate"] == "0"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_observability_component_runs_collector_and_jaeger(overlay: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An overlay plus components/observability, as docs/deploy.md "Traces" says to combine them."""
+    if reason := _kustomize_available():
+        pytest.skip(reason)
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / overlay, tmp_path)],
+        "components": [os.path.relpath(K8S_OBSERVABILITY, tmp_path)],
+    }))
+    docs = _kustomize(tmp_path)
+    _k8s_validate(docs, f"overlays/{overlay} + components/observability")
+    deployments = _assert_workloads_hardened(docs)
+    assert {"otel-collector", "jaeger"} <= deployments.keys()
+    assert all(d["metadata"].get("namespace") == "tritonstack" for d in docs if d["kind"] != "Namespace")
+    traces = _k8s_traces(docs, overlay, monkeypatch)
+    for name in ("gateway", "worker"):
+        assert traces[name]["OTEL_EXPORTER_OTLP_ENDPOINT"] == COLLECTOR_OTLP_HTTP
+    _assert_triton_traces(traces["triton"], overlay)  # the CPU image's too: on now
+    assert traces["triton"]["opentelemetry,url"] == f"{COLLECTOR_OTLP_HTTP}/v1/traces"
+    services = _by_kind(docs, "Service")
+    assert {p["port"] for p in services["otel-collector"]["spec"]["ports"]} >= {4317, 4318}
+    assert {p["port"] for p in services["jaeger"]["spec"]["ports"]} >= {4317, 16686}
+    _, collector = _k8s_container(docs, "otel-collector")
+    assert collector["image"] == yaml.safe_load(COMPOSE.read_text())["services"]["otel-collector"]["image"]
+    (mount,) = collector["volumeMounts"]
+    volume = next(v for v in deployments["otel-collector"]["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == mount["name"])
+    config = _by_kind(docs, "ConfigMap")[volume["configMap"]["name"]]
+    assert mount["mountPath"] == "/etc/otelcol-contrib"  # the image's config folder
+    assert config["data"]["config.yaml"] == COLLECTOR_CONFIG.read_text()
+
+
+def test_grafana_has_jaeger_and_the_latency_panel_links_to_its_traces() -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    datasource = yaml.safe_load(JAEGER_DATASOURCE.read_text())["datasources"][0]
+    assert datasource["type"] == "jaeger" and datasource["uid"] == "jaeger"
+    assert datasource["url"] == "http://jaeger:16686"  # the compose service and its query port
+    assert "16686:16686" in yaml.safe_load(COMPOSE.read_text())["services"]["jaeger"]["ports"][0]
+    dashboard = json.loads(DASHBOARD.read_text())
+    panel = next(p for p in dashboard["panels"] if p["title"].startswith("Latency"))
+    links = panel["fieldConfig"]["defaults"]["links"]
+    assert links
+    for link in links:
+        url = urlsplit(link["url"])
+        assert url.path == "/explore", link["url"]
+        (pane,) = json.loads(parse_qs(url.query)["panes"][0]).values()
+        (query,) = pane["queries"]
+        assert pane["datasource"] == query["datasource"]["uid"] == datasource["uid"]
+        assert query["queryType"] == "search" and query["service"] == SERVICE_NAMES["gateway"]
+        assert pane["range"] == {"from": "${__from}", "to": "${__to}"}  # the dashboard's time range
+
+
+@pytest.fixture
+def echo_repository(tmp_path: Path) -> Path:
+    """A one-model repository: `echo` (python backend) returns its FP32 input."""
+    model = tmp_path / "repository" / "echo"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(
+        "import triton_python_backend_utils as pb_utils\n\n\n"
+        "class TritonPythonModel:\n"
+        "    def execute(self, requests):\n"
+        "        return [pb_utils.InferenceResponse([pb_utils.Tensor('y', pb_utils.get_input_tensor_by_name(r, 'x')"
+        ".as_numpy())]) for r in requests]\n")
+    (model / "config.pbtxt").write_text(
+        'name: "echo"\nbackend: "python"\nmax_batch_size: 0\n'
+        'input [{name: "x", data_type: TYPE_FP32, dims: [1]}]\noutput [{name: "y", data_type: TYPE_FP32, dims: [1]}]\n'
+        "instance_group [{kind: KIND_CPU, count: 1}]\n")
+    return model.parent
+
+
+def test_bundled_triton_exports_spans_into_the_callers_trace(echo_repository: Path, tmp_path: Path) -> None:
+    """The GPU service's trace flags (docker-compose.yml) on the tritonserver of the CPU image: a request with a
+    `traceparent` (HTTP header or gRPC metadata) yields Triton's spans in that trace, its request span a child of
+    the caller's span, posted as OTLP/HTTP (JSON) to <endpoint>/v1/traces; a request without one, none (rate 0)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from stack.process import free_port
+    from stack.triton import TritonOptions, start_triton
+
+    received: list[tuple[str, str, dict[str, Any]]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append((self.path, self.headers.get("content-type", ""), json.loads(body)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", free_port()), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{receiver.server_port}"
+    flags = [f.replace("${OTEL_EXPORTER_OTLP_ENDPOINT:-http://otel-collector:4318}", endpoint)
+              .replace("${OTEL_BSP_SCHEDULE_DELAY:-5000}", "100")  # export within the test's patience
+             for f in yaml.safe_load(COMPOSE.read_text())["services"]["triton"]["command"]
+             if f.startswith("--trace-config")]
+    assert "$" not in " ".join(flags), flags
+    opts = TritonOptions.on_free_ports(echo_repository, extra_args=flags)
+    server = start_triton(opts, tmp_path / "state", log_path=tmp_path / "triton.log", timeout=120)
+    http_trace, grpc_trace, parent = (
+        "0af7651916cd43dd8448eb211c80319c", "4bf92f3577b34da6a3ce929d0e0e4736", "b7ad6b7169203331")
+    spans: list[dict[str, Any]] = []
+    try:
+        body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+        url = f"http://{server.http_url}/v2/models/echo/infer"
+        assert httpx.post(url, json=body, timeout=30).status_code == 200  # no context: not traced
+        response = httpx.post(url, json=body, timeout=30, headers={"traceparent": f"00-{http_trace}-{parent}-01"})
+        assert response.status_code == 200, response.text
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        x = grpcclient.InferInput("x", [1], "FP32")
+        x.set_data_from_numpy(np.array([2.0], dtype=np.float32))
+        client.infer("echo", [x], headers={"traceparent": f"00-{grpc_trace}-{parent}-01"})
+        client.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            spans = [span for _, _, body in received for rs in body["resourceSpans"] for ss in rs["scopeSpans"]
+                     for span in ss["spans"]]
+            if {s["traceId"] for s in spans} >= {http_trace, grpc_trace}:
+                break
+            time.sleep(0.2)
+    finally:
+        server.stop()
+        receiver.shutdown()
+    assert received, (tmp_path / "triton.log").read_text()[-2000:]
+    assert all(path == "/v1/traces" and content_type.startswith("application/json")
+               for path, content_type, _ in received)
+    services = {a["value"]["stringValue"] for _, _, body in received for rs in body["resourceSpans"]
+                for a in rs["resource"]["attributes"] if a["key"] == "service.name"}
+    assert services == {SERVICE_NAMES["triton"]}
+    assert {s["traceId"] for s in spans} == {http_trace, grpc_trace}  # the request without a context: no trace
+    for trace in (http_trace, grpc_trace):
+        mine = {s["spanId"]: s for s in spans if s["traceId"] == trace}
+        roots = [s for s in mine.values() if s.get("parentSpanId") == parent]
+        assert [r["name"] for r in roots] == ["InferRequest"], mine
+        # request → model (queue, compute timestamps as events) → compute, each a child of the one before
+        model = [s for s in mine.values() if s.get("parentSpanId") == roots[0]["spanId"]]
+        assert [m["name"] for m in model] == ["echo"]
+        assert {e["name"] for e in model[0]["events"]} >= {"QUEUE_START", "REQUEST_END"}
+        assert any(s.get("parentSpanId") == model[0]["spanId"] and s["name"] == "compute" for s in mine.values())
 
 
 # ---------------------------------------------------------------------------------------------- gateway start command
