@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from gateway.admission import AdmissionMiddleware
 from gateway.auth import Authenticator
 from gateway.backends.pool import TritonPool, build_triton
+from gateway.backends.triton_http import triton_http_session
 from gateway.cache import CachedItem, CacheHooks, EmbeddingCache, SingleFlight
 from gateway.chat.factory import build_chat
 from gateway.chat.router import admin as chat_admin
@@ -36,7 +37,7 @@ from gateway.jobqueue.store import JobStore
 from gateway.jobs_api.router import router as jobs_router
 from gateway.jobs_api.service import JobPolicy, JobsMetrics, JobsService
 from gateway.kserve.router import router as kserve_router
-from gateway.kserve.service import KServeProxy, triton_http_session
+from gateway.kserve.service import KServeProxy
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import RequestContextMiddleware
 from gateway.models.router import router as models_router
@@ -105,11 +106,14 @@ def _jobs(settings: GatewaySettings, metrics: GatewayMetrics, embeddings: Embedd
 
 def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewayState:
     """Create every client and service (must run inside the event loop: gRPC and Redis bind to it)."""
+    # one pool of keep-alive connections to Triton's HTTP port(s): inference, metadata and the /v2 passthrough
+    session = triton_http_session(settings.passthrough_max_connections, settings.backend_timeout_s)
     backend = build_triton(settings.grpc_urls, timeout_s=settings.backend_timeout_s,
                            model_info_ttl_s=settings.model_info_ttl_s, metrics=metrics,
                            health_interval_s=settings.triton_health_interval_s,
                            health_timeout_s=settings.triton_health_timeout_s,
-                           coalesce_in_flight=settings.embed_coalesce_in_flight)
+                           coalesce_in_flight=settings.embed_coalesce_in_flight, http_urls=settings.http_urls,
+                           session=session)
     redis = _redis(settings)
     cache, flights = _cache(settings, redis, metrics)
     limiter = build_limiter(settings, redis, metrics)
@@ -132,8 +136,7 @@ def build_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewaySt
         models=ModelService(backend, started_at=int(time.time())),
         rerank=RerankService(scoring, RerankPolicy(settings.max_input_items, settings.max_input_chars)),
         classify=ClassifyService(scoring, ClassifyPolicy(settings.max_input_items, settings.max_input_chars)),
-        kserve=KServeProxy(triton_http_session(settings.passthrough_max_connections, settings.backend_timeout_s),
-                           settings.http_urls, backend if isinstance(backend, TritonPool) else None),
+        kserve=KServeProxy(session, settings.http_urls, backend if isinstance(backend, TritonPool) else None),
         cache=cache,
         limiter=limiter,
         chat=chat,
@@ -149,8 +152,8 @@ async def close_state(state: GatewayState) -> None:
         await state.jobs.aclose()
     if state.chat is not None:
         await state.chat.aclose()
-    await state.kserve.aclose()
     await state.backend.close()
+    await state.kserve.aclose()  # closes the HTTP session the backend shares
     if state.limiter is not None:
         await state.limiter.aclose()
     await state.redis.aclose()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from gateway.backends.triton import _ended
+from gateway.backends.triton_grpc import _ended
 
 
 class Stream:

@@ -1,13 +1,14 @@
 """Several Triton servers behind one `Backend`: least in-flight balancing, health checks, ejection.
 
-Why: a gRPC client keeps one HTTP/2 connection per target and multiplexes every request over it, so a Kubernetes
-ClusterIP Service (an L4 balancer) pins each gateway replica to one Triton pod. The pool holds one
-`TritonBackend` (one channel) per gRPC URL and picks the endpoint per request:
+Why: a client keeps a few long-lived connections per target (one HTTP/2 connection for gRPC, a keep-alive pool
+for HTTP), so a Kubernetes ClusterIP Service (an L4 balancer) pins each gateway replica to one Triton pod. The
+pool holds one `TritonBackend` per Triton server (its gRPC URL, and its HTTP address when given) and picks the
+endpoint per request:
 
 - **choice**: the healthy endpoint with the fewest requests in flight through this process; ties rotate (round
   robin), so an idle pool alternates.
-- **active health checks**: a background task asks every endpoint `ServerReady` each `health_interval_s` (with
-  `health_timeout_s`); a failing endpoint is ejected, a passing one readmitted.
+- **active health checks**: a background task asks every endpoint whether it is ready each `health_interval_s`
+  (with `health_timeout_s`); a failing endpoint is ejected, a passing one readmitted.
 - **passive ejection**: a request failing with a connection-level `BackendUnavailableError` (Triton unreachable,
   not a full queue, not a model error) ejects its endpoint at once and is retried once on another healthy
   endpoint (inference is idempotent). A "model not found" is retried once elsewhere too, without ejection: a
@@ -18,8 +19,9 @@ ClusterIP Service (an L4 balancer) pins each gateway replica to one Triton pod. 
   the `BackendUnavailableError` (503 with `retry-after`).
 
 gRPC channels back off exponentially between reconnection attempts (up to 2 minutes by default), which would
-delay readmission of a restarted Triton, and re-resolve a name at most every 30 s: every `TritonBackend` channel
-caps both at a second (`gateway.backends.triton.reconnecting_channel_args`).
+delay readmission of a restarted Triton, and re-resolve a name at most every 30 s: every channel caps both at a
+second (`gateway.backends.triton_grpc.reconnecting_channel_args`). HTTP connections are opened per request when
+none is idle, and names re-resolved every second (`triton_http_session`).
 
 With one URL, `build_triton` returns a plain `TritonBackend`: the pool costs nothing there.
 """
@@ -70,7 +72,7 @@ class Endpoint:
 
 
 class TritonPool:
-    """A `Backend` (plus `stream_infer`) over several Triton gRPC endpoints; see the module docstring."""
+    """A `Backend` (plus `stream_infer`) over several Triton endpoints; see the module docstring."""
 
     def __init__(
         self,
@@ -81,14 +83,19 @@ class TritonPool:
         health_interval_s: float = 1.0,
         health_timeout_s: float = 1.0,
         metrics: GatewayMetrics | None = None,
+        http_urls: Sequence[str] | None = None,
         **options: Any,
     ) -> None:
-        """One `TritonBackend` per URL; `options` are passed on to each (e.g. `coalesce_in_flight`)."""
+        """One `TritonBackend` per gRPC URL, with the HTTP address of the same index in `http_urls` when given;
+        `options` are passed on to each (e.g. `coalesce_in_flight`, `session`)."""
         if not urls:
             raise ValueError("a Triton pool needs at least one gRPC URL")
+        if http_urls is not None and len(http_urls) != len(urls):
+            raise ValueError("one HTTP address per Triton gRPC URL is needed")
         self.endpoints = [
             Endpoint(i, url, TritonBackend(url, timeout_s=timeout_s, model_info_ttl_s=model_info_ttl_s,
-                                           metrics=metrics, **options))
+                                           metrics=metrics, http_url=http_urls[i] if http_urls else None,
+                                           **options))
             for i, url in enumerate(urls)
         ]
         self._interval_s = health_interval_s
@@ -267,15 +274,16 @@ def build_triton(
     health_interval_s: float = 1.0,
     health_timeout_s: float = 1.0,
     metrics: GatewayMetrics | None = None,
+    http_urls: Sequence[str] | None = None,
     **options: Any,
 ) -> TritonBackend | TritonPool:
-    """A plain `TritonBackend` for one URL, else a started `TritonPool` (call inside the event loop); `options`
-    go to every `TritonBackend`."""
+    """A plain `TritonBackend` for one URL, else a started `TritonPool` (call inside the event loop); `http_urls`
+    pair an HTTP address with each gRPC URL (unary calls over HTTP); `options` go to every `TritonBackend`."""
     if len(urls) == 1:
         return TritonBackend(urls[0], timeout_s=timeout_s, model_info_ttl_s=model_info_ttl_s, metrics=metrics,
-                             **options)
+                             http_url=http_urls[0] if http_urls else None, **options)
     pool = TritonPool(urls, timeout_s=timeout_s, model_info_ttl_s=model_info_ttl_s,
                       health_interval_s=health_interval_s, health_timeout_s=health_timeout_s, metrics=metrics,
-                      **options)
+                      http_urls=http_urls, **options)
     pool.start()
     return pool

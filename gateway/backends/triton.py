@@ -1,4 +1,9 @@
-"""Triton over gRPC (tritonclient.grpc.aio), behind the `Backend` interface.
+"""Triton behind the `Backend` interface: unary calls over KServe v2 HTTP on the event loop, streams over gRPC.
+
+With an HTTP address (the gateway), inference, metadata and health checks go over HTTP (`triton_http`: binary
+tensors, pooled keep-alive connections read by the event loop itself); streams of decoupled models (chat) go over
+gRPC (`triton_grpc`), whose channel opens on the first stream. Without one (the jobs worker, which knows only
+gRPC addresses), everything goes over gRPC.
 
 Model metadata (versions, max_batch_size, tensor shapes) is cached per model for `model_info_ttl_s`; unknown
 models are cached as such for the same time so a stream of bad names does not reach Triton. Embedding batches
@@ -8,111 +13,48 @@ larger than the model's `max_batch_size` are split and sent concurrently.
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-import grpc
+import aiohttp
 import numpy as np
-from tritonclient.grpc import (
-    MAX_GRPC_MESSAGE_SIZE,
-    InferInput,
-    InferRequestedOutput,
-    InferResult,
-    KeepAliveOptions,
-)
-from tritonclient.grpc._utils import get_error_grpc
-from tritonclient.grpc.aio import InferenceServerClient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
-from gateway.backends.base import EmbedResult, ModelEntry, ModelInfo, RowsResult, TensorInfo
+from gateway.backends.base import EmbedResult, ModelEntry, ModelInfo, RowsResult
 from gateway.backends.coalesce import EmbedCoalescer
-from gateway.errors import (
-    BackendTimeoutError,
-    BackendUnavailableError,
-    GatewayError,
-    InternalError,
-    InvalidRequestError,
-    NotFoundError,
-)
+from gateway.backends.triton_common import map_triton_error, model_not_found, newest
+from gateway.backends.triton_grpc import TritonGrpc
+from gateway.backends.triton_http import TritonHttp, triton_http_session
+from gateway.errors import GatewayError, InternalError, InvalidRequestError, NotFoundError
 from gateway.metrics import GatewayMetrics
 from gateway.tracing import client_span, end, open_client_span, sampled_headers
 
-log = logging.getLogger("gateway.backends.triton")
+__all__ = ["TritonBackend", "map_triton_error", "model_not_found"]
 
 TEXT_INPUT = "text"
 EMBEDDING_OUTPUT = "embedding"
 TOKEN_COUNT_OUTPUT = "token_count"
 _MAX_CACHED_MODELS = 1024
 
-# gRPC's default reconnect backoff (1 s, ×1.6 per failed attempt, up to 120 s) means a channel that watched
-# Triton stay down for a few seconds may wait many more before it tries again, while every RPC fails fast with
-# UNAVAILABLE: the gateway would go on answering 503 for seconds after Triton is back (docs/RELIABILITY.md).
-# Every channel retries the connection at least once a second instead (tests/test_reliability_triton.py).
-RECONNECT_BACKOFF_MS = {"initial": 100, "min": 100, "max": 1000}
-DNS_MIN_REFRESH_MS = 1000
+
+def _utf8(texts: Sequence[str], name: str, param: str | None = None) -> list[bytes]:
+    try:
+        return [t.encode("utf-8") for t in texts]
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON but not UTF-8
+        raise InvalidRequestError(f"'{name}' contains invalid Unicode (an unpaired surrogate)", param=param,
+                                  code="invalid_input") from None
 
 
-def reconnecting_channel_args() -> list[tuple[str, Any]]:
-    """tritonclient's default channel options (message sizes, keepalive) plus a short reconnect backoff and DNS
-    refresh."""
-    ka = KeepAliveOptions()
-    return [
-        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.keepalive_time_ms", ka.keepalive_time_ms),
-        ("grpc.keepalive_timeout_ms", ka.keepalive_timeout_ms),
-        ("grpc.keepalive_permit_without_calls", ka.keepalive_permit_without_calls),
-        ("grpc.http2.max_pings_without_data", ka.http2_max_pings_without_data),
-        *((f"grpc.{name}_reconnect_backoff_ms", ms) for name, ms in RECONNECT_BACKOFF_MS.items()),
-        # a rescheduled pod keeps its DNS name but not its IP: re-resolve soon after a connection fails
-        ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_REFRESH_MS),
-    ]
-
-
-def model_not_found(model: str) -> NotFoundError:
-    """The error for a model that is unknown to Triton or not ready."""
-    return NotFoundError(f"The model '{model}' does not exist or is not ready", param="model",
-                         code="model_not_found")
-
-
-def map_triton_error(exc: InferenceServerException, model: str) -> tuple[GatewayError, str]:
-    """A tritonclient error → (typed gateway error, metrics reason)."""
-    status = (exc.status() or "").removeprefix("StatusCode.")
-    message = exc.message() or str(exc)
-    lowered = message.lower()
-    if "unknown model" in lowered or "is not found" in lowered or status == "NOT_FOUND":
-        return model_not_found(model), "model_not_found"
-    # decoupled models report errors inside the stream, without a gRPC status: their message says "overloaded"
-    if ("exceeds maximum queue size" in lowered or ("queue" in lowered and status == "UNAVAILABLE")
-            or lowered.startswith("overloaded")):
-        return BackendUnavailableError("The inference server is overloaded (queue full); retry shortly",
-                                       code="backend_overloaded"), "queue_full"
-    if status == "DEADLINE_EXCEEDED":
-        return BackendTimeoutError("The inference server did not answer in time"), "timeout"
-    if status == "UNAVAILABLE":
-        return BackendUnavailableError("The inference server is unavailable"), "unavailable"
-    if status == "INVALID_ARGUMENT" or lowered.startswith("invalid request"):
-        return InvalidRequestError(f"The model rejected the input: {message}", code="invalid_input"), "invalid"
-    log.warning("triton error on model %s: %s %s", model, status, message)
-    return InternalError("The inference server failed to process the request", code="backend_error"), "internal"
-
-
-def _tensors(items: Sequence[object], batched: bool) -> tuple[TensorInfo, ...]:
-    out = []
-    for t in items:
-        shape = tuple(int(d) for d in t.shape)  # type: ignore[attr-defined]
-        out.append(TensorInfo(t.name, t.datatype, shape[1:] if batched else shape))  # type: ignore[attr-defined]
-    return tuple(out)
-
-
-def _newest(versions: Sequence[str]) -> str:
-    return max(versions, key=lambda v: (len(v), v)) if versions else ""
+def _column(items: list[bytes], batched: bool) -> np.ndarray:
+    array = np.empty(len(items), dtype=np.object_)
+    array[:] = items
+    return array.reshape(-1, 1) if batched else array
 
 
 class TritonBackend:
-    """A `Backend` on one Triton server's gRPC endpoint."""
+    """A `Backend` on one Triton server: its gRPC address, and its HTTP address for unary calls when given."""
 
     def __init__(
         self,
@@ -123,26 +65,38 @@ class TritonBackend:
         metrics: GatewayMetrics | None = None,
         coalesce_in_flight: int = 0,
         channel_args: list[tuple[str, Any]] | None = None,
+        http_url: str | None = None,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         """`coalesce_in_flight` > 0 merges concurrent embedding calls per model (`EmbedCoalescer`), with at most
         that many requests per model and version in flight; 0 sends every call as it comes. `channel_args`
-        default to `reconnecting_channel_args()`."""
+        default to `triton_grpc.reconnecting_channel_args()`. `http_url` (`host:port`) sends unary calls over
+        HTTP through `session` (shared, closed by its owner; a session of its own when None)."""
         self.url = url
-        self._client = InferenceServerClient(
-            url, channel_args=channel_args if channel_args is not None else reconnecting_channel_args())
+        self.http_url = http_url
+        self._grpc = TritonGrpc(url, timeout_s, channel_args)
+        self._own_session: aiohttp.ClientSession | None = None
+        if http_url is not None and session is None:
+            session = self._own_session = triton_http_session(256, timeout_s)
+        self._unary: TritonHttp | TritonGrpc = (TritonHttp(http_url, session, timeout_s)
+                                                if http_url is not None and session is not None else self._grpc)
         self.coalescer = (EmbedCoalescer(self._send_embed, max_in_flight=coalesce_in_flight)
                           if coalesce_in_flight > 0 else None)
-        self._timeout_s = timeout_s
         self._ttl_s = model_info_ttl_s
         self._metrics = metrics
         self._info: dict[str, tuple[float, ModelInfo | NotFoundError]] = {}
         self._info_locks: dict[str, asyncio.Lock] = {}
+        self._attributes = ({"http.request.method": "POST", "server.address": http_url} if http_url is not None
+                            else {"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService",
+                                  "rpc.method": "ModelInfer", "server.address": url})
 
     async def close(self) -> None:
-        """Finish coalesced requests in flight, then close the gRPC channel."""
+        """Finish coalesced requests in flight, then close the gRPC channel (and the session, when our own)."""
         if self.coalescer is not None:
             await self.coalescer.aclose()
-        await self._client.close()
+        await self._grpc.close()
+        if self._own_session is not None:
+            await self._own_session.close()
 
     def _fail(self, exc: InferenceServerException, model: str) -> GatewayError:
         error, reason = map_triton_error(exc, model)
@@ -150,24 +104,24 @@ class TritonBackend:
             self._metrics.backend_errors.labels(reason).inc()
         return error
 
+    def _timed_out(self) -> None:
+        if self._metrics is not None:
+            self._metrics.backend_errors.labels("timeout").inc()
+
     async def ready(self, timeout_s: float = 1.0) -> bool:
-        """True when Triton answers `ServerReady` with true within `timeout_s`."""
-        try:
-            return bool(await self._client.is_server_ready(client_timeout=timeout_s))
-        except (InferenceServerException, OSError):
-            return False
+        """True when Triton answers that it is ready within `timeout_s`."""
+        return await self._unary.ready(timeout_s)
 
     async def list_ready_models(self) -> list[ModelEntry]:
         """Models in the repository index whose state is READY (newest ready version of each)."""
         try:
-            index = await self._client.get_model_repository_index(client_timeout=self._timeout_s)
+            entries = await self._unary.ready_models()
         except InferenceServerException as exc:
             raise self._fail(exc, "") from None
         versions: dict[str, list[str]] = {}
-        for m in index.models:
-            if m.state == "READY":
-                versions.setdefault(m.name, []).append(m.version)
-        return [ModelEntry(name, _newest(v)) for name, v in sorted(versions.items())]
+        for name, version in entries:
+            versions.setdefault(name, []).append(version)
+        return [ModelEntry(name, newest(v)) for name, v in sorted(versions.items())]
 
     def invalidate(self, model: str) -> None:
         """Forget cached metadata of `model` (e.g. after a version change was observed)."""
@@ -193,26 +147,12 @@ class TritonBackend:
 
     async def _fetch_info(self, model: str) -> ModelInfo | NotFoundError:
         try:
-            meta = await self._client.get_model_metadata(model, client_timeout=self._timeout_s)
-            config = (await self._client.get_model_config(model, client_timeout=self._timeout_s)).config
+            return await self._unary.model_info(model)
         except InferenceServerException as exc:
             error = self._fail(exc, model)
             if isinstance(error, NotFoundError):
                 return error
             raise error from None
-        if not meta.versions:
-            return model_not_found(model)
-        batched = config.max_batch_size > 0
-        return ModelInfo(
-            name=model,
-            version=_newest(list(meta.versions)),
-            versions=tuple(meta.versions),
-            max_batch_size=int(config.max_batch_size),
-            inputs=_tensors(meta.inputs, batched),
-            outputs=_tensors(meta.outputs, batched),
-            platform=meta.platform or config.backend,
-            extra={key: value.string_value for key, value in config.parameters.items()},  # e.g. the drift reference
-        )
 
     async def embed(self, model: str, texts: Sequence[str], *, version: str = "") -> EmbedResult:
         """Embed texts with a text-in model (`text` → `embedding`, `token_count`), split by max_batch_size.
@@ -222,12 +162,12 @@ class TritonBackend:
         if info.output(EMBEDDING_OUTPUT) is None:
             raise InvalidRequestError(f"The model '{model}' is not an embedding model", param="model",
                                       code="not_an_embedding_model")
-        step = info.max_batch_size if info.max_batch_size > 0 else len(texts)
         if info.max_batch_size <= 0:  # the model's shapes are its own: never merge callers into one request
             return await self._send_embed(model, version, texts)
+        step = info.max_batch_size
+        if len(texts) <= step:
+            return await self._embed_chunk(model, texts, version, step)
         chunks = [texts[i : i + step] for i in range(0, len(texts), step)]
-        if len(chunks) == 1:
-            return await self._embed_chunk(model, chunks[0], version, step)
         results = await asyncio.gather(*(self._embed_chunk(model, c, version, step) for c in chunks),
                                        return_exceptions=True)
         for r in results:
@@ -247,41 +187,29 @@ class TritonBackend:
         return await self.coalescer.embed(model, version, texts, max_items)
 
     async def _send_embed(self, model: str, version: str, texts: Sequence[str]) -> EmbedResult:
-        try:
-            data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
-        except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON but not UTF-8
-            raise InvalidRequestError("'input' contains invalid Unicode (an unpaired surrogate)", param="input",
-                                      code="invalid_input") from None
-        tensor = InferInput(TEXT_INPUT, list(data.shape), "BYTES")
-        tensor.set_data_from_numpy(data)
-        result = await self._infer(model, [tensor], version, None, len(texts))
-        vectors = result.as_numpy(EMBEDDING_OUTPUT)
-        counts = result.as_numpy(TOKEN_COUNT_OUTPUT)
+        data = _column(_utf8(texts, "input", "input"), batched=True)
+        outputs, served = await self._infer(model, {TEXT_INPUT: data}, version, None, len(texts))
+        vectors, counts = outputs.get(EMBEDDING_OUTPUT), outputs.get(TOKEN_COUNT_OUTPUT)
         if vectors is None or counts is None or len(vectors) != len(texts):
             raise InternalError("The model returned an unexpected response", code="backend_error")
         return EmbedResult(
             vectors=np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1),
             token_counts=np.asarray(counts, dtype=np.int32).reshape(-1),
-            model_version=result.get_response().model_version,
+            model_version=served,
         )
 
-    def _span_attributes(self, model: str, version: str, rows: int, method: str) -> dict[str, Any]:
-        return {"rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService", "rpc.method": method,
-                "server.address": self.url, "tritonstack.model": model, "tritonstack.model_version": version,
-                "tritonstack.batch_size": rows}
-
-    async def _infer(self, model: str, tensors: list[InferInput], version: str,
-                     outputs: list[InferRequestedOutput] | None, rows: int) -> InferResult:
-        """One ModelInfer, in a client span whose context Triton continues (when sampled)."""
-        with client_span("triton ModelInfer", self._span_attributes(model, version, rows, "ModelInfer")) as span:
+    async def _infer(self, model: str, inputs: Mapping[str, np.ndarray], version: str,
+                     outputs: Sequence[str] | None, rows: int) -> tuple[dict[str, np.ndarray], str]:
+        """One inference, in a client span whose context Triton continues (when sampled)."""
+        attributes = {**self._attributes, "tritonstack.model": model, "tritonstack.model_version": version,
+                      "tritonstack.batch_size": rows}
+        with client_span("triton ModelInfer", attributes) as span:
             try:
-                result: InferResult = await self._client.infer(
-                    model, tensors, model_version=version, outputs=outputs, client_timeout=self._timeout_s,
-                    headers=sampled_headers())
+                result = await self._unary.infer(model, version, inputs, outputs, sampled_headers())
             except InferenceServerException as exc:
                 raise self._fail(exc, model) from None
             if span is not None:
-                span.set_attribute("tritonstack.model_version", result.get_response().model_version)
+                span.set_attribute("tritonstack.model_version", result[1])
             return result
 
     async def infer_rows(self, model: str, inputs: Mapping[str, Sequence[str]], outputs: Sequence[str], *,
@@ -311,26 +239,16 @@ class TritonBackend:
 
     async def _send_rows(self, model: str, version: str, inputs: Mapping[str, Sequence[str]],
                          outputs: Sequence[str], batched: bool) -> RowsResult:
-        tensors = []
-        for name, column in inputs.items():
-            try:
-                data = np.array([t.encode("utf-8") for t in column], dtype=np.object_)
-            except UnicodeEncodeError:
-                raise InvalidRequestError(f"'{name}' contains invalid Unicode (an unpaired surrogate)",
-                                          code="invalid_input") from None
-            data = data.reshape(-1, 1) if batched else data.reshape(1)
-            tensor = InferInput(name, list(data.shape), "BYTES")
-            tensor.set_data_from_numpy(data)
-            tensors.append(tensor)
+        tensors = {name: _column(_utf8(column, name), batched) for name, column in inputs.items()}
         rows = len(next(iter(inputs.values())))
-        result = await self._infer(model, tensors, version, [InferRequestedOutput(name) for name in outputs], rows)
+        answered, served = await self._infer(model, tensors, version, list(outputs), rows)
         arrays = {}
         for name in outputs:
-            array = result.as_numpy(name)
+            array = answered.get(name)
             if array is None or array.size % rows:
                 raise InternalError("The model returned an unexpected response", code="backend_error")
             arrays[name] = array.reshape(rows, -1)
-        return RowsResult(arrays, result.get_response().model_version)
+        return RowsResult(arrays, served)
 
     async def stream_infer(self, model: str, inputs: Mapping[str, np.ndarray], *, timeout_s: float,
                            request_id: str = "") -> AsyncIterator[dict[str, np.ndarray]]:
@@ -339,62 +257,19 @@ class TritonBackend:
         `timeout_s` bounds each wait for the next response. Closing the iterator early cancels the request on the
         server (the model sees it as cancelled). Failures are the gateway's typed errors (`map_triton_error`).
         """
-        tensors = []
-        for name, array in inputs.items():
-            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-
-        async def requests() -> AsyncIterator[dict]:
-            yield {"model_name": model, "inputs": tensors, "request_id": request_id}
-
-        span = open_client_span("triton ModelStreamInfer",
-                                self._span_attributes(model, "", 1, "ModelStreamInfer"))
-        call = self._client.stream_infer(requests(), headers=sampled_headers(span))
-        finished = False
+        span = open_client_span("triton ModelStreamInfer", {
+            "rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService", "rpc.method": "ModelStreamInfer",
+            "server.address": self.url, "tritonstack.model": model, "tritonstack.model_version": "",
+            "tritonstack.batch_size": 1})
         error: BaseException | None = None
         try:
-            while True:
-                result = await self._next_response(call, model, timeout_s)
-                response = result.get_response()
-                params = response.parameters
-                finished = "triton_final_response" not in params or params["triton_final_response"].bool_param
-                yield {out.name: result.as_numpy(out.name) for out in response.outputs}
-                if finished:
-                    return
+            async with contextlib.aclosing(self._grpc.stream_infer(
+                    model, inputs, timeout_s=timeout_s, fail=lambda exc: self._fail(exc, model),
+                    request_id=request_id, headers=sampled_headers(span), on_timeout=self._timed_out)) as responses:
+                async for outputs in responses:
+                    yield outputs
         except BaseException as exc:
             error = exc
             raise
         finally:
             end(span, error)
-            if not finished or not await _ended(call):
-                call.cancel()  # a stream cancelled after its final response leaves memory behind in Triton 2.51
-
-    async def _next_response(self, call: AsyncIterator, model: str, timeout_s: float) -> InferResult:
-        try:
-            result, error = await asyncio.wait_for(anext(call), timeout_s)
-        except TimeoutError:
-            if self._metrics is not None:
-                self._metrics.backend_errors.labels("timeout").inc()
-            raise BackendTimeoutError("The inference server did not answer in time") from None
-        except StopAsyncIteration:
-            raise BackendUnavailableError("The inference server closed the stream before the final response") from None
-        except grpc.RpcError as exc:
-            raise self._fail(get_error_grpc(exc), model) from None
-        except InferenceServerException as exc:
-            raise self._fail(exc, model) from None
-        if error is not None:
-            raise self._fail(error, model)
-        return result
-
-
-async def _ended(call: AsyncIterator, timeout_s: float = 1.0) -> bool:
-    """Whether the stream ends by itself after its final response (the server closes it once the request stream
-    is closed), so that it needs no cancel."""
-    try:
-        await asyncio.wait_for(anext(call), timeout_s)
-    except StopAsyncIteration:
-        return True
-    except (TimeoutError, grpc.RpcError, InferenceServerException):
-        return False
-    return False  # one more response after the final one: not a stream we understand, cancel it

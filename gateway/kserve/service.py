@@ -11,8 +11,9 @@ With several Triton servers (`TritonPool`), each request goes to the HTTP addres
 the pool chooses (same index in the settings' lists); a connection failure ejects that endpoint and the request
 is sent once more to another healthy one (every forwarded request is a read or an idempotent inference).
 
-The client is one `aiohttp.ClientSession` created by the lifespan (`triton_http_session`): aiohttp rather than
-httpx, which costs more client CPU per request (its pool scans every connection per request).
+The client is the `aiohttp.ClientSession` the lifespan creates (`triton_http_session`), shared with the Triton
+backend's HTTP transport: aiohttp rather than httpx, which costs more client CPU per request (its pool scans every
+connection per request).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ FORWARD_RESPONSE_HEADERS = ("content-type", "inference-header-content-length", "
                             "content-length")
 # responses up to this size are read whole and sent as one plain response; larger ones are streamed through
 BUFFER_LIMIT = 1 << 20
-_NO_DEFAULT_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
 _VERSION = re.compile(r"^[0-9]{1,19}$")
 
 
@@ -102,20 +102,6 @@ async def _read(upstream: aiohttp.ClientResponse) -> bytes:
         raise BackendUnavailableError("The inference server is unavailable") from None
     finally:
         upstream.release()
-
-
-def triton_http_session(max_connections: int, timeout_s: float) -> aiohttp.ClientSession:
-    """The passthrough's session: raw bodies (no decompression), no default headers, per-read timeouts.
-
-    Must be created inside the running event loop (the lifespan).
-    """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=max_connections),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0, sock_read=timeout_s),
-        auto_decompress=False,
-        skip_auto_headers=_NO_DEFAULT_HEADERS,
-        trust_env=False,
-    )
 
 
 class KServeProxy:
