@@ -77,9 +77,12 @@ test: install $(DEPLOY_STAMP) $(CLIENTS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-# Every standard comparison (loadtest/bench/suite.py) → docs/BENCHMARKS.md and docs/img/; about 15 minutes on 2 cores.
+# Every standard comparison (loadtest/bench/suite.py) → docs/BENCHMARKS.md and docs/img/; about 15 minutes on 2 cores
+# (the first run also builds llama.cpp's llama-server for the llm step, cached in ~/.cache/tritonstack).
 bench: install
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	@command -v cmake >/dev/null && command -v g++ >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq cmake g++ >/dev/null; }  # the llm step builds llama-server once
 	$(BIN)/tritonstack export minilm --if-missing
 	$(BIN)/tritonstack export smollm2 --if-missing
 	$(BIN)/tritonstack bench

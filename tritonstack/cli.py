@@ -298,16 +298,19 @@ def bench_llm(
     streams: int = typer.Option(8, help="Concurrent streams for the aggregate measurement."),
     rounds: int = typer.Option(3, help="Repeats of each Triton measurement (medians are reported)."),
     output: Path = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update."),
+    peer: bool = typer.Option(True, help="Also measure llama.cpp's llama-server on the same GGUF against our "
+                                         "gateway (built once into ~/.cache/tritonstack/llama.cpp; needs cmake, g++)."),
 ) -> None:
-    """transformers generate vs the Triton SmolLM2 model: tokens/s single stream, TTFT, N concurrent streams."""
+    """transformers generate vs the Triton SmolLM2 model: tokens/s single stream, TTFT, N concurrent streams; our
+    gateway vs llama.cpp's llama-server."""
     import shlex
 
     from loadtest.bench import llm as bench
 
     command = "tritonstack bench llm " + shlex.join(
-        [f"--max-tokens={max_tokens}", f"--streams={streams}", f"--rounds={rounds}"]
+        [f"--max-tokens={max_tokens}", f"--streams={streams}", f"--rounds={rounds}", *([] if peer else ["--no-peer"])]
     )
-    typer.echo(bench.run(repository, max_tokens, streams, rounds, output, command))
+    typer.echo(bench.run(repository, max_tokens, streams, rounds, output, command, peer))
 
 
 @bench_app.command("baseline")

@@ -1,4 +1,5 @@
-"""`tritonstack bench llm`: transformers `generate` vs the Triton generation model (SmolLM2-135M, CPU), one run.
+"""`tritonstack bench llm`: transformers `generate` vs the Triton generation model (SmolLM2-135M, CPU), and our
+stack vs llama.cpp's `llama-server`, one run.
 
 Each round measures, one after the other on one machine:
 1. transformers `generate`, fp32 (the GGUF dequantised, like the export), greedy, `max_tokens` new tokens;
@@ -11,6 +12,9 @@ Each round measures, one after the other on one machine:
    while the long prompt is prefilled (chunked prefill bounds it), against the long prompt's prefill time alone
    (what the stream would wait without chunks), and the short prompt's time to first token (it starts between
    the long prompt's chunks instead of after the last).
+5. with the peer (`--peer`, default): our stack through its gateway (`/v1/chat/completions`, streamed) and
+   llama.cpp's `llama-server` on the same GGUF, one stream and `streams` streams each, the same client and prompts
+   (`loadtest.bench.llm_peer`; the server is built once by `loadtest.bench.llama_cpp`).
 Step 2 runs again after step 3, and a round's ratios take the mean of its two single streams: the machine is
 shared and noisy, and its load drifts while a round runs. Ratios are medians of per-round ratios. Every Triton
 request of a round has a prompt of its own (tagged with the round), so only the chat template's system prompt, shared
@@ -31,10 +35,15 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtest.bench.gateway import UNLIMITED
+from loadtest.bench.llama_cpp import PeerUnavailableError, ensure_llama_server, start_llama_server
+from loadtest.bench.llm_peer import PeerRounds, StreamingClient, gateway_endpoint, llama_server_endpoint, run_round
 from loadtest.bench.llm_report import render
 from loadtest.bench.llm_steps import engine_steps
 from loadtest.bench.report import cpu_seconds, write_section
-from stack.triton import TritonOptions, TritonServer, start_triton
+from stack.process import ManagedProcess, stop_all
+from stack.triton import TritonServer
+from stack.up import Stack, StackOptions, start_stack
 
 MODEL = "smollm2"
 PROMPTS = (
@@ -51,6 +60,7 @@ PROMPTS = (
 LONG_REQUESTS = "\n".join(PROMPTS * 12)  # ~1,300 tokens
 INTERRUPT_AFTER = 10  # the long (and short) prompt are sent once the running stream has this many tokens
 SHORT = "What is the capital of France?"
+PEER_THREADS = 2  # llama-server's -t: the cores of the machine the issue measured
 
 
 @dataclass
@@ -275,16 +285,51 @@ class Rounds:
         }
 
 
-def measure(repository: Path, state_dir: Path, max_tokens: int, streams: int, rounds: int) -> dict:
+def _start(repository: Path, state_dir: Path, gateway: bool) -> Stack:
+    """Triton with `smollm2` only, and with `gateway` the gateway (Redis too) in front of it as `tritonstack up`
+    runs it (no worker; rate limits too high to refuse a benchmark); logs under `state_dir`."""
+    options = StackOptions.on_free_ports(repository, state_dir, models=[MODEL], worker=False, redis=gateway,
+                                         gateway=gateway, gateway_settings={**UNLIMITED, "log_level": "warning"})
+    return start_stack(options)
+
+
+def _peer_binary(peer: bool) -> tuple[Path | None, str | None]:
+    """llama-server's binary (built once when missing), or why the peer is not measured."""
+    if not peer:
+        return None, "not measured (`--no-peer`)"
+    try:
+        return ensure_llama_server(), None
+    except PeerUnavailableError as exc:
+        return None, f"not measured: {exc}"
+
+
+def measure(repository: Path, state_dir: Path, max_tokens: int, streams: int, rounds: int,
+            peer: bool = True) -> dict:
     """Interleave transformers, Triton single-stream and Triton N-stream runs round by round (background load on
-    a shared machine then hits all three alike); ratios are medians of per-round ratios."""
+    a shared machine then hits all three alike); with `peer`, each round also runs our gateway and llama.cpp's
+    `llama-server` on the same GGUF (`loadtest.bench.llm_peer`). Ratios are medians of per-round ratios."""
+    from export.llm import smollm2
+
+    binary, peer_reason = _peer_binary(peer)
     baseline = TransformersBaseline()
-    server = start_triton(TritonOptions.on_free_ports(repository, models=[MODEL]), state_dir,
-                          log_path=state_dir / "triton-bench-llm.log")
-    record = Rounds()
+    logs = state_dir / "bench-llm"
+    stack = _start(repository, logs, gateway=binary is not None)
+    server = stack.triton
+    assert server is not None
+    processes: list[ManagedProcess] = []
+    client: StreamingClient | None = None
+    record, peer_record = Rounds(), PeerRounds()
     load_before = os.getloadavg()[0]
     try:
         run_streams(server, [PROMPTS[1]], 8)  # warm-up
+        if binary is not None and stack.gateway is not None:
+            llama, url = start_llama_server(binary, smollm2.source_dir() / smollm2.GGUF_FILE, threads=PEER_THREADS,
+                                            parallel=streams, log_path=logs / "llama-server.log")
+            processes.append(llama)
+            client = StreamingClient()
+            ours, other = gateway_endpoint(stack.gateway.url, str(stack.api_key), MODEL), llama_server_endpoint(url)
+            for endpoint in (ours, other):  # warm-up
+                client.streams(endpoint, [PROMPTS[2]], 8)
         for r in range(1, rounds + 1):
             record.hf.append(baseline.tokens_per_s(max_tokens))
             record.single.append(run_streams(server, [f"(r{r}) {PROMPTS[0]}"], max_tokens)[0])
@@ -295,20 +340,28 @@ def measure(repository: Path, state_dir: Path, max_tokens: int, streams: int, ro
                     record.cpu.setdefault(f"{name}_{process}", []).append((used - before[process]) / max_tokens * 1e3)
             record.single.append(run_streams(server, [f"(r{r}, again) {PROMPTS[0]}"], max_tokens)[0])
             record.interrupts.append(interrupted(server, max_tokens, f"Round {len(record.interrupts) + 1}"))
+            if client is not None:
+                run_round(client, ours, other, peer_record, r, PROMPTS, max_tokens, streams)
     finally:
-        server.stop()
+        if client is not None:
+            client.close()
+        stop_all(processes)
+        stack.stop()
     context = record.single[0].prompt_tokens + max_tokens // 2  # a stream's mean cached tokens while it decodes
     steps = engine_steps(repository, MODEL, streams, context)
     return {**record.summary(), **{f"engine_{k}": v for k, v in steps.items()}, "interrupt_after": INTERRUPT_AFTER,
-            "load": (load_before, os.getloadavg()[0])}
+            "load": (load_before, os.getloadavg()[0]),
+            "peer": peer_record.summary() if client is not None else None, "peer_reason": peer_reason,
+            "peer_threads": PEER_THREADS}
 
 
-def run(repository: Path, max_tokens: int, streams: int, rounds: int, output: Path, command: str) -> str:
+def run(repository: Path, max_tokens: int, streams: int, rounds: int, output: Path, command: str,
+        peer: bool = True) -> str:
     """Export when missing, measure, write the `llm` section of `output`; returns the markdown."""
     from export.llm.pipeline import Smollm2Request, export_smollm2
 
     export_smollm2(Smollm2Request(repository=repository, if_missing=True))
-    summary = measure(repository.resolve(), Path(".tritonstack").resolve(), max_tokens, streams, rounds)
+    summary = measure(repository.resolve(), Path(".tritonstack").resolve(), max_tokens, streams, rounds, peer)
     markdown = render(summary, max_tokens, streams, rounds, command)
     write_section(output, "llm", markdown)
     return markdown

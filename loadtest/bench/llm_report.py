@@ -3,7 +3,10 @@ strategy, from `loadtest.bench.llm.measure`'s numbers."""
 
 from __future__ import annotations
 
+from loadtest.bench.llama_cpp import CMAKE_FLAGS, VERSION
 from loadtest.bench.report import machine_description, markdown_table
+
+PEER_TARGETS = {"decode_tps": "≥ 1.0×", "many_tps": "≥ 1.5×", "ttft_ms": "< 1.0× (keep ahead)"}
 
 
 def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) -> str:
@@ -48,6 +51,7 @@ def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) ->
         f"{streams} streams; one stream gets a response per token.",
         markdown_table(["setup", "tokens/s", "time to first token (ms)", "mean batch"], rows),
         markdown_table(["ratio (same run)", "measured", "target"], ratios),
+        peer_section(m, max_tokens, streams),
         f"**Host CPU per decode step** (one token of every stream, {streams} streams; medians over rounds; "
         "`psutil`): the benchmark's gRPC client "
         f"{m['cpu_many_client']:.1f} ms and Triton's server process {m['cpu_many_triton']:.1f} ms with the "
@@ -77,6 +81,49 @@ def render(m: dict, max_tokens: int, streams: int, rounds: int, command: str) ->
             ["short prompt sent right after the long one: time to first token", f"{m['long_short_ttft_ms']:.0f}"],
         ]),
         STRATEGY,
+    ])
+
+
+def _values(values: list[float], digits: int) -> str:
+    return ", ".join(f"{v:.{digits}f}" for v in values)
+
+
+def peer_section(m: dict, max_tokens: int, streams: int) -> str:
+    """Our stack against llama.cpp's `llama-server`: each side's median (per-round values in brackets), the
+    per-round ratios ours / llama-server and their median; or why the peer was not measured."""
+    heading = "### Against llama.cpp's `llama-server` (same GGUF, same client, each one's OpenAI endpoint)"
+    p = m.get("peer")
+    if p is None:
+        return f"{heading}\n\nllama-server {m.get('peer_reason') or 'not measured'}."
+    labels = [
+        ("decode_tps", "1 stream, decode tokens/s (after the first token)", 1),
+        ("tps", "1 stream, tokens/s end to end (prefill included)", 1),
+        ("ttft_ms", "1 stream, time to first token (ms; lower is better)", 0),
+        ("many_tps", f"{streams} concurrent streams, aggregate tokens/s", 1),
+        ("many_ttft_ms", f"{streams} concurrent streams, median time to first token (ms; lower is better)", 0),
+    ]
+    rows = [[label, f"{p[key]['ours_median']:.{d}f} ({_values(p[key]['ours'], d)})",
+             f"{p[key]['peer_median']:.{d}f} ({_values(p[key]['peer'], d)})",
+             f"**{p[key]['ratio_median']:.2f}×** ({_values(p[key]['ratios'], 2)})", PEER_TARGETS.get(key, "—")]
+            for key, label, d in labels]
+    prompt, chunk = p["prompt_tokens"], p["tokens_per_chunk"]
+    return "\n\n".join([
+        heading,
+        f"Ours: the gateway's `/v1/chat/completions` (model `smollm2`, the stack `tritonstack up` runs: auth, rate "
+        f"limits, cache, metrics on) in front of Triton, as above. Peer: `llama-server` of llama.cpp as vendored in "
+        f"`llama-cpp-python` {VERSION}'s source distribution (`loadtest/bench/llama_cpp.py` builds it once with "
+        f"`{' '.join(CMAKE_FLAGS)}`), on the same Q4_1 GGUF, `-t {m['peer_threads']} -np {streams}` (one slot per "
+        "stream), continuous batching. Both: one client (`httpx`'s async client reading the server-sent events), "
+        f"streamed, greedy, exactly {max_tokens} tokens (ours: `min_tokens`; llama-server: `ignore_eos`), the same "
+        "tagged prompts; tokens from each stream's usage chunk (`stream_options.include_usage`), times from the "
+        "send and the chunks with content. Each round runs one stream on each server, then "
+        f"{streams} streams on each, ours first in odd rounds and llama-server first in even ones; only the "
+        "measured server is busy. Cells: medians (per-round values in brackets); ratios: ours / llama-server, the "
+        f"median of per-round ratios (each round's in brackets). Prompt tokens of a request: ours "
+        f"{prompt['ours']}, llama-server {prompt['llama-server']} (the GGUF's chat template on both). Tokens per "
+        f"content chunk with {streams} streams: ours {chunk['ours']:.2f}, llama-server {chunk['llama-server']:.2f}.",
+        markdown_table(["measure", "ours (gateway → Triton)", "llama-server", "ours / llama-server", "target"],
+                       rows),
     ])
 
 

@@ -9,7 +9,8 @@ Steps, each writing its own section (and the plots under docs/img/), in this ord
 3. `gateway`  — the gateway's added latency and throughput vs direct Triton, cache-hit throughput, a profile;
 4. `rerank`   — pairs/s of `/v1/rerank` vs direct Triton on a MiniLM-sized cross-encoder it builds and exports;
 5. `jobs`     — a bulk embeddings job's items/s vs Triton alone;
-6. `llm`      — SmolLM2's tokens/s, time to first token and concurrent streams (when smollm2 is exported).
+6. `llm`      — SmolLM2's tokens/s, time to first token and concurrent streams (when smollm2 is exported), and
+                our gateway against llama.cpp's `llama-server` on the same GGUF.
 
 With `--host`, only the step that needs nothing but a running gateway runs (step 2, without Triton direct);
 the other steps start their own servers. A summary section lists what ran, what was skipped and why.
@@ -49,6 +50,7 @@ class SuiteOptions:
     only: tuple[str, ...] = STEPS
     job_items: int = 10_000
     llm_max_tokens: int = 128
+    llm_peer: bool = True  # llama.cpp's llama-server beside our gateway (built once when missing)
 
 
 @dataclass
@@ -138,7 +140,7 @@ def _llm(opts: SuiteOptions) -> str:
     from loadtest.bench import llm
 
     rounds = max(opts.rounds, LLM_MIN_ROUNDS)
-    llm.run(opts.repository, opts.llm_max_tokens, 8, rounds, opts.output, _step_command(opts, "llm"))
+    llm.run(opts.repository, opts.llm_max_tokens, 8, rounds, opts.output, _step_command(opts, "llm"), opts.llm_peer)
     return "ran"
 
 
