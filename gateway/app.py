@@ -36,6 +36,7 @@ from gateway.http.responses import OrjsonResponse
 from gateway.jobqueue.store import JobStore
 from gateway.jobs_api.router import router as jobs_router
 from gateway.jobs_api.service import JobPolicy, JobsMetrics, JobsService
+from gateway.kserve.router import infer_routes as kserve_infer_routes
 from gateway.kserve.router import router as kserve_router
 from gateway.kserve.service import KServeProxy
 from gateway.metrics import GatewayMetrics
@@ -184,7 +185,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(title="tritonstack gateway", version="0.1.0", lifespan=lifespan,
                   default_response_class=OrjsonResponse, telemetry=fastapi_telemetry())
     install_error_handlers(app)
-    app.router.routes.append(embeddings_route)  # the hot route, ahead of the routers (see gateway.http.direct)
+    # the hot routes, ahead of the routers (see gateway.http.direct)
+    app.router.routes.extend([embeddings_route, *kserve_infer_routes])
     for router in (chat_router, rerank_router, classify_router, models_router, kserve_router, ops_router, admin,
                    chat_admin, rollout_admin, jobs_router):
         app.include_router(router)

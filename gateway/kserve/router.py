@@ -1,12 +1,15 @@
 """KServe v2 routes (`tritonclient.http` pointed at the gateway works): thin wrappers over `KServeProxy`.
 
 `/v2/health/{live,ready}` need no key (probes); everything else does, and inference counts against the
-caller's request limit. Every error under `/v2` has KServe v2's shape `{"error": "<message>"}`: Triton's own
-refusals through `kserve_error`, the gateway's (auth, limits, validation, Triton unreachable) through
-`gateway.errors.error_response`.
+caller's request limit. Inference, the hot path, is served by two `DirectRoute`s (`infer_routes`, which the app
+adds ahead of its routers): documented like the other routes, served without FastAPI's dependency solver. Every
+error under `/v2` has KServe v2's shape `{"error": "<message>"}`: Triton's own refusals through `kserve_error`, the
+gateway's (auth, limits, validation, Triton unreachable) through `gateway.errors.error_response`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -14,8 +17,9 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from gateway.auth import Principal
-from gateway.deps import get_kserve_proxy, get_principal, rate_limited_principal, state_of
+from gateway.deps import admit_request, authenticate, get_kserve_proxy, get_principal, state_of
 from gateway.errors import NotFoundError, kserve_error_body
+from gateway.http.direct import DirectRoute
 from gateway.http.record import record_of
 from gateway.kserve.service import KServeProxy, model_path, routed_version
 from gateway.kserve.validation import check_infer_request
@@ -134,15 +138,29 @@ _INFER_BODY = {"requestBody": {"required": True, "content": {"application/json":
 }}}}}
 
 
-@router.post("/v2/models/{model}/infer", openapi_extra=_INFER_BODY)
-@router.post("/v2/models/{model}/versions/{version}/infer", openapi_extra=_INFER_BODY)
-async def model_infer(
-    request: Request, model: str, version: str | None = None,
-    principal: Principal = Depends(rate_limited_principal), proxy: KServeProxy = Depends(get_kserve_proxy),
-) -> Response:
+@dataclass(frozen=True, slots=True)
+class InferCall:
+    """What an inference request needs, resolved as its route's one dependency."""
+
+    request: Request
+    principal: Principal
+    model: str
+    version: str | None
+
+
+async def infer_call(request: Request) -> InferCall:
+    """Authenticate (401), admit against the request limit (429), and the path's model and version."""
+    principal = authenticate(request)
+    await admit_request(request, principal)
+    params = request.path_params
+    return InferCall(request, principal, params["model"], params.get("version"))
+
+
+async def model_infer(call: InferCall = Depends(infer_call)) -> Response:
     """Inference, JSON or binary tensor extension; body and framing headers forwarded unchanged. Without a version
     in the path, the request gets the version `/v1/embeddings` would choose (a pin, the rollout table, else the
     oldest ready version), named in `x-tritonstack-model-version`."""
+    request, model, version = call.request, call.model, call.version
     state = state_of(request)
     path = model_path(model, version, "/infer")  # validates the names first
     body = await request.body()
@@ -150,11 +168,23 @@ async def model_infer(
     choice = None
     if version is None:
         pin = parse_pin(request.headers.get(VERSION_HEADER))
-        choice = await routed_version(state.rollouts, state.backend, model, principal.identity, pin)
+        choice = await routed_version(state.rollouts, state.backend, model, call.principal.identity, pin)
         if choice is not None:
             path = model_path(model, choice.backend_version, "/infer")
-    response = await _relay(request, proxy, "POST", path, model, body)
+    response = await _relay(request, state.kserve, "POST", path, model, body)
     if choice is not None:
         response.headers[VERSION_HEADER] = choice.version
     return response
 
+
+def _path_parameters(*names: str) -> dict[str, list[dict[str, object]]]:
+    return {"parameters": [{"name": name, "in": "path", "required": True,
+                            "schema": {"type": "string", "title": name.title()}} for name in names]}
+
+
+infer_routes = [
+    DirectRoute(path, model_infer, methods=["POST"], name="model_infer", tags=["kserve"],
+                openapi_extra={**_INFER_BODY, **_path_parameters(*names)})
+    for path, names in (("/v2/models/{model}/infer", ("model",)),
+                        ("/v2/models/{model}/versions/{version}/infer", ("model", "version")))
+]
