@@ -60,6 +60,7 @@ def test_cpu_text_embedding_is_a_python_model_with_text_in() -> None:
     assert params(cfg) == {
         "max_seq_length": "256",
         "ort_batch_size": "32",
+        "ort_max_batch_tokens": "4096",
         "intra_op_num_threads": "0",
         "inter_op_num_threads": "1",
         "allow_spinning": "0",
@@ -76,11 +77,14 @@ def test_cpu_text_embedding_is_a_python_model_with_text_in() -> None:
 def test_cpu_warmup_requests_and_string_file_format() -> None:
     files = specs.text_embedding_cpu("minilm", MODEL, OPTS)
     cfg = parse(files.config_text)
-    assert [(w.name, w.batch_size) for w in cfg.model_warmup] == [("single_text", 1), ("full_batch", 32)]
-    for warmup in cfg.model_warmup:
+    # the largest ONNX Runtime run at load: 4096 tokens of the longest texts (256 tokens) = 16 rows
+    assert [(w.name, w.batch_size) for w in cfg.model_warmup] == [("single_text", 1), ("full_batch", 32),
+                                                                  ("longest_run", 16)]
+    for warmup, file in zip(cfg.model_warmup, ("text", "text", "text_longest"), strict=True):
         text_input = warmup.inputs["text"]
         assert text_input.data_type == mc.TYPE_STRING and list(text_input.dims) == [1]
-        assert text_input.input_data_file == "text"
+        assert text_input.input_data_file == file
+    assert len(files.warmup["text_longest"]) > 256 * 4  # far beyond 256 tokens, truncated by the model
     data = files.warmup["text"]
     (length,) = struct.unpack("<I", data[:4])
     assert length == len(data) - 4 and data[4:].decode("utf-8") == specs.WARMUP_TEXT

@@ -27,6 +27,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_support import gather_texts, param, session_options
 
 
+def ort_runs(sorted_lengths: np.ndarray, max_rows: int, max_tokens: int) -> list[tuple[int, int]]:
+    """[start, end) runs over lengths sorted ascending: at most `max_rows` rows and `max_tokens` rows × padded
+    width each (one row always fits). The bound on tokens bounds the memory ONNX Runtime's arena keeps for good
+    (it grows to the largest run) without slowing long texts down (their cost is per token)."""
+    runs, start = [], 0
+    for end in range(1, len(sorted_lengths) + 1):
+        rows, width = end - start, int(sorted_lengths[end - 1])
+        if rows > max_rows or (rows > 1 and rows * width > max_tokens):
+            runs.append((start, end - 1))
+            start = end - 1
+    if start < len(sorted_lengths):
+        runs.append((start, len(sorted_lengths)))
+    return runs
+
+
 class TritonPythonModel:
     """One ORT session per model instance; tokenises, batches all requests of a call into ORT runs."""
 
@@ -35,6 +50,7 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.max_seq_length = int(param(config, "max_seq_length", "256"))
         self.ort_batch_size = int(param(config, "ort_batch_size", "64"))
+        self.max_batch_tokens = int(param(config, "ort_max_batch_tokens", "4096"))
         self.prefix = param(config, "prefix", "")
 
         self.tokenizer = Tokenizer.from_file(str(version_dir / param(config, "tokenizer_file", "tokenizer.json")))
@@ -58,8 +74,8 @@ class TritonPythonModel:
         out = None
         # sorting by length keeps padding small when short and long texts share a batch
         order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(order), self.ort_batch_size):
-            idx = order[start : start + self.ort_batch_size]
+        for start, end in ort_runs(lengths[order], self.ort_batch_size, self.max_batch_tokens):
+            idx = order[start:end]
             width = int(lengths[idx].max())
             ids = np.zeros((len(idx), width), dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)

@@ -49,18 +49,30 @@ class EmbeddingModel:
     extra_parameters: dict[str, str] = field(default_factory=dict)
 
 
-def _text_warmup(opts: ServingOptions) -> tuple[list[WarmupSample], dict[str, bytes]]:
+ORT_MAX_BATCH_TOKENS = 4096  # rows × padded width of one ONNX Runtime run on the CPU target (its peak memory)
+
+
+def _text_warmup(opts: ServingOptions, max_seq_length: int | None = None
+                 ) -> tuple[list[WarmupSample], dict[str, bytes]]:
+    """A short text, a full batch of it, and (with `max_seq_length`: the CPU target, where ONNX Runtime's arena
+    keeps what the largest run needed) the largest run the model makes: `ORT_MAX_BATCH_TOKENS` of texts at the
+    longest length, so memory reaches its plateau at load instead of when the first long batch arrives."""
     if not opts.warmup:
         return [], {}
     samples = [WarmupSample("single_text", 1, {"text": "text"})]
+    files = {"text": string_warmup([WARMUP_TEXT])}
     if opts.max_batch_size > 1:
         samples.append(WarmupSample("full_batch", opts.max_batch_size, {"text": "text"}))
-    return samples, {"text": string_warmup([WARMUP_TEXT])}
+    if max_seq_length is not None:
+        rows = max(1, min(opts.max_batch_size, ORT_MAX_BATCH_TOKENS // max_seq_length))
+        samples.append(WarmupSample("longest_run", rows, {"text": "text_longest"}))
+        files["text_longest"] = string_warmup([" ".join([WARMUP_TEXT] * max_seq_length)])  # truncated to the max
+    return samples, files
 
 
 def text_embedding_cpu(name: str, model: EmbeddingModel, opts: ServingOptions) -> ModelFiles:
     """The CPU target: python backend running ONNX Runtime, text in, embedding + token_count out."""
-    samples, warmup = _text_warmup(opts)
+    samples, warmup = _text_warmup(opts, model.max_seq_length)
     spec = ModelSpec(
         name=name,
         backend="python",
@@ -75,6 +87,7 @@ def text_embedding_cpu(name: str, model: EmbeddingModel, opts: ServingOptions) -
         parameters={
             "max_seq_length": str(model.max_seq_length),
             "ort_batch_size": str(opts.max_batch_size),
+            "ort_max_batch_tokens": str(ORT_MAX_BATCH_TOKENS),
             **opts.onnx_runtime_parameters(),
             "onnx_file": "model.onnx",
             "tokenizer_file": "tokenizer.json",
