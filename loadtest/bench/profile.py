@@ -2,7 +2,7 @@
 
 `record` samples a running process (py-spy, raw collapsed stacks, idle excluded); `breakdown` assigns each sample
 to the first subsystem whose pattern occurs anywhere in its stack (most specific first), so a Redis call made by
-the rate limiter counts as rate limiting, a gRPC call made by the single-flight leader as the Triton client, and a
+the rate limiter counts as rate limiting, a Triton call made by the single-flight leader as the Triton client, and a
 socket write of a response as response sending; what no subsystem claims goes by the file of its innermost frame
 (framework, gateway glue, or the event loop and the rest). Samples are wall time while the thread is busy (on a
 shared machine that includes time it was runnable but waiting for a CPU), so shares are indicative.
@@ -19,10 +19,11 @@ from pathlib import Path
 
 # (component, substrings of a stack frame "function (file:line)"); first match wins
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Triton gRPC client", ("tritonclient/", "grpc/", "gateway/backends/triton.py")),
+    ("Triton client (HTTP: aiohttp; gRPC for streams)", ("tritonclient/", "grpc/", "gateway/backends/triton",
+                                                         "aiohttp/")),
     ("rate-limit check (Redis round trip)", ("gateway/ratelimit/", "gateway/ratelimit/policy.py")),
     ("cache lookup, single-flight, Redis lock/store", ("gateway/cache/",)),
-    ("KServe passthrough client", ("gateway/kserve/", "aiohttp/")),
+    ("KServe passthrough (validation, relay)", ("gateway/kserve/",)),
     ("request body parsing (pydantic)", ("pydantic/", "parse_body")),
     ("response encoding (base64, orjson)", ("gateway/embeddings/encoding.py", "gateway/http/responses.py")),
     ("metrics (prometheus_client)", ("prometheus_client/", "GatewayMetrics", "_observe")),
