@@ -59,7 +59,7 @@ def test_unknown_step_is_refused(tmp_path: Path) -> None:
 def test_floor_apps_answer_like_the_gateway(kind: str, triton_server: TritonServer, tmp_path: Path) -> None:
     """The bare apps `bench gateway` measures as floors really embed (a broken floor would measure errors)."""
     port = free_port()
-    app = ManagedProcess(f"floor-{kind}", floors.argv(kind, triton_server.grpc_url, port),
+    app = ManagedProcess(f"floor-{kind}", floors.argv(kind, triton_server.http_url, port),
                          log_path=tmp_path / "floor.log").start()
     try:
         app.wait_ready(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=60)

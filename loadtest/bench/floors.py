@@ -1,12 +1,13 @@
 """Floors of the gateway's added latency at c=1: what a bare Python hop in front of Triton costs where it runs.
 
-Two bare apps embed one text per request with tritonclient's `grpc.aio` client (as the gateway does) and answer the
-OpenAI body (base64), with nothing else — no validation, cache, auth, limits, metrics or coalescing:
+Two bare apps embed one text per request with the gateway's own Triton client (`gateway.backends.triton_http`:
+KServe v2 HTTP, binary tensors, pooled keep-alive connections) and answer the OpenAI body (base64), with nothing
+else — no validation, cache, auth, limits, metrics or coalescing:
 - `fastapi`: one FastAPI route on uvicorn (uvloop, httptools), the stack the gateway is built on;
 - `asgi`: the same on a bare ASGI callable, no framework.
-`bench gateway` runs them (`python -m loadtest.bench.floors KIND GRPC_URL PORT`) at c=1 in the same rounds as
-direct Triton and the gateway, so the gateway's added latency reads against what its framework and gRPC client
-cost by themselves here.
+`bench gateway` runs them (`python -m loadtest.bench.floors KIND TRITON_HTTP PORT`) in the same rounds as direct
+Triton and the gateway, so the gateway's added latency reads against what its framework and Triton client cost by
+themselves here.
 """
 
 from __future__ import annotations
@@ -20,31 +21,28 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request, Response  # module level: FastAPI resolves the route's annotations here
 
-LABELS = {"fastapi": "floor: bare FastAPI route + tritonclient gRPC aio",
-          "asgi": "floor: bare ASGI app + tritonclient gRPC aio"}
+LABELS = {"fastapi": "floor: bare FastAPI route + the gateway's Triton client",
+          "asgi": "floor: bare ASGI app + the gateway's Triton client"}
 MODEL = "minilm"
 
 Asgi = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 
 class Embedder:
-    """One text → the OpenAI embeddings body, through Triton over gRPC (client made on first use, in the loop)."""
+    """One text → the OpenAI embeddings body, through Triton's HTTP port (client made on first use, in the loop)."""
 
-    def __init__(self, grpc_url: str) -> None:
-        self.grpc_url = grpc_url
+    def __init__(self, http_url: str) -> None:
+        self.http_url = http_url
         self.client: Any = None
 
     async def __call__(self, body: bytes) -> bytes:
-        from tritonclient.grpc import InferInput
-        from tritonclient.grpc.aio import InferenceServerClient
+        from gateway.backends.triton_http import TritonHttp, triton_http_session
 
         if self.client is None:
-            self.client = InferenceServerClient(self.grpc_url)
+            self.client = TritonHttp(self.http_url, triton_http_session(256, 30.0), 30.0)
         text = orjson.loads(body)["input"]
-        tensor = InferInput("text", [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
-        result = await self.client.infer(MODEL, [tensor])
-        vector = base64.b64encode(result.as_numpy("embedding").astype("<f4").tobytes()).decode()
+        outputs, _ = await self.client.infer(MODEL, "", {"text": np.array([[text.encode()]], dtype=np.object_)}, None)
+        vector = base64.b64encode(outputs["embedding"].astype("<f4").tobytes()).decode()
         return orjson.dumps({"object": "list", "model": MODEL,
                              "data": [{"object": "embedding", "index": 0, "embedding": vector}]})
 
@@ -82,16 +80,16 @@ def asgi_app(embed: Embedder) -> Asgi:
     return app
 
 
-def argv(kind: str, grpc_url: str, port: int) -> list[str]:
-    """The command that serves floor `kind` on `port`."""
-    return [sys.executable, "-m", "loadtest.bench.floors", kind, grpc_url, str(port)]
+def argv(kind: str, http_url: str, port: int) -> list[str]:
+    """The command that serves floor `kind` on `port`, calling Triton at `http_url` (`host:port`)."""
+    return [sys.executable, "-m", "loadtest.bench.floors", kind, http_url, str(port)]
 
 
 def main() -> None:
     import uvicorn
 
-    kind, grpc_url, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    app = {"fastapi": fastapi_app, "asgi": asgi_app}[kind](Embedder(grpc_url))
+    kind, http_url, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    app = {"fastapi": fastapi_app, "asgi": asgi_app}[kind](Embedder(http_url))
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning")
 
 

@@ -9,6 +9,12 @@ per round; then cache-hit throughput of one gateway process (one fixed sentence)
 gateway's CPU time per request is read from /proc around every run, and `py-spy` (when installed) samples the
 gateway during a cache-hit and a cache-miss run to say where that time goes. `loadtest.bench.gateway_report`
 writes the section.
+
+The cost of tracing: three more gateways like the rate-limited one, with OpenTelemetry on (`TRACED`): 1 % and
+100 % of new traces sampled, exporting to a sink on loopback that reads and discards (`otlp_sink`: a collector
+decoding spans would take CPU from the processes under test), and 100 % exporting to a closed port (collector down).
+Their cache-cold `/v1/embeddings` runs take part in the same interleaved rounds. Triton stays untraced: its
+exporter would send the 100 % row's spans during whichever run comes next.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from loadtest import perf_analyzer
-from loadtest.bench import floors, latency, profile
+from loadtest.bench import floors, latency, otlp_sink, profile
 from loadtest.bench.gateway_report import (
     DIRECT,
     EMBED,
@@ -38,6 +44,7 @@ from loadtest.bench.gateway_report import (
     Results,
     render,
 )
+from loadtest.bench.gateway_tracing import TRACE_1, TRACE_100, TRACE_DOWN
 from loadtest.bench.report import cpu_seconds, write_section
 from loadtest.bench.triton import INFER_BODY
 from loadtest.wrk import WrkResult, run_wrk
@@ -53,6 +60,8 @@ EMBED_BODY = '{"model":"minilm","input":"{TEXT}","encoding_format":"base64"}'
 HIT_BODY = EMBED_BODY.replace("{TEXT}", "one sentence that every request repeats, so the cache answers it")
 UNLIMITED: dict[str, object] = {"requests_per_minute": 1_000_000_000, "tokens_per_minute": 1_000_000_000_000}
 HIT_RUNS = ((True, 16), (True, 32), (True, 64), (False, 32))  # (rate limits on, concurrency)
+# tracing rows: label → (sampling ratio, whether the OTLP endpoint is the sink or a closed port)
+TRACED = {TRACE_1: ("0.01", True), TRACE_100: ("1", True), TRACE_DOWN: ("1", False)}
 
 
 @dataclass
@@ -80,29 +89,41 @@ class Gateway:
 
 @dataclass
 class Servers:
-    """Triton, the two gateways and the floors of one benchmark run."""
+    """Triton, the gateways, the floors and the OTLP sink of one benchmark run."""
 
     triton: TritonServer
     limited: Gateway
     unlimited: Gateway
     key: str
     floors: dict[str, Gateway]  # label → a bare app (`floors`)
+    traced: dict[str, Gateway]  # label → a gateway like `limited`, tracing on (`TRACED`)
+    sink_url: str = ""  # the OTLP sink's base URL
 
 
-def start_gateway(tmp: Path, name: str, triton: TritonServer, redis_url: str, key: str, limits: bool) -> Gateway:
-    """`tritonstack gateway` on a free port with rate limits on or off (too high to refuse), ready on /healthz."""
+def start_gateway(tmp: Path, name: str, triton: TritonServer, redis_url: str, key: str, limits: bool,
+                  otel: dict[str, str] | None = None) -> Gateway:
+    """`tritonstack gateway` on a free port with rate limits on or off (too high to refuse), ready on /healthz;
+    tracing off unless `otel` sets OpenTelemetry's variables (the bench's own OTEL_* never leak in)."""
     settings = {**UNLIMITED, "triton_grpc_url": triton.grpc_url, "triton_http_url": triton.http_url,
                 "redis_url": redis_url, "api_keys": [api_key_entry("bench", key)], "rate_limit_enabled": limits,
                 "log_level": "warning"}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     started = launch_gateway(settings, port=free_port(), name=f"gateway-{name}", log_path=tmp / f"gateway-{name}.log",
-                             log_level="warning")
+                             log_level="warning", base_env={**base, **(otel or {})})
     return Gateway(name, started.process, started.port)
+
+
+def otel_env(ratio: str, endpoint: str) -> dict[str, str]:
+    """OpenTelemetry's variables for a traced gateway: `ratio` of new traces sampled, OTLP to `endpoint`, the
+    batch processor's default delay."""
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": ratio, "OTEL_SERVICE_NAME": "tritonstack-gateway-bench"}
 
 
 def start_floor(tmp: Path, kind: str, triton: TritonServer) -> Gateway:
     """A bare app of `floors` on a free port, ready on /healthz."""
     port = free_port()
-    process = ManagedProcess(f"floor-{kind}", floors.argv(kind, triton.grpc_url, port),
+    process = ManagedProcess(f"floor-{kind}", floors.argv(kind, triton.http_url, port),
                              log_path=tmp / f"floor-{kind}.log")
     app = Gateway(f"floor-{kind}", process, port)
     process.start_ready(lambda: http_ok(app.url("/healthz")), timeout=60)
@@ -126,7 +147,17 @@ def servers(tmp: Path, key: str) -> Iterator[Servers]:
             for kind, label in floors.LABELS.items():
                 apps[label] = start_floor(tmp, kind, stack.triton)
                 started.append(apps[label].process)
-            yield Servers(stack.triton, gateways[0], gateways[1], key, apps)
+            sink_port = free_port()
+            sink = ManagedProcess("otlp-sink", otlp_sink.argv(sink_port), log_path=tmp / "otlp-sink.log")
+            sink_url = f"http://127.0.0.1:{sink_port}"
+            started.append(sink.start_ready(lambda: http_ok(f"{sink_url}/stats"), timeout=30))
+            traced = {}
+            for i, (label, (ratio, up)) in enumerate(TRACED.items()):
+                endpoint = sink_url if up else f"http://127.0.0.1:{free_port()}"  # nothing listens there
+                traced[label] = start_gateway(tmp, f"traced{i}", stack.triton, opts.redis_url, key, True,
+                                              otel_env(ratio, endpoint))
+                started.append(traced[label].process)
+            yield Servers(stack.triton, gateways[0], gateways[1], key, apps, traced, sink_url)
         finally:
             stop_all(started)
 
@@ -158,7 +189,12 @@ class Bench:
                  PASSTHROUGH: (gw.url(f"/v2/models/{MODEL}/infer"), INFER_BODY, gw)}
         floor_apps = self.servers.floors.items()
         paths.update({label: (app.url("/v1/embeddings"), EMBED_BODY, app) for label, app in floor_apps})
+        paths.update({label: (g.url("/v1/embeddings"), EMBED_BODY, g) for label, g in self.servers.traced.items()})
         return paths
+
+    def sink_stats(self) -> dict[str, int]:
+        """What the OTLP sink received so far (export requests, bytes)."""
+        return httpx.get(f"{self.servers.sink_url}/stats", timeout=10).json()
 
     def warm_up(self) -> None:
         """Short runs of every path, discarded."""
@@ -267,7 +303,7 @@ def run(duration_s: int, rounds: int, with_profile: bool, output: Path | None, c
 def measure(bench: Bench, rounds: int, with_profile: bool, tmp: Path) -> Results:
     """Warm up, then the cache-cold rounds at c=1 and c=32, the cache hits, perf_analyzer's rows and (optionally)
     the profiles."""
-    gateways = (bench.servers.limited, bench.servers.unlimited)
+    gateways = (bench.servers.limited, bench.servers.unlimited, *bench.servers.traced.values())
     load_before = os.getloadavg()[0]
     errors_before = sum(g.redis_errors() for g in gateways)
     bench.warm_up()
@@ -288,4 +324,4 @@ def measure(bench: Bench, rounds: int, with_profile: bool, tmp: Path) -> Results
         print(f"note: no perf_analyzer rows: {exc}", file=sys.stderr)
     errors = sum(g.redis_errors() for g in gateways) - errors_before
     return Results(c1, c32, hits, profiles, errors, (load_before, os.getloadavg()[0]), bench.splits, perf,
-                   perf_missing)
+                   perf_missing, bench.sink_stats())

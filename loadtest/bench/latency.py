@@ -4,7 +4,7 @@ Read around one closed-loop run (wrk at c=1, so the mean latency is duration / r
 stack exports anyway — no instrumentation of its own:
 
 - Triton's own time per inference request (`/v2/models/{m}/stats`: queue + compute, "success");
-- the gateway's wait on the backend (`gateway_backend_duration_seconds`): Triton's time plus the gRPC client and
+- the gateway's wait on the backend (`gateway_backend_duration_seconds`): Triton's time plus the Triton client and
   transport, and the single-flight/coalescing plumbing around the call;
 - the gateway's request time (`gateway_request_duration_seconds`, ASGI app entry to the last body byte);
 - what the client saw. The rest, client minus request time, is outside the app: HTTP parsing and the socket
@@ -100,7 +100,7 @@ def rows(direct: list[Split], gateway: list[Split]) -> list[list[str]]:
 
     layers = [
         ("Triton's own time (queue + compute)", lambda s: s.triton_ms, lambda s: s.triton_ms),
-        ("backend call beyond Triton's time (gRPC client and transport, single-flight and coalescing)",
+        ("backend call beyond Triton's time (Triton client and transport, single-flight and coalescing)",
          lambda s: 0.0, lambda s: s.backend_ms - s.triton_ms if s.backend_ms is not None else None),
         ("gateway app outside the backend call (routing, auth, rate limit, cache keys, encoding)",
          lambda s: 0.0, lambda s: s.request_ms - s.backend_ms if None not in (s.request_ms, s.backend_ms) else None),
