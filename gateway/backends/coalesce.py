@@ -6,7 +6,8 @@ merges the texts of concurrent callers into one request, like Triton's dynamic b
 
 - at most `max_in_flight` requests per (model, version) are in flight; while they are, new callers queue;
 - when a request returns, the queued callers (up to `max_items` texts) go out together at once — no timer, so
-  a lone caller never waits and the batch size follows the load;
+  a lone caller never waits and the batch size follows the load; a caller that finds a free slot and nobody
+  queued sends its own request from its own task (no hand-off to another task, no extra wake-up);
 - a merged request that fails for a reason of its own input (the model rejected it) is retried caller by caller,
   so one bad input fails only its own caller; other failures (server down, timeout) fail every caller of the
   request at once instead of multiplying calls to a server in trouble.
@@ -56,14 +57,34 @@ class EmbedCoalescer:
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
+        if lane.in_flight < self.max_in_flight and not lane.queue:
+            lane.in_flight += 1
+            self.requests += 1
+            try:
+                return await self._send(model, version, texts)
+            finally:
+                self._release(key, lane, max_items)
         call = _Call(texts, asyncio.get_running_loop().create_future())
         lane.queue.append(call)
         if lane.in_flight < self.max_in_flight:
             lane.in_flight += 1
-            task = asyncio.ensure_future(self._drain(key, lane, max_items))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start_drain(key, lane, max_items)
         return await call.future  # a cancelled caller cancels only its own future
+
+    def _start_drain(self, key: tuple[str, str], lane: _Lane, max_items: int) -> None:
+        """A task sending the queued callers, in a slot already counted in `lane.in_flight`."""
+        task = asyncio.ensure_future(self._drain(key, lane, max_items))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _release(self, key: tuple[str, str], lane: _Lane, max_items: int) -> None:
+        """A request of `lane` returned: its slot serves the queued callers, or is freed."""
+        if lane.queue:
+            self._start_drain(key, lane, max_items)
+            return
+        lane.in_flight -= 1
+        if lane.in_flight == 0 and self._lanes.get(key) is lane:
+            del self._lanes[key]
 
     async def _drain(self, key: tuple[str, str], lane: _Lane, max_items: int) -> None:
         try:

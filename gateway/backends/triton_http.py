@@ -44,7 +44,8 @@ _LENGTH = struct.Struct("<I")
 
 
 def triton_http_session(max_connections: int, timeout_s: float) -> aiohttp.ClientSession:
-    """One session to Triton's HTTP port(s): raw bodies (no decompression), no default headers, per-read timeouts.
+    """One session to Triton's HTTP port(s): raw bodies (no decompression), no default headers, no cookies,
+    per-read timeouts.
 
     The `/v2` passthrough and the HTTP transport share it. Must be created inside the running event loop."""
     return aiohttp.ClientSession(
@@ -53,6 +54,7 @@ def triton_http_session(max_connections: int, timeout_s: float) -> aiohttp.Clien
         auto_decompress=False,
         skip_auto_headers=_NO_DEFAULT_HEADERS,
         trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # Triton sets none; nothing to store or send per request
     )
 
 

@@ -149,10 +149,15 @@ class SingleFlight(Generic[T]):
         with span("single_flight", {"tritonstack.items": len(keys), "tritonstack.single_flight.joined": joined,
                                     "tritonstack.single_flight.led": len(led_keys)}) as current:
             leader = _Leader(self, led_keys, led_idx, compute, mode) if led_keys else None
+            waiter = None
             if leader is not None:
+                if not joined:  # every key still to come is this call's own: its leader wakes it directly
+                    waiter = leader.waiter = asyncio.get_running_loop().create_future()
                 self._spawn(leader.run())  # its task inherits this span: Redis and Triton spans nest under it
             pending = [fut for fut in waits.values() if not fut.done()]
-            if pending:
+            if waiter is not None:
+                await waiter  # our own future: cancelling us cancels no shared one
+            elif pending:
                 await asyncio.wait(pending)  # never cancels the shared futures, even if we are cancelled
             cached = ready.keys() | (leader.cached if leader is not None else set())
             values = [ready[key] if key in ready else waits[key].result() for key in keys]
@@ -204,6 +209,9 @@ class _Leader(Generic[T]):
         self.mode = mode
         self.token = uuid.uuid4().hex
         self.cached: set[str] = set()  # keys answered by the cache lookup (not computed, not waited for)
+        # the leading call's own future, set once every key is resolved (when that call waits for nothing else):
+        # one wake-up for the caller, where waiting on the keys' futures costs a callback round first
+        self.waiter: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
         everything = range(len(self.keys))
@@ -217,6 +225,14 @@ class _Leader(Generic[T]):
             self._fail(everything, exc)
         finally:
             self._forget(everything)
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+
+    def _wake(self) -> None:
+        """Set the leading call's waiter once every key it waits for is resolved."""
+        waiter = self.waiter
+        if waiter is not None and not waiter.done() and all(f.done() for f in self.futures):
+            waiter.set_result(None)
 
     # --- computing ---------------------------------------------------------------------
 
@@ -229,6 +245,7 @@ class _Leader(Generic[T]):
                 raise RuntimeError(f"compute returned {len(values)} values for {len(positions)} items")
         except Exception as exc:
             self._fail(positions, exc)
+            self._wake()
             self._forget(positions)
             if locked:
                 await self._publish_remote(positions, [], locked=True)
@@ -242,6 +259,7 @@ class _Leader(Generic[T]):
         for p, value in zip(positions, values, strict=True):
             if not self.futures[p].done():
                 self.futures[p].set_result(value)
+        self._wake()
         await self._publish_remote(positions, values, locked=locked)
         self._forget(positions)
 
@@ -314,6 +332,7 @@ class _Leader(Generic[T]):
         for p, value in hits:
             if not self.futures[p].done():
                 self.futures[p].set_result(value)
+        self._wake()
         self._forget([p for p, _ in hits])
 
     def _fail(self, positions: Iterable[int], exc: BaseException) -> None:

@@ -268,7 +268,7 @@ class EmbeddingService:
     ) -> Callable[[list[int]], Awaitable[list[CachedItem]]]:
         async def compute(indices: list[int]) -> list[CachedItem]:
             if early is not None:  # every distinct text was started early: take the rows asked for
-                full = await asyncio.shield(early)
+                full = await early  # awaited by the leader's task only (cancelled with it, at shutdown)
                 rows = {text: row for row, text in enumerate(dict.fromkeys(texts))}
                 picked = [rows[texts[i]] for i in indices]
                 vectors, counts = full.vectors[picked], full.token_counts[picked]
