@@ -65,6 +65,10 @@ def test_floor_apps_answer_like_the_gateway(kind: str, triton_server: TritonServ
         app.wait_ready(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=60)
         body = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"model": "minilm", "input": "hello"},
                           timeout=30).json()
+        if kind == "asgi":  # it also relays /v2 to Triton as it comes (the passthrough's floor)
+            relayed = httpx.post(f"http://127.0.0.1:{port}/v2/models/minilm/infer", timeout=30, json={
+                "inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": ["hello"]}]})
+            assert relayed.status_code == 200 and relayed.json()["outputs"], relayed.text
     finally:
         app.stop()
     vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")

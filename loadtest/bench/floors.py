@@ -4,7 +4,9 @@ Two bare apps embed one text per request with the gateway's own Triton client (`
 KServe v2 HTTP, binary tensors, pooled keep-alive connections) and answer the OpenAI body (base64), with nothing
 else — no validation, cache, auth, limits, metrics or coalescing:
 - `fastapi`: one FastAPI route on uvicorn (uvloop, httptools), the stack the gateway is built on;
-- `asgi`: the same on a bare ASGI callable, no framework.
+- `asgi`: the same on a bare ASGI callable, no framework; it also relays `POST /v2/...` to Triton as they come
+  (body, content type and `Inference-Header-Content-Length` in, Triton's status, headers and body out): the floor
+  of the gateway's `/v2` passthrough, which perf_analyzer measures.
 `bench gateway` runs them (`python -m loadtest.bench.floors KIND TRITON_HTTP PORT`) in the same rounds as direct
 Triton and the gateway, so the gateway's added latency reads against what its framework and Triton client cost by
 themselves here.
@@ -36,15 +38,33 @@ class Embedder:
         self.client: Any = None
 
     async def __call__(self, body: bytes) -> bytes:
+        client = self._client()
+        text = orjson.loads(body)["input"]
+        outputs, _ = await client.infer(MODEL, "", {"text": np.array([[text.encode()]], dtype=np.object_)}, None)
+        vector = base64.b64encode(outputs["embedding"].astype("<f4").tobytes()).decode()
+        return orjson.dumps({"object": "list", "model": MODEL,
+                             "data": [{"object": "embedding", "index": 0, "embedding": vector}]})
+
+
+    def _client(self) -> Any:
         from gateway.backends.triton_http import TritonHttp, triton_http_session
 
         if self.client is None:
             self.client = TritonHttp(self.http_url, triton_http_session(256, 30.0), 30.0)
-        text = orjson.loads(body)["input"]
-        outputs, _ = await self.client.infer(MODEL, "", {"text": np.array([[text.encode()]], dtype=np.object_)}, None)
-        vector = base64.b64encode(outputs["embedding"].astype("<f4").tobytes()).decode()
-        return orjson.dumps({"object": "list", "model": MODEL,
-                             "data": [{"object": "embedding", "index": 0, "embedding": vector}]})
+        return self.client
+
+    async def relay(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes
+                    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """`POST path` to Triton with the body and its framing headers; (status, headers, body) of the answer."""
+        client = self._client()
+        sent = {k.decode(): v.decode() for k, v in headers if k in _RELAYED}
+        async with client.session.post(client.base_url + path, data=body, headers=sent) as response:
+            content = await response.read()
+            kept = [(k.encode(), v.encode()) for k, v in response.headers.items() if k.lower().encode() in _RELAYED]
+            return response.status, kept, content
+
+
+_RELAYED = (b"content-type", b"inference-header-content-length")
 
 
 def fastapi_app(embed: Embedder) -> Asgi:
@@ -72,9 +92,12 @@ def asgi_app(embed: Embedder) -> Asgi:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        out = await embed(body) if scope["method"] == "POST" else b'{"status":"ok"}'
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
+        if scope["method"] == "POST" and scope["path"].startswith("/v2/"):
+            status, headers, out = await embed.relay(scope["path"], scope["headers"], body)
+        else:
+            status, headers = 200, [(b"content-type", b"application/json")]
+            out = await embed(body) if scope["method"] == "POST" else b'{"status":"ok"}'
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
 
     return app

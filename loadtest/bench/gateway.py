@@ -38,6 +38,7 @@ from loadtest.bench.gateway_report import (
     DIRECT,
     EMBED,
     PA_DIRECT,
+    PA_FLOOR,
     PA_GATEWAY,
     PASSTHROUGH,
     Measured,
@@ -239,11 +240,15 @@ class Bench:
         return record
 
     def perf(self, rounds: int, tmp: Path) -> dict[tuple[str, int], list[perf_analyzer.PerfResult]]:
-        """perf_analyzer on /v2, direct Triton and through the gateway, at c=1 and c=32, `rounds` times each."""
+        """perf_analyzer on /v2, direct Triton, through the gateway and through the bare ASGI relay, at c=1 and
+        c=32, `rounds` times each."""
         data = perf_analyzer.sentences_file(tmp, PERF_SENTENCES)
         gateway = self.servers.limited
         paths = {PA_DIRECT: (self.servers.triton.http_url, None), PA_GATEWAY: (f"127.0.0.1:{gateway.port}",
                                                                                  self.servers.key)}
+        floor = self.servers.floors.get(floors.LABELS["asgi"])
+        if floor is not None:  # the bare ASGI app relays /v2 as it comes: the passthrough's floor
+            paths[PA_FLOOR] = (f"127.0.0.1:{floor.port}", None)
         record: dict[tuple[str, int], list[perf_analyzer.PerfResult]] = {}
         for c in (1, 32):
             for r in range(rounds):

@@ -16,6 +16,7 @@ from loadtest.wrk import WrkResult
 DIRECT, EMBED, PASSTHROUGH = "direct Triton (KServe v2 JSON)", EMBED_OFF, "gateway /v2 passthrough"
 TARGET_ADDED_P50_MS, TARGET_RATIO, TARGET_HIT_RPS, TARGET_HIT_P99_MS = 1.0, 0.95, 3000, 10.0
 PA_DIRECT, PA_GATEWAY = "perf_analyzer: direct Triton /v2", "perf_analyzer: gateway /v2"
+PA_FLOOR = "perf_analyzer: floor, bare ASGI app relaying /v2 (aiohttp)"
 
 TARGET_PA_ADDED_P50_MS, TARGET_PA_RATIO = 0.5, 0.95
 
@@ -194,20 +195,24 @@ def _perf_text(res: Results) -> list[str]:
              f"{statistics.median(r.p50_ms for r in runs):.2f}", f"{statistics.median(r.p99_ms for r in runs):.2f}"]
             for (path, c), runs in res.perf.items()]
     targets = []
-    for c, measure, fn, target, ok in (
-            (1, "added p50 latency", lambda g, d: g.p50_ms - d.p50_ms, f"≤ {TARGET_PA_ADDED_P50_MS} ms",
-             lambda v: v <= TARGET_PA_ADDED_P50_MS),
-            (32, "gateway / direct throughput", lambda g, d: g.infer_per_s / d.infer_per_s, f"≥ {TARGET_PA_RATIO}×",
-             lambda v: v >= TARGET_PA_RATIO)):
-        pairs = zip(res.perf.get((PA_GATEWAY, c), []), res.perf.get((PA_DIRECT, c), []), strict=False)
-        values = [fn(g, d) for g, d in pairs]
-        if values:
-            value = statistics.median(values)
-            shown = f"{value:+.2f} ms" if c == 1 else f"{value:.2f}×"
-            targets.append([f"perf_analyzer /v2, c={c}: {measure}", shown, target, _verdict(ok(value))])
-    return ["**NVIDIA's perf_analyzer** on the same Triton, direct and through the gateway's `/v2` (KServe v2 "
-            "HTTP, binary tensors, the bench key), at concurrency 1 and 32, the two paths alternating and the "
-            "order reversed each round; medians over rounds, each ratio the median of per-round ratios.",
+    for path, name in ((PA_GATEWAY, "gateway"), (PA_FLOOR, "floor (bare relay)")):
+        for c, measure, fn, target, ok in (
+                (1, "added p50 latency", lambda g, d: g.p50_ms - d.p50_ms, f"≤ {TARGET_PA_ADDED_P50_MS} ms",
+                 lambda v: v <= TARGET_PA_ADDED_P50_MS),
+                (32, "/ direct throughput", lambda g, d: g.infer_per_s / d.infer_per_s, f"≥ {TARGET_PA_RATIO}×",
+                 lambda v: v >= TARGET_PA_RATIO)):
+            pairs = zip(res.perf.get((path, c), []), res.perf.get((PA_DIRECT, c), []), strict=False)
+            values = [fn(g, d) for g, d in pairs]
+            if values:
+                value = statistics.median(values)
+                shown = f"{value:+.2f} ms" if c == 1 else f"{value:.2f}×"
+                verdict = (target, _verdict(ok(value))) if path == PA_GATEWAY else ("—", "")
+                targets.append([f"perf_analyzer /v2, c={c}: {name} {measure}", shown, *verdict])
+    return ["**NVIDIA's perf_analyzer** on the same Triton, direct, through the gateway's `/v2` (KServe v2 "
+            "HTTP, binary tensors, the bench key) and through the bare ASGI floor app, which relays `/v2` as it "
+            "comes with the same aiohttp session settings (the passthrough's floor: no auth, limits, validation, "
+            "metrics or version routing), at concurrency 1 and 32, the paths alternating and the order reversed "
+            "each round; medians over rounds, each ratio the median of per-round ratios.",
             markdown_table(["path", "concurrency", "infer/s", "p50 ms", "p99 ms"], rows),
             markdown_table(["measure", "measured", "target", ""], targets)]
 
