@@ -141,7 +141,8 @@ print(json.dumps(sorted({d for m in list(sys.modules) for d in dists.get(m.split
 
 
 # imported in the test venv but optional where it is imported (try/except ImportError), so the image may lack it
-OPTIONAL_IMPORTS = {"sniffio": "anyio and httpcore fall back to asyncio without it"}
+OPTIONAL_IMPORTS = {"sniffio": "anyio and httpcore fall back to asyncio without it",
+                    "psutil": "OpenTelemetry's resource detector reads the process's details with it when present"}
 
 
 def _norm(name: str) -> str:
