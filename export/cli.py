@@ -281,6 +281,25 @@ def smollm2(
             "compute) for single-row decode steps; fp32; or packed (4-bit blocks for every step). Same parity gate."
         ),
     ] = "mixed",
+    decode: Annotated[
+        str,
+        typer.Option(
+            help="exact: greedy tokens equal transformers' (the parity gate). int8 (opt-in, faster decoding): "
+            "prompts are prefilled by the fp32 graph, and every decode step (one stream or many) multiplies "
+            "int8-quantised activations with the GGUF's blocks, as llama.cpp does (ONNX Runtime MatMulNBits "
+            "accuracy_level 4; lm_head Q8_0, its top logits recomputed in fp32). Greedy tokens may differ from "
+            "transformers', within a gate of its own that the export prints and enforces: teacher-forced top-1 "
+            "agreement with the fp32 reference over 1,024 tokens >= --min-agreement, and batched decoding identical "
+            "to single-row. CPU only; --weights does not apply."
+        ),
+    ] = "exact",
+    min_agreement: Annotated[
+        float, typer.Option("--min-agreement", help="--decode int8's gate: least teacher-forced top-1 agreement.")
+    ] = 0.98,
+    int8_block: Annotated[
+        int, typer.Option("--int8-block", help="--decode int8: activations quantised per 16 values (closer to fp32) "
+                          "or 32 (llama.cpp's blocks: faster, further from fp32; see docs/LLM.md).")
+    ] = 16,
     max_batch_rows: Annotated[
         int, typer.Option("--max-batch-rows", min=1, help="Requests generated together (running + waiting).")
     ] = 8,
@@ -344,6 +363,9 @@ def smollm2(
         target=target.value,
         serving=serving,
         weights=weights,
+        decode=decode,
+        min_agreement=min_agreement,
+        int8_block=int8_block,
         atol=atol,
         max_new_tokens=parity_tokens,
         version=version,

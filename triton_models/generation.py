@@ -32,12 +32,14 @@ carrying the finish reason and the counts). A full model rejects a request at on
 message starting "overloaded:" (HTTP 503 on the generate endpoints); an invalid one with INVALID_ARG and
 "invalid request:" (errors inside a gRPC stream carry only the message, so the prefix is the contract).
 `execute` only parses and queues; the scheduler thread (`llm_scheduler`) generates. Tunables come from
-`parameters` in config.pbtxt.
+`parameters` in config.pbtxt, and so does the decode mode (`llm_decode_mode`: exact, or int8 within the gate the
+export recorded), which the model logs at load.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -47,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-# llm_engine, llm_prefix, llm_text, llm_requests, llm_scheduler and model_support are copied next to model.py
+# the llm_* modules and model_support are copied next to model.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_support import error_response, param
 
@@ -156,6 +158,27 @@ def _place(provider: str, args: dict):
     return Place("cuda", int(args["model_instance_device_id"]))
 
 
+def _log(message: str, warning: bool = False) -> None:
+    """To Triton's log (the python backend's Logger where this Triton has one)."""
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is None:
+        logging.getLogger("tritonstack.generation").log(logging.WARNING if warning else logging.INFO, message)
+    else:
+        (logger.log_warn if warning else logger.log_info)(message)
+
+
+def _decode_mode(config: dict):
+    """The decode mode in the parameters (`llm_decode_mode`), logged with its gate; unknown modes are refused."""
+    from llm_decode_mode import DecodeMode, cpu_int8_features
+
+    mode = DecodeMode.from_parameters(lambda key, default: param(config, key, default),
+                                      list(config.get("parameters", {})))
+    _log(mode.describe())
+    if (warning := mode.warning(cpu_int8_features())) is not None:
+        _log(warning, warning=True)
+    return mode
+
+
 def _metrics(model: str) -> tuple[list, dict]:
     """Custom Prometheus metrics on Triton's metrics endpoint: (families to keep alive, metrics by name)."""
     family_type = getattr(pb_utils, "MetricFamily", None)
@@ -194,6 +217,7 @@ class TritonPythonModel:
         from llm_scheduler import Limits, Scheduler
         from llm_text import PromptBuilder
 
+        self.decode_mode = _decode_mode(config)
         info = ModelInfo.load(version_dir / param(config, "generation_file", "generation.json"))
         generation = json.loads((version_dir / "generation.json").read_text(encoding="utf-8"))
         self.defaults = info.defaults
@@ -205,12 +229,16 @@ class TritonPythonModel:
         )
         self.token_names = TokenNames(self.prompts.tokenizer)
         single_row = param(config, "single_row_onnx_file", "")
+        decode_graph = param(config, "decode_onnx_file", "")  # --decode int8: every decode step runs it
+        if (self.decode_mode.mode == "int8") != bool(decode_graph):
+            raise ValueError("parameter decode int8 goes with decode_onnx_file (and only it): re-export the model")
         decoder = Decoder(
             version_dir / param(config, "onnx_file", "model.onnx"),
             info,
             intra_op_threads=int(param(config, "intra_op_num_threads", "0")),
             inter_op_threads=int(param(config, "inter_op_num_threads", "1")),
             single_row_path=version_dir / single_row if single_row else None,
+            decode_path=version_dir / decode_graph if decode_graph else None,
             allow_spinning=param(config, "allow_spinning", "0") == "1",
             place=_place(param(config, "execution_provider", "cpu"), args),
         )

@@ -26,53 +26,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
+try:  # served: the helper modules sit next to model.py, on the python backend's sys.path
+    from llm_runtime import MIN_ORT as MIN_ORT
+    from llm_runtime import MIN_ORT_GPU as MIN_ORT_GPU
+    from llm_runtime import check_provider, check_runtime, session
+except ImportError:  # imported as triton_models.llm_engine: the export, the benchmarks, the tests
+    from .llm_runtime import MIN_ORT as MIN_ORT
+    from .llm_runtime import MIN_ORT_GPU as MIN_ORT_GPU
+    from .llm_runtime import check_provider, check_runtime, session
+
 if TYPE_CHECKING:  # at runtime the caller's cache is used as given (llm_prefix is a sibling module)
     from llm_prefix import PrefixCache
 
 CHUNK = 64  # cache capacity grows in steps of this many columns
-MIN_ORT = (1, 32)  # the CPU graph: GroupQueryAttention's `query_seqlens` input (right-padded rows) is new in 1.32
-# The GPU graph (fp16, no `query_seqlens`) needs no 1.32 feature. It is checked on ONNX Runtime 1.24 (the CPU provider
-# of 1.24.4 loads and runs it, batched prefill included: docs/LLM.md, "GPU target"), the GPU image's pin: a CUDA 12
-# build of onnxruntime-gpu (up to 1.26 on PyPI; 1.27 on are CUDA 13 builds), as NVIDIA's Triton 24.12 has CUDA 12.6.
-MIN_ORT_GPU = (1, 24)
-
-
-def check_runtime(version: str = ort.__version__, *, gpu_graph: bool = False) -> None:
-    """Refuse an ONNX Runtime that cannot load the exported graph, with what to install (instead of its INVALID_GRAPH
-    error about GroupQueryAttention's input count)."""
-    found = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
-    if gpu_graph and found < MIN_ORT_GPU:
-        raise RuntimeError(
-            f"the GPU generation graph (tritonstack export smollm2 --target gpu) is checked on onnxruntime-gpu >= "
-            f"{'.'.join(map(str, MIN_ORT_GPU))}; this Python has onnxruntime {version}: install the GPU image's pin "
-            "(deploy/docker/requirements-triton-gpu.txt: onnxruntime-gpu 1.24.4, a CUDA 12 build)"
-        )
-    if not gpu_graph and found < MIN_ORT:
-        raise RuntimeError(
-            f"the generation graph needs onnxruntime >= {'.'.join(map(str, MIN_ORT))} (GroupQueryAttention's "
-            f"query_seqlens input); this Python has onnxruntime {version}: pip install 'onnxruntime>=1.32' "
-            "(wheels for Python >= 3.11). A `--target cpu` export does not load on the GPU image's onnxruntime-gpu "
-            "(no CUDA 12 build of 1.32): serve it with LLM_RUNTIME=cpu, or export with --target gpu"
-        )
-
-
-def check_provider(session: Any, place: Place) -> None:
-    """Refuse a GPU session that ONNX Runtime quietly created on the CPU. `get_available_providers()` lists the
-    providers built in, not those that load: when the CUDA provider's libraries (CUDA, cuDNN) do not load, ONNX
-    Runtime logs the error and falls back to the CPU provider."""
-    if place.device == "cpu":
-        return
-    used = list(session.get_providers())
-    if not used or used[0] != "CUDAExecutionProvider":
-        raise RuntimeError(
-            f"execution_provider cuda: ONNX Runtime {ort.__version__} created the session with {used}, not "
-            "CUDAExecutionProvider first: its CUDA provider did not load (the log above names the library that "
-            "failed). onnxruntime-gpu must be a build for the CUDA major version of this machine (1.24.x: CUDA 12 "
-            "and cuDNN 9, as NVIDIA's Triton 24.12 image has; 1.27 on: CUDA 13) and the driver must support it. "
-            "Refusing to run the fp16 GPU graph on the CPU"
-        )
-
-
 def unpadded_passes(cached: Sequence[int], new: Sequence[int]) -> list[list[int]]:
     """The passes that prefill rows on a graph without `query_seqlens` (the GPU's): row indices, each pass in order.
 
@@ -117,22 +83,6 @@ class ModelInfo:
     def bytes_per_token(self) -> int:
         """fp32 keys + values of one token over all layers."""
         return 2 * self.layers * self.kv_heads * self.head_dim * 4
-
-
-def _session(onnx_path: Path, intra_op_threads: int, inter_op_threads: int,
-             allow_spinning: bool = True, place: Place | None = None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = inter_op_threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(onnx_path), options, providers=_providers(place or HOST))
-
-
-def _providers(place: Place) -> list:
-    if place.device == "cpu":
-        return ["CPUExecutionProvider"]
-    return [("CUDAExecutionProvider", {"device_id": place.device_id}), "CPUExecutionProvider"]
 
 
 def _capacity(columns: int) -> int:
@@ -292,27 +242,31 @@ class Decoder:
     With `single_row_path`, a second graph of the same decoder (the GGUF's 4-bit blocks, `export.llm.repack`) runs the
     steps that compute one token of one row: there the step is bound by reading the weights, which the 4-bit
     blocks make several times smaller; every wider step (prefill, batched decode) runs the fp32 graph, whose GEMMs
-    are faster once there are several rows. Both graphs read and write the same cache buffers.
+    are faster once there are several rows. With `decode_path` instead, every decode step (`decode`, one row or
+    many) runs that graph (`--decode int8`'s, `export.llm.int8`) and prefill the main one. The graphs read and write
+    the same cache buffers.
 
     With `place` on a GPU (the fp16 graph of `--target gpu`), ONNX Runtime runs on CUDA and the cache buffers are
     CuPy arrays on that GPU; only token ids, lengths and the logits cross to the host.
     """
 
     def __init__(self, onnx_path: Path, info: ModelInfo, *, intra_op_threads: int = 0, inter_op_threads: int = 1,
-                 single_row_path: Path | None = None, allow_spinning: bool = False, place: Place = HOST):
+                 single_row_path: Path | None = None, decode_path: Path | None = None, allow_spinning: bool = False,
+                 place: Place = HOST):
         self.place = place
         if (missing := place.missing()) is not None:  # a clear error before the sessions load
             raise RuntimeError(missing)
         if place.device != "cpu":
             check_runtime(gpu_graph=True)
         try:
-            self.session = _session(onnx_path, intra_op_threads, inter_op_threads, allow_spinning, place)
+            self.session = session(onnx_path, intra_op_threads, inter_op_threads, allow_spinning, place)
         except Exception:
             check_runtime()  # the CPU graph on an onnxruntime too old for it: say what to install
             raise
         check_provider(self.session, place)
-        self.single_row = (_session(single_row_path, intra_op_threads, inter_op_threads, allow_spinning, place)
-                           if single_row_path is not None else None)
+        self.single_row, self.decoding = (
+            session(path, intra_op_threads, inter_op_threads, allow_spinning, place) if path is not None else None
+            for path in (single_row_path, decode_path))
         self.info = info
         self.past_names = [f"past.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
         self.present_names = [f"present.{i}.{k}" for i in range(info.layers) for k in ("key", "value")]
@@ -340,13 +294,16 @@ class Decoder:
             slots.bindings[id(session)] = binding
         return binding
 
-    def step(self, input_ids: np.ndarray, new: np.ndarray, slots: KVSlots) -> tuple[np.ndarray, KVSlots]:
+    def step(self, input_ids: np.ndarray, new: np.ndarray, slots: KVSlots,
+             graph: ort.InferenceSession | None = None) -> tuple[np.ndarray, KVSlots]:
         """One forward pass: `input_ids` [B, S] right-padded, `new` [B] real tokens per row (≥ 1) → (logits of each
-        row's last real token [B, V], the batch with each row `new` tokens longer; a copy when it had to grow)."""
+        row's last real token [B, V], the batch with each row `new` tokens longer; a copy when it had to grow).
+        `graph`: the session to run (default: the single-row one for one token, else the main one)."""
         rows, columns = input_ids.shape
         slots = slots.reserve(slots.width + columns)
-        session = self.single_row if self.single_row is not None and input_ids.size == 1 else self.session
-        binding = self._binding(session, slots)
+        if graph is None:
+            graph = self.single_row if self.single_row is not None and input_ids.size == 1 else self.session
+        binding = self._binding(graph, slots)
         after = slots.lengths + new
         feeds = {  # kept referenced until the run is over
             "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
@@ -363,7 +320,7 @@ class Decoder:
         logits = np.empty((rows, self.info.vocab), dtype=np.float32)  # ours: no output wrappers, no copy
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         slots.place.synchronize()  # the cache copies CuPy queued are in place before ONNX Runtime's stream reads
-        session.run_with_iobinding(binding)
+        graph.run_with_iobinding(binding)
         if slots.place.device != "cpu":
             binding.synchronize_outputs()  # and the keys and values it wrote are, before CuPy copies rows again
         slots.lengths[:] = after
@@ -434,8 +391,8 @@ class Decoder:
 
     def decode(self, last_tokens: Sequence[int], slots: KVSlots) -> tuple[np.ndarray, KVSlots]:
         """One token per row: (logits [B, V], the batch one token longer per row)."""
-        ids = np.asarray(last_tokens, dtype=np.int64).reshape(-1, 1)
-        return self.step(ids, np.ones(ids.shape[0], dtype=np.int64), slots)
+        ids, new = np.asarray(last_tokens, dtype=np.int64).reshape(-1, 1), np.ones(len(last_tokens), dtype=np.int64)
+        return self.step(ids, new, slots) if self.decoding is None else self.step(ids, new, slots, self.decoding)
 
 
 def _check_unpadded(cached: np.ndarray, new: np.ndarray, columns: int) -> None:

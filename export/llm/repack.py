@@ -16,11 +16,13 @@ stay fp32. It then writes:
       A·w = Σ_b d_b Σ_{k∈b} (q_k − 8) a_k  +  Σ_b (m_b + 8 d_b) Σ_{k∈b} a_k
   i.e. `MatMulNBits(A) + BlockSum(A) @ C` with C[b, n] = m + 8d (a [K/32, N] fp32 matrix); the block sums are
   computed once per input tensor (MatMuls that read the same tensor share them).
-Activations stay fp32 (`accuracy_level` 0): the result equals the fp32 product up to summation order.
+Activations stay fp32 (`accuracy_level` 0): the result equals the fp32 product up to summation order. Only the
+int8 decode mode (`export.llm.int8`) asks for int8 activations (`accuracy_level` 4) for some matrices.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +56,13 @@ class Blocks:
     scales: np.ndarray
     zero_points: np.ndarray | None = None  # uint8, 8-bit only
     correction: np.ndarray | None = None  # [K/BLOCK, N] fp32, 4-bit only
+
+    def split(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, scales) of the same weights in blocks of `block` (a divisor of BLOCK): each block's codes cut in
+        pieces that keep its scale; codes are packed along K, so only their shape changes."""
+        n = self.packed.shape[0]
+        return (np.ascontiguousarray(self.packed.reshape(n, -1, block * self.bits // 8)),
+                np.repeat(self.scales, BLOCK // block))
 
 
 def _blocks(weight_kn: np.ndarray) -> np.ndarray:
@@ -92,10 +101,12 @@ def as_q8(weight_kn: np.ndarray, tolerance: float = DEFAULT_TOLERANCE) -> Blocks
 class _Rewriter:
     """Rewrites the graph's constant MatMuls in place."""
 
-    def __init__(self, model, tolerance: float, eight_bit: bool) -> None:
+    def __init__(self, model, tolerance: float, eight_bit: bool, int8_activations: Collection[str],
+                 int8_block: int) -> None:
         from onnx import numpy_helper
 
         self.model, self.tolerance, self.eight_bit = model, tolerance, eight_bit
+        self.int8_activations, self.int8_block = int8_activations, int8_block
         self.graph = model.graph
         self.weights = {t.name: t for t in self.graph.initializer}
         self.to_array = numpy_helper.to_array
@@ -137,14 +148,17 @@ class _Rewriter:
             return False
         k, n = weight.shape
         name = node.input[1]
-        inputs = [node.input[0], self._const(blocks.packed, f"{name}/q{blocks.bits}"),
-                  self._const(blocks.scales, f"{name}/scales")]
+        int8 = weight_kind(name) in self.int8_activations  # ONNX Runtime's accuracy_level 4: int8 activations
+        # with int8 activations the kernel quantises them per block_size: smaller 4-bit blocks, finer activations
+        block = self.int8_block if int8 and blocks.bits == 4 else BLOCK
+        codes, scales = blocks.split(block) if block != BLOCK else (blocks.packed, blocks.scales)
+        inputs = [node.input[0], self._const(codes, f"{name}/q{blocks.bits}"), self._const(scales, f"{name}/scales")]
         if blocks.zero_points is not None:
             inputs.append(self._const(blocks.zero_points, f"{name}/zero_points"))
         product = f"{name}/nbits" if blocks.correction is not None else node.output[0]
         nodes.append(helper.make_node("MatMulNBits", inputs, [product], name=f"{name}/MatMulNBits",
-                                      domain="com.microsoft", K=k, N=n, bits=blocks.bits, block_size=BLOCK,
-                                      accuracy_level=0))
+                                      domain="com.microsoft", K=k, N=n, bits=blocks.bits, block_size=block,
+                                      accuracy_level=4 if int8 else 0))
         if blocks.correction is not None:
             sums = self._block_sum(node.input[0], k, nodes)
             corr = self._const(blocks.correction, f"{name}/correction")
@@ -153,19 +167,26 @@ class _Rewriter:
         self.report.q4 += blocks.bits == 4
         self.report.q8 += blocks.bits == 8
         self.report.bytes_before += weight.nbytes
-        self.report.bytes_after += sum(t.nbytes for t in (blocks.packed, blocks.scales) if t is not None)
+        self.report.bytes_after += codes.nbytes + scales.nbytes
         self.report.bytes_after += 0 if blocks.correction is None else blocks.correction.nbytes
         return True
 
 
-def repack(source: Path, destination: Path, tolerance: float = DEFAULT_TOLERANCE, *,
-           eight_bit: bool = False) -> RepackReport:
-    """Write `source` with its block-quantised constant MatMuls as MatMulNBits to `destination`."""
-    import onnx
+def weight_kind(name: str) -> str:
+    """A decoder weight's kind (`export.llm.graph`'s names): "l3.gate_up" → "gate_up", "lm_head" → "lm_head"."""
+    return name.rsplit(".", 1)[-1]
+
+
+def repack_model(model, tolerance: float = DEFAULT_TOLERANCE, *, eight_bit: bool = False,
+                 int8_activations: Collection[str] = (), int8_block: int = BLOCK) -> RepackReport:
+    """Rewrite `model` (an onnx ModelProto) in place: its block-quantised constant MatMuls become MatMulNBits, with
+    int8 activations for the weight kinds in `int8_activations` (`weight_kind`), quantised per `int8_block` values
+    for the 4-bit ones (16 or 32: the weights are the same either way, `Blocks.split`)."""
     from onnx import helper
 
-    model = onnx.load(str(source))
-    rewriter = _Rewriter(model, tolerance, eight_bit)
+    if int8_block not in (16, BLOCK):
+        raise ValueError(f"int8_block {int8_block}: expected 16 or {BLOCK}")
+    rewriter = _Rewriter(model, tolerance, eight_bit, int8_activations, int8_block)
     nodes: list = []
     replaced: set[str] = set()
     for node in model.graph.node:
@@ -181,5 +202,15 @@ def repack(source: Path, destination: Path, tolerance: float = DEFAULT_TOLERANCE
     model.graph.initializer.extend(keep + rewriter.new_inits)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(destination))
     return rewriter.report
+
+
+def repack(source: Path, destination: Path, tolerance: float = DEFAULT_TOLERANCE, *,
+           eight_bit: bool = False) -> RepackReport:
+    """Write `source` with its block-quantised constant MatMuls as MatMulNBits to `destination`."""
+    import onnx
+
+    model = onnx.load(str(source))
+    report = repack_model(model, tolerance, eight_bit=eight_bit)
+    onnx.save(model, str(destination))
+    return report

@@ -17,7 +17,7 @@ from export.repository import ModelFiles
 
 TRITON_PYTHON = Path(__file__).resolve().parents[2] / "triton_models"
 MODEL_CODE = ("llm_engine.py", "llm_prefix.py", "llm_text.py", "llm_logprobs.py", "llm_requests.py",
-              "llm_scheduler.py", "model_support.py")
+              "llm_scheduler.py", "llm_runtime.py", "llm_decode_mode.py", "model_support.py")
 
 GENERATION_INPUTS = (
     Tensor("messages", "TYPE_STRING", (1,), optional=True),
@@ -65,8 +65,12 @@ class GenerationServing:
 
 
 def text_generation(name: str, onnx_file: Path, assets: dict[str, Path], opts: GenerationServing,
-                    weights: str = "fp32", single_row_file: Path | None = None, target: str = "cpu") -> ModelFiles:
-    """The decoupled generation model: model.py + its helper modules + ONNX decoder + tokenizer assets."""
+                    weights: str = "fp32", single_row_file: Path | None = None, target: str = "cpu", *,
+                    decode: str = "exact", decode_file: Path | None = None,
+                    gate: dict[str, str] | None = None) -> ModelFiles:
+    """The decoupled generation model: model.py + its helper modules + ONNX decoder + tokenizer assets. `decode`
+    (with its graph for decode steps, `decode_file`) and its `gate` (`export.llm.agreement.Int8Gate.parameters`) are
+    recorded for the model to read and log."""
     spec = ModelSpec(
         name=name,
         backend="python",
@@ -93,12 +97,16 @@ def text_generation(name: str, onnx_file: Path, assets: dict[str, Path], opts: G
             "intra_op_num_threads": str(opts.intra_op_threads),
             "inter_op_num_threads": str(opts.inter_op_threads),
             "allow_spinning": "1" if opts.ort_spinning else "0",
-            "weights": weights,  # informational: fp32, packed, mixed or fp16 (export.llm.pipeline)
+            "weights": weights,  # informational: fp32, packed, mixed, fp16 or int8 (export.llm.pipeline)
             "single_row_onnx_file": "model.packed.onnx" if single_row_file is not None else "",
         },
     )
+    if decode != "exact":  # int8: int8 activations, greedy tokens within the recorded gate (absent: exact)
+        spec.parameters.update({"decode": decode, "decode_onnx_file": "model.int8.onnx", **(gate or {})})
     files = {"model.py": TRITON_PYTHON / "generation.py", "model.onnx": onnx_file, **assets}
     files.update({module: TRITON_PYTHON / module for module in MODEL_CODE})
     if single_row_file is not None:
         files["model.packed.onnx"] = single_row_file
+    if decode_file is not None:
+        files["model.int8.onnx"] = decode_file
     return ModelFiles(name=name, config_text=render_spec(spec), files=files)
