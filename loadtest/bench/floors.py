@@ -4,7 +4,7 @@ Two bare apps embed one text per request with the gateway's own Triton client (`
 KServe v2 HTTP, binary tensors, pooled keep-alive connections) and answer the OpenAI body (base64), with nothing
 else — no validation, cache, auth, limits, metrics or coalescing:
 - `fastapi`: one FastAPI route on uvicorn (uvloop, httptools), the stack the gateway is built on;
-- `asgi`: the same on a bare ASGI callable, no framework; it also relays `POST /v2/...` to Triton as they come
+- `asgi`: the same on a bare ASGI callable, no framework; it also relays `/v2/...` to Triton as they come
   (body, content type and `Inference-Header-Content-Length` in, Triton's status, headers and body out): the floor
   of the gateway's `/v2` passthrough, which perf_analyzer measures.
 `bench gateway` runs them (`python -m loadtest.bench.floors KIND TRITON_HTTP PORT`) in the same rounds as direct
@@ -53,18 +53,21 @@ class Embedder:
             self.client = TritonHttp(self.http_url, triton_http_session(256, 30.0), 30.0)
         return self.client
 
-    async def relay(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes
+    async def relay(self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
                     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """`POST path` to Triton with the body and its framing headers; (status, headers, body) of the answer."""
+        """`method path` to Triton with the body and its framing headers; (status, headers, body) of the answer."""
         client = self._client()
         sent = {k.decode(): v.decode() for k, v in headers if k in _RELAYED}
-        async with client.session.post(client.base_url + path, data=body, headers=sent) as response:
+        async with client.session.request(method, client.base_url + path, data=body or None,
+                                          headers=sent) as response:
             content = await response.read()
-            kept = [(k.encode(), v.encode()) for k, v in response.headers.items() if k.lower().encode() in _RELAYED]
+            kept = [(k.encode(), v.encode()) for k, v in response.headers.items()
+                    if k.lower().encode() in _RELAYED_BACK]
             return response.status, kept, content
 
 
 _RELAYED = (b"content-type", b"inference-header-content-length")
+_RELAYED_BACK = (*_RELAYED, b"content-length")  # a length, not chunks, as Triton sends it
 
 
 def fastapi_app(embed: Embedder) -> Asgi:
@@ -92,8 +95,8 @@ def asgi_app(embed: Embedder) -> Asgi:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        if scope["method"] == "POST" and scope["path"].startswith("/v2/"):
-            status, headers, out = await embed.relay(scope["path"], scope["headers"], body)
+        if scope["path"].startswith("/v2"):
+            status, headers, out = await embed.relay(scope["method"], scope["path"], scope["headers"], body)
         else:
             status, headers = 200, [(b"content-type", b"application/json")]
             out = await embed(body) if scope["method"] == "POST" else b'{"status":"ok"}'
