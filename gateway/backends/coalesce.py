@@ -6,8 +6,9 @@ merges the texts of concurrent callers into one request, like Triton's dynamic b
 
 - at most `max_in_flight` requests per (model, version) are in flight; while they are, new callers queue;
 - when a request returns, the queued callers (up to `max_items` texts) go out together at once — no timer, so
-  a lone caller never waits and the batch size follows the load; a caller that finds a free slot and nobody
-  queued sends its own request from its own task (no hand-off to another task, no extra wake-up);
+  a lone caller never waits and the batch size follows the load; a caller that finds nothing in flight sends its
+  own request from its own task (no hand-off to another task, no extra wake-up), and the callers that arrive
+  while it is in flight are batched by a task of their own;
 - a merged request that fails for a reason of its own input (the model rejected it) is retried caller by caller,
   so one bad input fails only its own caller; other failures (server down, timeout) fail every caller of the
   request at once instead of multiplying calls to a server in trouble.
@@ -57,7 +58,7 @@ class EmbedCoalescer:
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
-        if lane.in_flight < self.max_in_flight and not lane.queue:
+        if lane.in_flight == 0:  # an idle lane: send at once (callers arriving meanwhile are batched behind it)
             lane.in_flight += 1
             self.requests += 1
             try:

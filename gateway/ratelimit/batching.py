@@ -2,8 +2,9 @@
 Redis round trip).
 
 A submission made while no call is in flight is that call, made from the submitter's own task (no hand-off to a
-task of the batch, no extra wake-up), so nothing waits at low load; submissions made while a call is in flight form
-the next batch, sent by a task of its own as soon as that call returns. Under load the number of
+task of the batch, no extra wake-up), so nothing waits at low load; the submissions that follow it go together in
+one call of a task of their own (started at once beside a direct call, so a burst waits for no round trip), and
+those made while that call is in flight form the next batch, sent as soon as it returns. Under load the number of
 round trips per request therefore falls with concurrency, and no request waits longer than the call ahead of
 it plus its own.
 """
@@ -44,10 +45,10 @@ class GroupCommit(Generic[I, R]):
                 return results[0]
             finally:
                 self._direct = False
-                if self._queue:
-                    self._runner = asyncio.ensure_future(self._drain())
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, fut))
+        if self._runner is None:  # beside a direct call: the submissions of this loop turn go together, now
+            self._runner = asyncio.ensure_future(self._drain())
         return await fut  # cancelling the caller cancels only its own future, never the batch
 
     async def _drain(self) -> None:
