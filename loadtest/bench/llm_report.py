@@ -160,6 +160,7 @@ STRATEGY = (
     "activations is no faster than fp32 from 2 rows on (it dequantises the blocks: 0.19 vs 0.18 ms per "
     "576×1536 matrix at 2 rows, streamed from memory; the whole 4-bit graph at 8 rows: ~43 ms a step against "
     "~37 ms for fp32), its 8-bit variant is far slower (the lm_head stays fp32), "
-    "and 4-bit kernels with int8 activations (`accuracy_level` 4, VNNI) change greedy tokens (batched ≠ single on "
-    "2 of 5 parity prompts), so they are not used."
+    "and 4-bit kernels with int8 activations (`accuracy_level` 4, VNNI) change greedy tokens, so the default export "
+    "does not use them; the opt-in `--decode int8` runs every decode step on them, behind a gate of its own "
+    "(docs/LLM.md)."
 )
