@@ -2,7 +2,7 @@
 
 - `exact` (no `decode` parameter): greedy tokens equal transformers' (the export's parity gate);
 - `int8`: the decoder multiplies int8-quantised activations with the GGUF's blocks (`export.llm.int8`); greedy
-  tokens may differ from the fp32 reference within the gate the export measured and recorded
+  tokens may differ from the fp32 reference within the gate the export checked and recorded
   (`decode_gate_*`: teacher-forced top-1 agreement, batched = single).
 
 The gate holds for the int8 kernels of the CPU that ran it: ONNX Runtime picks them by the CPU's features

@@ -12,7 +12,7 @@ one (`export.llm.repack`, weights unchanged) with:
   kernel computes a row the same way whatever the other rows;
 - the 4-bit matrices in blocks of `INT8_BLOCK` (16: each GGUF block of 32 cut in two with its scale, the same
   weights), so the activations are quantised per 16 values instead of 32: closer to the fp32 reference (the
-  measured agreement of both is in docs/LLM.md);
+  the agreement of both is in docs/LLM.md);
 - the tied embedding/lm_head as the GGUF's Q8_0 blocks (`MatMulNBits` bits 8) with int8 activations: a quarter of
   the fp32 matrix's bytes, which a decode step reads whole;
 - the lm_head's top-`RESCORE_TOP_K` logits of each row recomputed in fp32 from the fp32 embedding rows (the matrix

@@ -60,7 +60,7 @@ PROMPTS = (
 LONG_REQUESTS = "\n".join(PROMPTS * 12)  # ~1,300 tokens
 INTERRUPT_AFTER = 10  # the long (and short) prompt are sent once the running stream has this many tokens
 SHORT = "What is the capital of France?"
-PEER_THREADS = 2  # llama-server's -t: the cores of the machine the issue measured
+PEER_THREADS = 2  # llama-server's -t: two threads, as in the issue's comparison
 
 
 @dataclass
@@ -294,7 +294,7 @@ def _start(repository: Path, state_dir: Path, gateway: bool) -> Stack:
 
 
 def _peer_binary(peer: bool) -> tuple[Path | None, str | None]:
-    """llama-server's binary (built once when missing), or why the peer is not measured."""
+    """llama-server's binary (built once when missing), or why the peer is left out."""
     if not peer:
         return None, "not measured (`--no-peer`)"
     try:

@@ -90,7 +90,7 @@ def _values(values: list[float], digits: int) -> str:
 
 def peer_section(m: dict, max_tokens: int, streams: int) -> str:
     """Our stack against llama.cpp's `llama-server`: each side's median (per-round values in brackets), the
-    per-round ratios ours / llama-server and their median; or why the peer was not measured."""
+    per-round ratios ours / llama-server and their median; or why the peer was left out."""
     heading = "### Against llama.cpp's `llama-server` (same GGUF, same client, each one's OpenAI endpoint)"
     p = m.get("peer")
     if p is None:
