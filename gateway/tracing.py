@@ -154,11 +154,6 @@ def flush(timeout_ms: int = 2000) -> None:
         _PROCESS.provider.force_flush(timeout_ms)
 
 
-def enabled() -> bool:
-    """Whether this process traces."""
-    return _PROCESS.provider is not None
-
-
 def fastapi_telemetry() -> TelemetryConfig:
     """FastAPI's native OpenTelemetry: server spans (W3C context in) when tracing is on; off otherwise."""
     if _PROCESS.provider is None:
@@ -215,9 +210,7 @@ def annotate(attributes: Mapping[str, Any]) -> None:
 
 def client_span(name: str, attributes: Mapping[str, Any] | None = None) -> AbstractContextManager[Span | None]:
     """A client span for a call to Triton (name e.g. `triton ModelInfer`); no-op when off."""
-    if _PROCESS.provider is None:
-        return _NO_SPAN
-    return _current(name, SpanKind.CLIENT, attributes)
+    return span(name, attributes, kind=SpanKind.CLIENT)
 
 
 def sampled_headers(of: Span | None = None) -> dict[str, str] | None:
